@@ -1,0 +1,260 @@
+"""`neurocine <verb>`: the one command line.
+
+The rig-side verbs live in `streams`; the decoder registers its verbs through the
+``neurocine.verbs`` / ``neurocine.benches`` entry-point groups, so `streams` never imports it and
+a light rig install still gets a working CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PUB = "tcp://127.0.0.1:5555"
+
+
+def parse_trials(text: str) -> list[int]:
+    """'0,3,5-8' -> [0, 3, 5, 6, 7, 8]."""
+    out: list[int] = []
+    try:
+        for piece in text.split(","):
+            if "-" in piece.strip()[1:]:
+                lo, hi = piece.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            elif piece.strip():
+                out.append(int(piece))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--trials {text!r}: expected e.g. 0,3,5-8") from e
+    return out
+
+
+def add_verb(sub: Any, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand parser whose --help ends with a worked example (the project's convention)."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog="example:\n" + textwrap.indent(example.strip(), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def emit_json(obj: dict, path: str | None = None) -> None:
+    """Print one JSON object; also write it to `path` when given."""
+    text = json.dumps(obj, indent=2, default=float)
+    print(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM behave like Ctrl-C so services stop cleanly and print their summaries."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------------------------------------- replay
+def _register_replay(sub: Any) -> None:
+    p = add_verb(
+        sub, "replay", "publish a recorded session as a live stream",
+        "neurocine replay streams/data/example.ncr --speed 1 --bind tcp://127.0.0.1:5555\n"
+        "neurocine replay /data/mouse1 --tier oracle --speed 0 --wait-subscribers 1",
+    )
+    p.add_argument("path", help="Sensorium folder, .nwb or .ncr recording (default: the built-in example)",
+                   nargs="?", default=None)
+    p.add_argument("--trials", type=parse_trials, help="trial indices, e.g. 0,3,5-8 (default: all)")
+    p.add_argument("--tier", help="only trials of this tier (Sensorium folders), e.g. oracle")
+    p.add_argument("--bind", default=DEFAULT_PUB, help=f"ZeroMQ endpoint to publish on (default {DEFAULT_PUB})")
+    p.add_argument("--speed", type=float, default=1.0, help="1 = recorded rate, 2 = twice as fast, 0 = flat out")
+    p.add_argument("--loop", action="store_true", help="start again at the end (same session continues)")
+    p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                   help="wait until N neurocine subscribers are connected before the first frame")
+    p.add_argument("--sndhwm", type=int, default=None, help="publisher queue limit per subscriber (messages)")
+    p.add_argument("--json", help="also write the end-of-run report here")
+    p.set_defaults(func=_run_replay)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from streams.example import example_session_path
+    from streams.formats import load_session
+    from streams.replay import print_progress, replay
+    from streams.transport import DEFAULT_SNDHWM, Publisher
+
+    path = args.path or example_session_path()
+    session = load_session(path, trials=args.trials, tier=args.tier)
+    print(f"replay: {path}: {session.n_frames} frames x {session.n_neurons} neurons at {session.frame_rate} Hz "
+          f"({len(session.trials)} trials) on {args.bind}", file=sys.stderr)
+    stop_on_sigterm()
+    with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
+        if args.wait_subscribers:
+            print(f"replay: waiting for {args.wait_subscribers} subscriber(s)...", file=sys.stderr)
+            try:
+                pub.wait_subscribers(args.wait_subscribers)
+            except KeyboardInterrupt:
+                return 130
+        report = replay(session, pub, speed=args.speed, loop=args.loop,
+                        progress=None if args.loop else print_progress(session.n_frames))
+    emit_json({"replay": report.as_dict()}, args.json)
+    return 130 if report.interrupted else 0
+
+
+# ---------------------------------------------------------------------------------------------- record
+def _register_record(sub: Any) -> None:
+    p = add_verb(
+        sub, "record", "write a stream to disk (native .ncr, or .nwb)",
+        "neurocine record --connect tcp://127.0.0.1:5555 --out session.ncr --seconds 60\n"
+        "neurocine record --connect tcp://127.0.0.1:5555 --out session.nwb --until-end",
+    )
+    p.add_argument("--connect", default=DEFAULT_PUB, help=f"publisher endpoint(s), comma-separated "
+                   f"(default {DEFAULT_PUB})")
+    p.add_argument("--out", required=True, help="output path: .ncr (append-only, crash-safe) or .nwb")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--until-end", action="store_true", help="stop when the first session ends")
+    p.add_argument("--json", help="also write the summary here")
+    p.set_defaults(func=_run_record)
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from streams.record import record
+    from streams.transport import Subscriber
+
+    if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
+        print(f"record: --out {args.out}: use a .ncr or .nwb file name", file=sys.stderr)
+        return 2
+    stop_on_sigterm()
+    endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
+    print(f"record: {endpoints} -> {args.out} (Ctrl-C stops)", file=sys.stderr)
+    with Subscriber(endpoints) as sub:
+        summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
+                         until_end=args.until_end)
+    emit_json({"record": summary.as_dict()}, args.json)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+def _register_inspect(sub: Any) -> None:
+    p = add_verb(sub, "inspect", "summarise a session file or folder (frames, neurons, trials, damage)",
+                 "neurocine inspect session.ncr")
+    p.add_argument("path")
+    p.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from streams.formats import detect_format, load_session
+
+    info: dict[str, Any] = {"path": args.path, "format": detect_format(args.path)}
+    if info["format"] == "native":
+        from streams.formats.native import read_recording
+
+        rec = read_recording(args.path)
+        info["sessions"] = {sid: len(rec.frames[sid]) for sid in rec.session_ids}
+        info["decoded_messages"] = {sid: len(v) for sid, v in rec.decoded.items()}
+        info["damage"] = dict(damaged_at=rec.report.damaged_at, skipped_bytes=rec.report.skipped_bytes,
+                              torn_tail_bytes=rec.report.torn_tail_bytes, undecodable=rec.report.undecodable[:10])
+    s = load_session(args.path) if info.get("sessions", True) else None
+    if s is not None:
+        info.update(session_id=s.session_id, mouse_id=s.mouse_id, source=s.source, frames=s.n_frames,
+                    neurons=s.n_neurons, frame_rate=s.frame_rate, stimulus_shape=s.stimulus_shape,
+                    trials=len(s.trials), tiers=sorted({t.tier for t in s.trials}),
+                    nan_traces=int(np.isnan(s.traces).sum()))
+    emit_json(info)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> None:
+    p = add_verb(sub, "bench", "benchmarks (JSON out): transport, rig, encoder, ...",
+                 "neurocine bench transport --json out/transport.json")
+    bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    from streams import bench_transport
+
+    bench_transport.register(bench_sub)
+    for register in bench_plugins:
+        register(bench_sub)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def _builtin_registrations() -> list[Callable[[Any], None]]:
+    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect]
+    try:
+        from streams.synthetic import cli as synthetic_cli
+    except ImportError:  # pragma: no cover - the package always ships it
+        return regs
+    regs += [synthetic_cli.register_simulate, synthetic_cli.register_rig]
+    return regs
+
+
+def _plugins(group: str) -> list[Callable[[Any], None]]:
+    """Registration functions from installed entry points (the decoder's verbs and benches)."""
+    found: list[Callable[[Any], None]] = []
+    for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+        try:
+            found.append(ep.load())
+        except ImportError as e:
+            found.append(_unavailable(ep.name, e))
+    return found
+
+
+def _unavailable(name: str, err: ImportError) -> Callable[[Any], None]:
+    def register(sub: Any) -> None:
+        p = sub.add_parser(name, help=f"(unavailable: {err.name or err} is not installed)")
+        p.set_defaults(func=lambda args: _fail(f"{name}: needs {err.name or err}; "
+                                                "install the matching extra, e.g. pip install 'neurocine[all]'"))
+
+    return register
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neurocine",
+        description="Real-time decoding of mouse visual cortex activity into the movie the mouse sees.",
+        epilog="example:\n  neurocine replay --speed 1 &\n  neurocine record --out s.ncr --seconds 10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from streams import __version__
+
+    parser.add_argument("--version", action="version", version=f"neurocine {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for register in _builtin_registrations() + _plugins("neurocine.verbs"):
+        register(sub)
+    _register_bench(sub, _plugins("neurocine.benches"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from streams.formats import FormatError
+    from streams.session import SessionError
+    from streams.transport import TransportError
+
+    try:
+        return int(args.func(args) or 0)
+    except (FormatError, SessionError, TransportError, ValueError) as e:
+        print(f"neurocine {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

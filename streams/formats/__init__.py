@@ -1,0 +1,76 @@
+"""Session files: pick the reader or writer from the path.
+
+- a folder in the Sensorium 2023 per-mouse layout (``data/responses/*.npy``)  -> streams.formats.sensorium
+- ``*.nwb``                                                            -> streams.formats.nwb (needs pynwb)
+- ``*.ncr`` (neurocine recording, the recorder's own append-only format) -> streams.formats.native
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams.session import Session
+
+
+class FormatError(ValueError):
+    """A file or folder could not be read as a session; the message names the path and the fault."""
+
+
+def detect_format(path: str | Path) -> str:
+    """'sensorium', 'nwb' or 'native', from what is at `path` (or its suffix when it does not exist yet)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "data" / "responses").is_dir():
+            return "sensorium"
+        raise FormatError(f"{p}: a folder, but not in the Sensorium layout (no data/responses/)")
+    suffix = p.suffix.lower()
+    if suffix == ".nwb":
+        return "nwb"
+    if suffix == ".ncr":
+        return "native"
+    raise FormatError(f"{p}: unknown session format (expected a Sensorium folder, .nwb or .ncr)")
+
+
+def load_session(
+    path: str | Path, trials: Sequence[int] | None = None, tier: str | None = None
+) -> Session:
+    """Read a session from any supported format; `trials`/`tier` select trials, played back to back."""
+    fmt = detect_format(path)
+    if not Path(path).exists():
+        raise FormatError(f"{path}: no such file or folder")
+    if fmt == "sensorium":
+        from streams.formats.sensorium import read_sensorium
+
+        return read_sensorium(path, trials=trials, tier=tier)
+    if fmt == "nwb":
+        from streams.formats.nwb import read_nwb
+
+        session = read_nwb(path)
+    else:
+        from streams.formats.native import read_native
+
+        session = read_native(path)
+    if trials is not None or tier is not None:
+        session = session.select_trials(trials, tier)
+    return session
+
+
+def save_session(session: Session, path: str | Path) -> None:
+    """Write a session in the format its path names (a folder path without suffix means Sensorium)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".nwb":
+        from streams.formats.nwb import write_nwb
+
+        write_nwb(session, p)
+    elif suffix == ".ncr":
+        from streams.formats.native import write_native
+
+        write_native(session, p)
+    elif suffix == "":
+        from streams.formats.sensorium import write_sensorium
+
+        write_sensorium(session, p)
+    else:
+        raise FormatError(f"{p}: cannot tell the format to write (use a folder, .nwb or .ncr)")

@@ -1,0 +1,311 @@
+"""The recorder's own format (``.ncr``): an append-only log of wire messages, crash-safe and replayable.
+
+Layout (all integers little-endian)::
+
+    file   := MAGIC record*
+    record := SYNC u32:body_len u32:crc32(body) body
+    body   := u64:recv_ns u16:n_parts (u32:part_len)*n_parts part*
+
+Each part is the exact bytes that travelled on the wire, so a recording is bit-identical to what
+was received and replays through the same protocol decoder. A record is written with one
+``write`` call and the file is fsync'ed at least once a second, so ``kill -9`` loses at most the
+last second. Readers stop cleanly at a torn tail (a recording still being written, or a crash) and
+skip a damaged record in the middle by searching for the next SYNC marker with a valid CRC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.protocol import (
+    Decoded,
+    End,
+    Frame,
+    ProtocolError,
+    SessionHeader,
+    decode,
+    encode_end,
+    encode_frame,
+    encode_session,
+)
+from streams.session import Session, Trial
+
+MAGIC = b"NCREC\x00v1"
+SYNC = b"NCR\x1e"
+_REC = struct.Struct("<4sII")  # sync, body length, crc32
+_BODY = struct.Struct("<QH")  # recv_ns, n_parts
+MAX_BODY = 1 << 30
+
+
+def _format_error(msg: str) -> Exception:
+    from streams.formats import FormatError
+
+    return FormatError(msg)
+
+
+@dataclasses.dataclass
+class ReadReport:
+    """What a reader skipped: damaged records in the middle and an incomplete tail."""
+
+    records: int = 0
+    skipped_bytes: int = 0
+    damaged_at: list[int] = dataclasses.field(default_factory=list)
+    torn_tail_bytes: int = 0
+    undecodable: list[str] = dataclasses.field(default_factory=list)
+
+
+class NativeWriter:
+    """Appends wire messages to an .ncr file; safe against crashes of the writing process."""
+
+    def __init__(self, path: str | Path, fsync_interval_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.fsync_interval_s = fsync_interval_s
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            with open(self.path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    raise _format_error(f"{self.path}: exists and is not a neurocine recording; refusing to append")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if new:
+            os.write(self._fd, MAGIC)
+            os.fsync(self._fd)
+        self._last_sync = time.monotonic()
+        self.records = 0
+        self.bytes_written = 0
+
+    def __enter__(self) -> NativeWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, parts: Sequence[Any], recv_ns: int | None = None) -> None:
+        """Append one message (its raw parts) as a single record."""
+        bufs = [memoryview(getattr(p, "buffer", p)).cast("B") for p in parts]
+        head = _BODY.pack(time.time_ns() if recv_ns is None else recv_ns, len(bufs))
+        lens = struct.pack(f"<{len(bufs)}I", *(len(b) for b in bufs))
+        crc = zlib.crc32(lens, zlib.crc32(head))
+        for b in bufs:
+            crc = zlib.crc32(b, crc)
+        body_len = len(head) + len(lens) + sum(len(b) for b in bufs)
+        record = b"".join([_REC.pack(SYNC, body_len, crc), head, lens, *bufs])
+        view = memoryview(record)
+        while view:  # one write for the whole record in practice; loop only on a short write
+            view = view[os.write(self._fd, view):]
+        self.records += 1
+        self.bytes_written += len(record)
+        if time.monotonic() - self._last_sync >= self.fsync_interval_s:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def iter_records(path: str | Path, report: ReadReport | None = None) -> Iterator[tuple[int, list[bytes]]]:
+    """Yield (recv_ns, parts) of each intact record; damage and a torn tail go into `report`."""
+    report = report if report is not None else ReadReport()
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise _format_error(f"{p}: cannot read ({e})") from e
+    if not data.startswith(MAGIC):
+        raise _format_error(f"{p}: not a neurocine recording (bad magic {data[:8]!r})")
+    pos, end = len(MAGIC), len(data)
+    mv = memoryview(data)
+    while pos < end:
+        parsed = _parse_record(mv, pos, end)
+        if parsed is None:
+            nxt = data.find(SYNC, pos + 1)
+            # Torn tail: nothing intact after this point (a crash or a writer still busy).
+            if nxt < 0 or not _any_valid_record_from(mv, nxt, end):
+                report.torn_tail_bytes = end - pos
+                return
+            report.damaged_at.append(pos)
+            report.skipped_bytes += nxt - pos
+            pos = nxt
+            continue
+        recv_ns, parts, pos = parsed
+        report.records += 1
+        yield recv_ns, parts
+
+
+def _any_valid_record_from(mv: memoryview, pos: int, end: int) -> bool:
+    data = mv.obj
+    while pos >= 0:
+        if _parse_record(mv, pos, end) is not None:
+            return True
+        pos = data.find(SYNC, pos + 1)  # type: ignore[union-attr]
+    return False
+
+
+def _parse_record(mv: memoryview, pos: int, end: int) -> tuple[int, list[bytes], int] | None:
+    if end - pos < _REC.size:
+        return None
+    sync, body_len, crc = _REC.unpack_from(mv, pos)
+    start = pos + _REC.size
+    if sync != SYNC or body_len > MAX_BODY or start + body_len > end or body_len < _BODY.size:
+        return None
+    body = mv[start : start + body_len]
+    if zlib.crc32(body) != crc:
+        return None
+    recv_ns, n_parts = _BODY.unpack_from(body, 0)
+    off = _BODY.size
+    if off + 4 * n_parts > body_len:
+        return None
+    lens = struct.unpack_from(f"<{n_parts}I", body, off)
+    off += 4 * n_parts
+    if off + sum(lens) != body_len:
+        return None
+    parts = []
+    for n in lens:
+        parts.append(bytes(body[off : off + n]))
+        off += n
+    return recv_ns, parts, start + body_len
+
+
+@dataclasses.dataclass
+class Recording:
+    """Everything in a recording, grouped by session, in the order received."""
+
+    headers: dict[str, SessionHeader]
+    frames: dict[str, list[Frame]]
+    ends: dict[str, End]
+    decoded: dict[str, list[Decoded]]
+    report: ReadReport
+
+    @property
+    def session_ids(self) -> list[str]:
+        return list(self.headers)
+
+
+def read_recording(path: str | Path) -> Recording:
+    """Decode every record; invalid messages are listed in the report, never fatal."""
+    report = ReadReport()
+    rec = Recording({}, {}, {}, {}, report)
+    for _, parts in iter_records(path, report):
+        try:
+            msg = decode(parts)
+        except ProtocolError as e:
+            report.undecodable.append(str(e))
+            continue
+        if isinstance(msg, SessionHeader):
+            rec.headers.setdefault(msg.session_id, msg)
+            rec.frames.setdefault(msg.session_id, [])
+        elif isinstance(msg, Frame):
+            if msg.session_id in rec.headers:
+                rec.frames[msg.session_id].append(msg)
+        elif isinstance(msg, End):
+            rec.ends[msg.session_id] = msg
+        elif isinstance(msg, Decoded):
+            rec.decoded.setdefault(msg.session_id, []).append(msg)
+    return rec
+
+
+def session_from_messages(header: SessionHeader, frames: Sequence[Frame]) -> Session:
+    """Build a Session from a header and its frames (sorted by seq, duplicates dropped)."""
+    by_seq: dict[int, Frame] = {}
+    for f in frames:
+        by_seq.setdefault(f.seq, f)
+    ordered = [by_seq[s] for s in sorted(by_seq)]
+    n, t = header.n_neurons, len(ordered)
+    traces = np.empty((t, n), np.float32)
+    behaviour = np.empty((t, 4), np.float32)
+    stimulus = None
+    if header.stimulus_shape is not None and all(f.stimulus is not None for f in ordered):
+        stimulus = np.empty((t, *header.stimulus_shape), np.uint8)
+    for i, f in enumerate(ordered):
+        traces[i] = f.traces
+        behaviour[i] = f.behaviour
+        if stimulus is not None:
+            stimulus[i] = f.stimulus
+    return Session(
+        traces=traces,
+        behaviour=behaviour,
+        timestamps_ns=np.array([f.t_acq_ns for f in ordered], np.int64),
+        neuron_ids=header.neuron_ids.copy(),
+        frame_rate=header.frame_rate,
+        mouse_id=header.mouse_id,
+        stimulus=stimulus,
+        trials=_trials_from_frames(ordered, header.trial_tiers),
+        session_id=header.session_id,
+        source=header.source,
+        start_time_ns=header.start_time_ns,
+    )
+
+
+def _trials_from_frames(frames: Sequence[Frame], tiers: dict[int, str]) -> list[Trial]:
+    if not frames or all(f.trial is None for f in frames):
+        return []
+    trials: list[Trial] = []
+    start = 0
+    for i in range(1, len(frames) + 1):
+        if i == len(frames) or frames[i].trial != frames[start].trial:
+            idx = frames[start].trial if frames[start].trial is not None else -1
+            trials.append(Trial(idx, start, i, tiers.get(idx, "none")))
+            start = i
+    return trials
+
+
+def read_native(path: str | Path, session_id: str | None = None) -> Session:
+    """The (first, or named) session of a recording as an in-memory Session."""
+    rec = read_recording(path)
+    if not rec.headers:
+        raise _format_error(f"{path}: holds no session header ({rec.report.records} records)")
+    if session_id is None:
+        session_id = rec.session_ids[0]
+    if session_id not in rec.headers:
+        raise _format_error(f"{path}: no session {session_id!r} (has {rec.session_ids})")
+    return session_from_messages(rec.headers[session_id], rec.frames[session_id])
+
+
+def header_of(session: Session) -> SessionHeader:
+    """The wire header describing a session."""
+    return SessionHeader(
+        session_id=session.session_id,
+        source=session.source,
+        mouse_id=session.mouse_id,
+        frame_rate=session.frame_rate,
+        neuron_ids=session.neuron_ids,
+        stimulus_shape=session.stimulus_shape,
+        start_time_ns=session.start_time_ns,
+        trial_tiers={tr.index: tr.tier for tr in session.trials},
+    )
+
+
+def frame_trials(session: Session) -> np.ndarray:
+    """Source trial index of every frame."""
+    out = np.empty(session.n_frames, np.int64)
+    for tr in session.trials:
+        out[tr.start : tr.stop] = tr.index
+    return out
+
+
+def write_native(session: Session, path: str | Path) -> None:
+    """Write a whole session as a recording (as if it had been received), atomically."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    trial_of = frame_trials(session)
+    with NativeWriter(tmp, fsync_interval_s=3600) as w:
+        w.write(encode_session(header_of(session)), 0)
+        for seq, t_acq, traces, behaviour, stim in session.iter_frames():
+            w.write(encode_frame(session.session_id, seq, t_acq, 0, traces, behaviour, stim, int(trial_of[seq])), 0)
+        w.write(encode_end(End(session.session_id, session.n_frames, "complete", 0)), 0)
+    os.replace(tmp, p)

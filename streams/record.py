@@ -1,0 +1,110 @@
+"""Record a stream to disk: every valid message, bit-identical, append-only (``.ncr``), or as NWB.
+
+NWB files cannot be appended safely, so an ``.nwb`` recording spools to ``<out>.partial.ncr`` while
+it runs and is converted when it stops; if the process dies the spool is still a valid recording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from streams.formats import FormatError
+from streams.formats.native import NativeWriter, read_recording, session_from_messages
+from streams.protocol import Decoded, End, Frame, Heartbeat, SessionHeader
+from streams.transport import Subscriber
+
+
+@dataclasses.dataclass
+class RecordSummary:
+    path: str
+    frames: int
+    decoded: int
+    sessions: list[str]
+    gaps: int
+    missing: int
+    gap_ranges: list[list]
+    duplicates: int
+    out_of_order: int
+    malformed: int
+    unsynced: int
+    late: int
+    errors_by_kind: dict[str, int]
+    seconds: float
+    stopped_by: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def record(
+    sub: Subscriber,
+    out: str | Path,
+    *,
+    max_frames: int | None = None,
+    max_seconds: float | None = None,
+    until_end: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RecordSummary:
+    """Write what `sub` delivers to `out` until a limit, an `end` (if `until_end`), or Ctrl-C."""
+    out = Path(out)
+    nwb = out.suffix.lower() == ".nwb"
+    spool = out.with_name(out.name + ".partial.ncr") if nwb else out
+    if nwb and spool.exists():
+        raise FormatError(f"{spool}: a spool from an earlier run exists; convert or remove it first")
+    frames = decoded = 0
+    sessions: list[str] = []
+    t0 = time.monotonic()
+    stopped_by = "end"
+    with NativeWriter(spool) as writer:
+        try:
+            while True:
+                if should_stop():
+                    stopped_by = "stop"
+                    break
+                if max_seconds is not None and time.monotonic() - t0 >= max_seconds:
+                    stopped_by = "seconds"
+                    break
+                msg = sub.recv(timeout_s=0.2)
+                if msg is None or isinstance(msg, Heartbeat):
+                    continue
+                writer.write(sub.last_parts, sub.last_recv_ns)
+                if isinstance(msg, SessionHeader):
+                    sessions.append(msg.session_id)
+                elif isinstance(msg, Frame):
+                    frames += 1
+                elif isinstance(msg, Decoded):
+                    decoded += 1
+                elif isinstance(msg, End) and until_end:
+                    break
+                if max_frames is not None and frames + decoded >= max_frames:
+                    stopped_by = "frames"
+                    break
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+    if nwb:
+        _spool_to_nwb(spool, out)
+    st = sub.stats
+    return RecordSummary(
+        path=str(out), frames=frames, decoded=decoded, sessions=sessions, gaps=st.gaps, missing=st.missing,
+        gap_ranges=[list(r) for r in st.gap_ranges], duplicates=st.duplicates, out_of_order=st.out_of_order,
+        malformed=st.malformed, unsynced=st.unsynced, late=st.late, errors_by_kind=st.errors_by_kind,
+        seconds=round(time.monotonic() - t0, 3), stopped_by=stopped_by,
+    )
+
+
+def _spool_to_nwb(spool: Path, out: Path) -> None:
+    from streams.formats.nwb import write_nwb
+
+    rec = read_recording(spool)
+    if not rec.headers:
+        raise FormatError(f"{spool}: nothing was recorded; no NWB file written")
+    if len(rec.headers) > 1:
+        for k, sid in enumerate(rec.session_ids):
+            write_nwb(session_from_messages(rec.headers[sid], rec.frames[sid]), out.with_stem(f"{out.stem}-{k}"))
+    else:
+        sid = rec.session_ids[0]
+        write_nwb(session_from_messages(rec.headers[sid], rec.frames[sid]), out)
+    spool.unlink()

@@ -1,0 +1,122 @@
+"""Replay a recorded session as a live stream, at its recorded frame times (drift-free) or flat out."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from streams.formats.native import frame_trials, header_of
+from streams.session import Session, new_session_id
+from streams.transport import Publisher
+
+SPIN_NS = 1_000_000  # busy-wait the last millisecond before a deadline: sleep() overshoots
+
+
+@dataclasses.dataclass
+class ReplayReport:
+    session_id: str
+    frames: int
+    seconds: float
+    achieved_rate_hz: float
+    target_rate_hz: float | None
+    jitter_ms_p50: float
+    jitter_ms_p99: float
+    jitter_ms_max: float
+    interrupted: bool = False
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def replay(
+    session: Session,
+    pub: Publisher,
+    *,
+    speed: float = 1.0,
+    loop: bool = False,
+    source: str = "replay",
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Publish every frame of `session` on `pub`; `speed` 0 means as fast as possible.
+
+    Frame i is due at start + (t_i - t_0) / speed, an absolute deadline, so lateness never
+    accumulates. Looping continues the same session (sequence numbers and acquisition times go on).
+    """
+    if speed < 0:
+        raise ValueError(f"speed must be >= 0, got {speed}")
+    if session.n_frames == 0:
+        raise ValueError("session has no frames to replay")
+    sid = new_session_id()
+    header = dataclasses.replace(header_of(session), session_id=sid, source=source)
+    rel_ns = session.timestamps_ns - session.timestamps_ns[0]
+    period_ns = round(1e9 / session.frame_rate)
+    loop_ns = int(rel_ns[-1]) + period_ns
+    trial_of = frame_trials(session)
+    lateness: list[int] = []
+    pub.begin(header)
+    t_start = time.perf_counter_ns()
+    seq = 0
+    interrupted = False
+    try:
+        while True:
+            for i in range(session.n_frames):
+                offset = (seq // session.n_frames) * loop_ns + int(rel_ns[i])
+                if speed > 0:
+                    deadline = t_start + int(offset / speed)
+                    _wait_until(deadline, pub, should_stop)
+                    lateness.append(time.perf_counter_ns() - deadline)
+                if should_stop():
+                    raise KeyboardInterrupt
+                stim = None if session.stimulus is None else session.stimulus[i]
+                pub.send_frame(seq, int(session.timestamps_ns[0]) + offset, session.traces[i],
+                               session.behaviour[i], stim, int(trial_of[i]))
+                seq += 1
+                if progress is not None:
+                    progress(seq)
+            if not loop:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    elapsed = (time.perf_counter_ns() - t_start) / 1e9
+    pub.end("interrupted" if interrupted else "complete")
+    jitter = np.abs(np.array(lateness, dtype=np.float64)) / 1e6 if lateness else np.zeros(1)
+    return ReplayReport(
+        session_id=sid,
+        frames=seq,
+        seconds=round(elapsed, 4),
+        achieved_rate_hz=round(seq / elapsed, 3) if elapsed > 0 else float("inf"),
+        target_rate_hz=session.frame_rate * speed if speed > 0 else None,
+        jitter_ms_p50=round(float(np.percentile(jitter, 50)), 4),
+        jitter_ms_p99=round(float(np.percentile(jitter, 99)), 4),
+        jitter_ms_max=round(float(jitter.max()), 4),
+        interrupted=interrupted,
+    )
+
+
+def _wait_until(deadline_ns: int, pub: Publisher, should_stop: Callable[[], bool]) -> None:
+    """Sleep until the deadline, sending heartbeats/header re-sends while waiting."""
+    while True:
+        remaining = deadline_ns - time.perf_counter_ns()
+        if remaining <= 0 or should_stop():
+            return
+        if remaining > SPIN_NS:
+            pub.tick()
+            time.sleep(min(remaining - SPIN_NS, 50_000_000) / 1e9)
+
+
+def print_progress(total: int) -> Callable[[int], None]:
+    """A progress callback writing 'frames i/total' to stderr about once a second."""
+    last = [0.0]
+
+    def show(i: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or i == total:
+            last[0] = now
+            print(f"\rreplay: {i}/{total} frames", end="" if i < total else "\n", file=sys.stderr, flush=True)
+
+    return show

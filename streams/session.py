@@ -1,0 +1,209 @@
+"""The in-memory session: what a rig recorded, frame by frame, and what every file format maps to.
+
+A session is T frames of N neurons at a fixed nominal rate. Frames are the unit that travels on the
+wire (one `frame` message each), so every per-frame array has T as its first axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+#: Behaviour channels, in the order they travel and are stored (wire protocol v1).
+BEHAVIOUR_CHANNELS: tuple[str, ...] = ("running_speed", "pupil_dilation", "pupil_x", "pupil_y")
+
+#: Where a session came from.
+SOURCES: tuple[str, ...] = ("rig", "replay", "synthetic")
+
+#: Sensorium 2023 tier names.
+TIERS: tuple[str, ...] = (
+    "train",
+    "oracle",
+    "live_test_main",
+    "live_test_bonus",
+    "final_test_main",
+    "final_test_bonus",
+    "none",
+)
+
+DEFAULT_FRAME_RATE = 30.0
+
+
+class SessionError(ValueError):
+    """A session's arrays or metadata are inconsistent (wrong shape, dtype, length)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One trial: frames [start, stop) of the session, from source trial `index` of tier `tier`."""
+
+    index: int
+    start: int
+    stop: int
+    tier: str = "none"
+
+    @property
+    def n_frames(self) -> int:
+        return self.stop - self.start
+
+
+def new_session_id() -> str:
+    """A fresh session id; a new id is how subscribers learn that a publisher restarted."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclasses.dataclass
+class Session:
+    """T frames of N neurons plus behaviour, timing and (optionally) the stimulus shown.
+
+    traces:       (T, N) float32, NaN where a neuron was not reported in that frame.
+    behaviour:    (T, 4) float32, channels BEHAVIOUR_CHANNELS; NaN where not measured.
+    timestamps_ns:(T,) int64 acquisition times on the rig clock.
+    neuron_ids:   (N,) int64 unique ids; decoders match neurons by id, not position.
+    stimulus:     (T, H, W) uint8 or None, the frame on screen when frame t was acquired.
+    trials:       contiguous, non-overlapping trials covering [0, T) in order (one if unknown).
+    """
+
+    traces: np.ndarray
+    behaviour: np.ndarray
+    timestamps_ns: np.ndarray
+    neuron_ids: np.ndarray
+    frame_rate: float = DEFAULT_FRAME_RATE
+    mouse_id: str = "unknown"
+    stimulus: np.ndarray | None = None
+    trials: list[Trial] = dataclasses.field(default_factory=list)
+    session_id: str = dataclasses.field(default_factory=new_session_id)
+    source: str = "replay"
+    start_time_ns: int = 0
+
+    def __post_init__(self) -> None:
+        self.traces = np.ascontiguousarray(self.traces, dtype=np.float32)
+        self.behaviour = np.ascontiguousarray(self.behaviour, dtype=np.float32)
+        self.timestamps_ns = np.ascontiguousarray(self.timestamps_ns, dtype=np.int64)
+        self.neuron_ids = np.ascontiguousarray(self.neuron_ids, dtype=np.int64)
+        if self.stimulus is not None:
+            self.stimulus = np.ascontiguousarray(self.stimulus)
+        if not self.trials:
+            self.trials = [Trial(0, 0, self.traces.shape[0] if self.traces.ndim == 2 else 0)]
+        self.validate()
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def n_frames(self) -> int:
+        return int(self.traces.shape[0])
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.traces.shape[1])
+
+    @property
+    def stimulus_shape(self) -> tuple[int, int] | None:
+        return None if self.stimulus is None else (int(self.stimulus.shape[1]), int(self.stimulus.shape[2]))
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def validate(self) -> None:
+        """Raise SessionError naming the first inconsistency found."""
+        if self.traces.ndim != 2:
+            raise SessionError(f"traces must be (T, N), got shape {self.traces.shape}")
+        t, n = self.traces.shape
+        if self.behaviour.shape != (t, len(BEHAVIOUR_CHANNELS)):
+            raise SessionError(
+                f"behaviour must be (T={t}, {len(BEHAVIOUR_CHANNELS)}), got shape {self.behaviour.shape}"
+            )
+        if self.timestamps_ns.shape != (t,):
+            raise SessionError(f"timestamps_ns must be (T={t},), got shape {self.timestamps_ns.shape}")
+        if self.neuron_ids.shape != (n,):
+            raise SessionError(f"neuron_ids must be (N={n},), got shape {self.neuron_ids.shape}")
+        if n and np.unique(self.neuron_ids).size != n:
+            raise SessionError("neuron_ids must be unique")
+        if self.stimulus is not None:
+            if self.stimulus.dtype != np.uint8:
+                raise SessionError(f"stimulus must be uint8, got {self.stimulus.dtype}")
+            if self.stimulus.ndim != 3 or self.stimulus.shape[0] != t:
+                raise SessionError(f"stimulus must be (T={t}, H, W), got shape {self.stimulus.shape}")
+        if not (np.isfinite(self.frame_rate) and self.frame_rate > 0):
+            raise SessionError(f"frame_rate must be positive, got {self.frame_rate}")
+        if self.source not in SOURCES:
+            raise SessionError(f"source must be one of {SOURCES}, got {self.source!r}")
+        expected = 0
+        for k, trial in enumerate(self.trials):
+            if trial.start != expected or trial.stop < trial.start:
+                raise SessionError(
+                    f"trial {k} (index {trial.index}) spans [{trial.start}, {trial.stop}); "
+                    f"trials must be contiguous from frame 0, expected start {expected}"
+                )
+            expected = trial.stop
+        if expected != t:
+            raise SessionError(f"trials cover {expected} frames but the session has {t}")
+
+    # ------------------------------------------------------------------ selection
+    def select_trials(self, indices: Sequence[int] | None = None, tier: str | None = None) -> Session:
+        """A new session holding the chosen trials (by source index and/or tier), back to back."""
+        chosen = [
+            tr
+            for tr in self.trials
+            if (indices is None or tr.index in set(indices)) and (tier is None or tr.tier == tier)
+        ]
+        if indices is not None:
+            missing = sorted(set(indices) - {tr.index for tr in chosen})
+            if missing:
+                raise SessionError(f"no trial with index {missing} in session (has {self.trial_indices()})")
+        if not chosen:
+            raise SessionError(f"no trials match indices={indices} tier={tier}")
+        rows = np.concatenate([np.arange(tr.start, tr.stop) for tr in chosen])
+        trials, pos = [], 0
+        for tr in chosen:
+            trials.append(Trial(tr.index, pos, pos + tr.n_frames, tr.tier))
+            pos += tr.n_frames
+        return dataclasses.replace(
+            self,
+            traces=self.traces[rows],
+            behaviour=self.behaviour[rows],
+            timestamps_ns=self.timestamps_ns[rows],
+            stimulus=None if self.stimulus is None else self.stimulus[rows],
+            trials=trials,
+        )
+
+    def trial_indices(self) -> list[int]:
+        return [tr.index for tr in self.trials]
+
+    def iter_frames(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Yield (seq, timestamp_ns, traces[N], behaviour[4], stimulus[H, W] or None) per frame."""
+        for i in range(self.n_frames):
+            stim = None if self.stimulus is None else self.stimulus[i]
+            yield i, int(self.timestamps_ns[i]), self.traces[i], self.behaviour[i], stim
+
+
+def regular_timestamps(n_frames: int, frame_rate: float, start_ns: int = 0) -> np.ndarray:
+    """Acquisition times for frames at a fixed rate, exact in integer nanoseconds."""
+    return start_ns + np.round(np.arange(n_frames) * (1e9 / frame_rate)).astype(np.int64)
+
+
+def concat_sessions(sessions: Sequence[Session]) -> Session:
+    """Play sessions back to back as one (same neurons required); timestamps stay regular."""
+    if not sessions:
+        raise SessionError("nothing to concatenate")
+    first = sessions[0]
+    for s in sessions[1:]:
+        if not np.array_equal(s.neuron_ids, first.neuron_ids):
+            raise SessionError("sessions to concatenate must have the same neuron ids")
+        if (s.stimulus is None) != (first.stimulus is None):
+            raise SessionError("either all sessions carry a stimulus or none does")
+    trials, pos = [], 0
+    for s in sessions:
+        for tr in s.trials:
+            trials.append(Trial(tr.index, pos + tr.start, pos + tr.stop, tr.tier))
+        pos += s.n_frames
+    return dataclasses.replace(
+        first,
+        traces=np.concatenate([s.traces for s in sessions]),
+        behaviour=np.concatenate([s.behaviour for s in sessions]),
+        timestamps_ns=regular_timestamps(pos, first.frame_rate, int(first.timestamps_ns[:1].sum())),
+        stimulus=None if first.stimulus is None else np.concatenate([s.stimulus for s in sessions]),
+        trials=trials,
+    )
