@@ -73,6 +73,7 @@ class StreamTracker:
         self.session: SessionHeader | None = None
         self.ended = False
         self.last_seq = -1  # highest sequence number seen in the current session
+        self._seen_frame = False
         self._outstanding: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.errors: collections.deque[ProtocolError] = collections.deque(maxlen=100)
 
@@ -133,6 +134,7 @@ class StreamTracker:
         self.session = h
         self.ended = False
         self.last_seq = -1
+        self._seen_frame = False
         self._outstanding.clear()
         self.stats.sessions += 1
         return h
@@ -160,6 +162,10 @@ class StreamTracker:
             raise PayloadError(
                 f"frame {f.seq}: stimulus shape {stim_shape}, session header says {h.stimulus_shape}", b"frame"
             )
+        if not self._seen_frame:
+            # First frame of this session here: a late joiner starts where it joined (no false gap).
+            self._seen_frame = True
+            self.last_seq = f.seq - 1
         if f.seq <= self.last_seq:
             if f.seq in self._outstanding:
                 del self._outstanding[f.seq]
@@ -181,7 +187,7 @@ class StreamTracker:
     def _note_gap_upto(self, last: int) -> None:
         """Frames last_seq+1..last were never seen: record them as one gap."""
         first = self.last_seq + 1
-        if last < first or self.session is None:
+        if last < first or self.session is None or not self._seen_frame:
             return
         self.stats.gaps += 1
         self.stats.missing += last - first + 1

@@ -71,6 +71,8 @@ def save_session(session: Session, path: str | Path) -> None:
     elif suffix == "":
         from streams.formats.sensorium import write_sensorium
 
-        write_sensorium(session, p)
+        # Sensorium numbers trials 0..K-1 by file name; other sources may not, so renumber then.
+        in_order = [tr.index for tr in session.trials] == list(range(len(session.trials)))
+        write_sensorium(session, p, renumber=not in_order)
     else:
         raise FormatError(f"{p}: cannot tell the format to write (use a folder, .nwb or .ncr)")

@@ -1,0 +1,98 @@
+"""Shared fixtures: small seeded sessions and real loopback endpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.session import Session, Trial, regular_timestamps
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def make_session(
+    n_frames: int = 90, n_neurons: int = 40, *, stimulus: bool = True, n_trials: int = 3, seed: int = 0,
+    nan_fraction: float = 0.0,
+) -> Session:
+    """A random but valid session: gamma-distributed traces, smooth behaviour, uint8 stimulus."""
+    rng = np.random.default_rng(seed)
+    traces = rng.gamma(0.5, 1.0, (n_frames, n_neurons)).astype(np.float32)
+    if nan_fraction:
+        traces[rng.random(traces.shape) < nan_fraction] = np.nan
+    behaviour = np.cumsum(rng.normal(0, 0.1, (n_frames, 4)), axis=0).astype(np.float32)
+    stim = rng.integers(0, 256, (n_frames, 36, 64), dtype=np.uint8) if stimulus else None
+    bounds = np.linspace(0, n_frames, n_trials + 1).astype(int)
+    tiers = ["train", "oracle", "final_test_main"]
+    trials = [Trial(10 + k, int(bounds[k]), int(bounds[k + 1]), tiers[k % 3]) for k in range(n_trials)]
+    ids = rng.choice(10_000_000, n_neurons, replace=False).astype(np.int64)
+    return Session(traces, behaviour, regular_timestamps(n_frames, 30.0, 1_000_000_000), ids, 30.0,
+                   "mouse-test", stim, trials, source="replay", start_time_ns=1_700_000_000_000_000_000)
+
+
+@pytest.fixture
+def session() -> Session:
+    return make_session()
+
+
+def neurocine(*args: str, **kw) -> subprocess.Popen:
+    """Start the real CLI in a subprocess (as a user would)."""
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def free_port() -> int:
+    """A free TCP port below the kernel's ephemeral range (32768+).
+
+    A subscriber reconnecting to a dead ephemeral port can end up connected to itself (TCP
+    self-connect) and hold the port, so tests that restart a publisher use ports outside that range.
+    """
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def assert_sessions_equal(a: Session, b: Session, *, timestamps: bool = True) -> None:
+    """Bit-identical data (NaN compared as equal bit patterns)."""
+    assert a.traces.shape == b.traces.shape
+    assert a.traces.tobytes() == b.traces.tobytes()
+    assert a.behaviour.tobytes() == b.behaviour.tobytes()
+    assert np.array_equal(a.neuron_ids, b.neuron_ids)
+    if a.stimulus is None:
+        assert b.stimulus is None
+    else:
+        assert b.stimulus is not None and a.stimulus.tobytes() == b.stimulus.tobytes()
+    if timestamps:
+        assert np.array_equal(a.timestamps_ns, b.timestamps_ns)
+
+
+# Fuzz tests must give the same verdict on every run: derive examples from the test, not a clock.
+from hypothesis import settings as _hyp_settings  # noqa: E402
+
+_hyp_settings.register_profile("neurocine", derandomize=True, print_blob=True)
+_hyp_settings.load_profile("neurocine")

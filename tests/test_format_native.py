@@ -1,0 +1,112 @@
+"""The recorder's .ncr format: bit-identical, append-only, readable while written, crash-tolerant."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.formats import FormatError, load_session, save_session
+from streams.formats.native import NativeWriter, iter_records, read_native, read_recording
+from streams.protocol import encode_frame, encode_session
+from streams.replay import replay
+from streams.transport import Publisher
+from tests.conftest import REPO, assert_sessions_equal, free_port, make_session, wait_for
+
+
+def test_round_trip_bit_identical_with_trials_and_nan(tmp_path: Path) -> None:
+    s = make_session(nan_fraction=0.05)
+    save_session(s, tmp_path / "s.ncr")
+    r = load_session(tmp_path / "s.ncr")
+    assert_sessions_equal(s, r)
+    assert r.trials == s.trials and r.session_id == s.session_id and r.mouse_id == s.mouse_id
+    assert load_session(tmp_path / "s.ncr", tier="oracle").trials[0].index == 11
+
+
+def _write_frames(path: Path, n: int, sync_interval: float = 1.0) -> NativeWriter:
+    s = make_session(n_frames=n, n_trials=1)
+    from streams.formats.native import header_of
+
+    w = NativeWriter(path, fsync_interval_s=sync_interval)
+    w.write(encode_session(header_of(s)))
+    for i in range(n):
+        w.write(encode_frame(s.session_id, i, i, i, s.traces[i], s.behaviour[i], s.stimulus[i]))
+    return w
+
+
+def test_readable_while_being_written(tmp_path: Path) -> None:
+    w = _write_frames(tmp_path / "live.ncr", 20)
+    assert read_native(tmp_path / "live.ncr").n_frames == 20  # writer still open
+    w.write(encode_frame(read_native(tmp_path / "live.ncr").session_id, 20, 0, 0, np.zeros(40, np.float32),
+                         np.zeros(4, np.float32), np.zeros((36, 64), np.uint8)))
+    assert read_native(tmp_path / "live.ncr").n_frames == 21
+    w.close()
+
+
+def test_torn_tail_loses_only_the_torn_record(tmp_path: Path) -> None:
+    p = tmp_path / "t.ncr"
+    _write_frames(p, 30).close()
+    data = p.read_bytes()
+    p.write_bytes(data[:-100])
+    rec = read_recording(p)
+    assert len(next(iter(rec.frames.values()))) == 29
+    assert rec.report.torn_tail_bytes > 0 and rec.report.damaged_at == []
+
+
+def test_damaged_middle_record_is_skipped_and_reported(tmp_path: Path) -> None:
+    p = tmp_path / "d.ncr"
+    _write_frames(p, 30).close()
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    rec = read_recording(p)
+    frames = next(iter(rec.frames.values()))
+    assert len(frames) == 29 and len(rec.report.damaged_at) == 1
+    assert sorted(f.seq for f in frames) != list(range(29))  # the hole is where the damage was
+
+
+def test_appending_to_a_foreign_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "x.ncr"
+    p.write_bytes(b"not a recording")
+    with pytest.raises(FormatError, match="not a neurocine recording; refusing to append"):
+        NativeWriter(p)
+    with pytest.raises(FormatError, match="bad magic"):
+        list(iter_records(p))
+    assert p.read_bytes() == b"not a recording"  # untouched
+
+
+def test_empty_recording_is_a_clear_error(tmp_path: Path) -> None:
+    NativeWriter(tmp_path / "e.ncr").close()
+    with pytest.raises(FormatError, match="holds no session header"):
+        read_native(tmp_path / "e.ncr")
+
+
+def test_kill_9_during_recording_loses_at_most_the_last_second(tmp_path: Path) -> None:
+    out = tmp_path / "k.ncr"
+    port = free_port()
+    session = make_session(n_frames=300, n_neurons=500, n_trials=1)
+    import subprocess
+
+    rec = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", f"tcp://127.0.0.1:{port}",
+                            "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with Publisher(f"tcp://127.0.0.1:{port}", nodrop=True) as pub:
+            assert pub.wait_subscribers(1, timeout_s=20)
+            stop_at = time.monotonic() + 2.0
+            replay(session, pub, speed=1.0, should_stop=lambda: time.monotonic() > stop_at)
+            sent = pub.last_seq + 1
+            os.kill(rec.pid, signal.SIGKILL)
+            rec.wait(10)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+    assert wait_for(lambda: out.exists(), 1)
+    got = read_native(out)
+    assert sent >= 50
+    assert got.n_frames >= sent - 30  # at most one second (30 frames) lost
+    assert got.traces.tobytes() == session.traces[: got.n_frames].tobytes()

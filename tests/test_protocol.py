@@ -1,0 +1,237 @@
+"""Wire protocol v1: round trips, every typed error, and fuzzing that only ProtocolError escapes."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams import protocol as p
+from streams.protocol import (
+    End,
+    Frame,
+    Heartbeat,
+    MalformedHeader,
+    NonFiniteValues,
+    PayloadError,
+    ProtocolError,
+    SessionHeader,
+    UnknownTopic,
+    VersionMismatch,
+    decode,
+)
+from streams.tracker import StreamTracker
+
+N = 16
+
+
+def header() -> SessionHeader:
+    return SessionHeader("s1", "rig", "m7", 30.0, np.arange(100, 100 + N, dtype=np.int64), stimulus_shape=(4, 5),
+                         start_time_ns=123, trial_tiers={3: "oracle"})
+
+
+def frame_parts(seq: int = 0, traces: np.ndarray | None = None) -> list:
+    tr = np.linspace(0, 1, N, dtype=np.float32) if traces is None else traces
+    stim = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    return p.encode_frame("s1", seq, 10 + seq, 20 + seq, tr, np.arange(4, dtype=np.float32), stim, trial=3)
+
+
+def as_bytes(parts: list) -> list[bytes]:
+    return [bytes(x) for x in parts]
+
+
+def test_session_header_round_trip() -> None:
+    h = decode(as_bytes(p.encode_session(header())))
+    assert isinstance(h, SessionHeader) and h.same_as(header())
+    assert h.trial_tiers == {3: "oracle"} and h.stimulus_shape == (4, 5)
+
+
+def test_frame_round_trip_is_bit_identical_and_zero_copy() -> None:
+    tr = np.random.default_rng(0).normal(size=N).astype(np.float32)
+    tr[3] = np.nan
+    parts = as_bytes(frame_parts(5, tr))
+    f = decode(parts)
+    assert isinstance(f, Frame)
+    assert f.seq == 5 and f.t_acq_ns == 15 and f.t_pub_ns == 25 and f.trial == 3
+    assert f.traces.tobytes() == tr.tobytes()
+    assert f.stimulus is not None and f.stimulus.shape == (4, 5)
+    assert not f.traces.flags.writeable  # a view of the received buffer, not a copy
+
+
+def test_end_and_heartbeat_round_trip() -> None:
+    e = decode(as_bytes(p.encode_end(End("s1", 42, "complete", 7))))
+    assert e == End("s1", 42, "complete", 7)
+    hb = decode(as_bytes(p.encode_heartbeat(Heartbeat(None, 9, -1))))
+    assert hb == Heartbeat(None, 9, -1)
+
+
+def test_decoded_framing_round_trip() -> None:
+    img = np.full((36, 64), 7, np.uint8)
+    m = decode(as_bytes(p.encode_decoded("s1", {"seq": 4, "final": True}, [("frame", img)])))
+    assert isinstance(m, p.Decoded) and m.fields == {"seq": 4, "final": True}
+    assert np.array_equal(m.arrays["frame"], img)
+
+
+def _with_header(parts: list, **changes) -> list[bytes]:
+    h = msgpack.unpackb(bytes(parts[1]), raw=False, strict_map_key=False)
+    for k, v in changes.items():
+        if v is KeyError:
+            h.pop(k)
+        else:
+            h[k] = v
+    return [bytes(parts[0]), msgpack.packb(h), *as_bytes(parts[2:])]
+
+
+@pytest.mark.parametrize(
+    ("parts", "error", "words"),
+    [
+        ([b"bogus", msgpack.packb({"v": 1})], UnknownTopic, "unknown topic"),
+        ([b"frame"], ProtocolError, "at least"),
+        ([b"frame", b"\xc1\xff garbage"], MalformedHeader, "not valid msgpack"),
+        ([b"frame", msgpack.packb([1, 2])], MalformedHeader, "must be a msgpack map"),
+        ([b"frame", msgpack.packb({"x": 1})], MalformedHeader, "no protocol version"),
+    ],
+)
+def test_broken_framing_is_named(parts: list, error: type, words: str) -> None:
+    with pytest.raises(error, match=words):
+        decode(parts)
+
+
+def test_bad_version_named() -> None:
+    with pytest.raises(VersionMismatch, match="protocol version 2"):
+        decode(_with_header(frame_parts(), v=2))
+
+
+def test_missing_field_named() -> None:
+    with pytest.raises(MalformedHeader, match="'seq'"):
+        decode(_with_header(frame_parts(), seq=KeyError))
+
+
+def test_wrong_type_named() -> None:
+    with pytest.raises(MalformedHeader, match="'seq' must be int"):
+        decode(_with_header(frame_parts(), seq="three"))
+
+
+def test_payload_size_not_n_times_4_named() -> None:
+    parts = as_bytes(frame_parts())
+    parts[2] = parts[2][:-2]
+    with pytest.raises(PayloadError, match=r"'traces' <f4\(16,\) needs 64 bytes, payload has 62"):
+        decode(parts)
+
+
+def test_truncated_msgpack_named() -> None:
+    parts = as_bytes(frame_parts())
+    parts[1] = parts[1][: len(parts[1]) // 2]
+    with pytest.raises(MalformedHeader, match="not valid msgpack"):
+        decode(parts)
+
+
+def test_missing_payload_frame_named() -> None:
+    parts = as_bytes(frame_parts())[:-1]
+    with pytest.raises(PayloadError, match="describes 3 payload frames, message has 2"):
+        decode(parts)
+
+
+def test_inf_rejected_nan_allowed() -> None:
+    tr = np.zeros(N, np.float32)
+    tr[2] = np.inf
+    with pytest.raises(NonFiniteValues, match="frame 0: traces hold 1 infinite"):
+        decode(as_bytes(frame_parts(0, tr)))
+    tr[2] = np.nan
+    assert np.isnan(decode(as_bytes(frame_parts(0, tr))).traces[2])
+
+
+def test_wrong_neuron_count_against_header() -> None:
+    t = StreamTracker()
+    t.accept_parts(as_bytes(p.encode_session(header())))
+    bad = p.encode_frame("s1", 0, 0, 0, np.zeros(N + 1, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(PayloadError, match="17 traces, session s1 has 16 neurons"):
+        t.accept_parts(as_bytes(bad))
+    assert t.stats.malformed == 1 and t.stats.errors_by_kind == {"bad_payload": 1}
+
+
+# ------------------------------------------------------------------------------------------------ fuzz
+def _valid_messages() -> list[list[bytes]]:
+    return [
+        as_bytes(p.encode_session(header())),
+        as_bytes(frame_parts(0)),
+        as_bytes(frame_parts(1)),
+        as_bytes(p.encode_end(End("s1", 2))),
+        as_bytes(p.encode_heartbeat(Heartbeat("s1", 5, 1))),
+        as_bytes(p.encode_decoded("s1", {"seq": 1}, [("frame", np.zeros((2, 2), np.uint8))])),
+    ]
+
+
+def _feed(tracker: StreamTracker, parts: list[bytes]) -> None:
+    try:
+        tracker.accept_parts(parts)
+    except ProtocolError:
+        pass  # the only exception allowed to escape
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=6))
+def test_fuzz_random_bytes_only_protocol_errors(parts: list[bytes]) -> None:
+    tracker = StreamTracker()
+    _feed(tracker, as_bytes(p.encode_session(header())))
+    for topic in (b"frame", b"session", b"end", b"heartbeat", b"decoded"):
+        _feed(tracker, [topic, *parts])
+    _feed(tracker, parts)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.integers(0, 10_000),
+    st.integers(0, 255),
+    st.sampled_from(["flip", "truncate", "extend", "drop_part", "dup_part", "swap"]),
+)
+def test_fuzz_mutated_valid_messages_only_protocol_errors(which: int, part: int, pos: int, byte: int,
+                                                          how: str) -> None:
+    msgs = _valid_messages()
+    parts = msgs[which]
+    k = part % len(parts)
+    b = bytearray(parts[k])
+    if how == "flip" and b:
+        b[pos % len(b)] = byte
+    elif how == "truncate":
+        b = b[: pos % (len(b) + 1)]
+    elif how == "extend":
+        b += bytes([byte]) * (pos % 9 + 1)
+    parts = list(parts)
+    parts[k] = bytes(b)
+    if how == "drop_part":
+        parts.pop(k)
+    elif how == "dup_part":
+        parts.insert(k, parts[k])
+    elif how == "swap" and len(parts) > 1:
+        parts[0], parts[-1] = parts[-1], parts[0]
+    tracker = StreamTracker()
+    _feed(tracker, msgs[0])
+    _feed(tracker, parts)
+    # after any garbage, a valid frame is still accepted (the tracker is not corrupted)
+    if tracker.session is not None and tracker.session.session_id == "s1" and tracker.session.n_neurons == N:
+        out = tracker.accept_parts(as_bytes(frame_parts(1000)))
+        assert isinstance(out, Frame) and out.seq == 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "arrays", "session_id", "seq", "t_acq_ns", "t_pub_ns", "n_neurons",
+                                        "source", "frame_rate", "behaviour_channels", "stimulus_shape",
+                                        "start_time_ns", "mouse_id", "trial_tiers", "n_frames", "reason",
+                                        "last_seq", "trial"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+                                 st.text(max_size=5), st.lists(st.integers(-3, 40), max_size=4),
+                                 st.dictionaries(st.integers(-2, 2), st.text(max_size=2), max_size=2))))
+def test_fuzz_structured_headers_only_protocol_errors(h: dict) -> None:
+    tracker = StreamTracker()
+    _feed(tracker, as_bytes(p.encode_session(header())))
+    for topic in (b"frame", b"session", b"end", b"heartbeat", b"decoded"):
+        try:
+            packed = msgpack.packb(h)
+        except (OverflowError, ValueError):
+            return
+        _feed(tracker, [topic, packed, b"\x00" * 64, b"\x00" * 16])

@@ -1,0 +1,103 @@
+"""Stream bookkeeping: gaps reported as ranges, duplicates, out-of-order, restarts, late joiners."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streams.protocol import End, Frame, FrameBeforeSession, Heartbeat, SessionHeader, SessionMismatch
+from streams.tracker import StreamTracker
+
+N = 8
+
+
+def hdr(sid: str = "a") -> SessionHeader:
+    return SessionHeader(sid, "replay", "m", 30.0, np.arange(N, dtype=np.int64))
+
+
+def frame(seq: int, sid: str = "a", t_pub: int = 0) -> Frame:
+    return Frame(sid, seq, seq, t_pub, np.zeros(N, np.float32), np.zeros(4, np.float32))
+
+
+def feed(t: StreamTracker, seqs, sid: str = "a") -> list[int]:
+    out = []
+    for s in seqs:
+        m = t.accept(frame(s, sid), recv_ns=0)
+        if m is not None:
+            out.append(m.seq)
+    return out
+
+
+def test_gaps_are_reported_as_ranges() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    delivered = feed(t, [0, 1, 2, 5, 6, 10])
+    assert delivered == [0, 1, 2, 5, 6, 10]
+    assert t.stats.gaps == 2 and t.stats.missing == 5
+    assert t.stats.gap_ranges == [("a", 3, 4), ("a", 7, 9)]
+
+
+def test_duplicates_dropped_and_late_fill_counted_out_of_order() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    delivered = feed(t, [0, 1, 1, 3, 2, 2, 0])
+    assert delivered == [0, 1, 3, 2]
+    assert t.stats.duplicates == 3 and t.stats.out_of_order == 1 and t.stats.missing == 0
+    assert t.stats.received == 4
+
+
+def test_trailing_loss_seen_through_heartbeat_and_end() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    feed(t, [0, 1])
+    t.accept(Heartbeat("a", 0, 4))
+    assert t.stats.gap_ranges == [("a", 2, 4)]
+    t.accept(End("a", 8))
+    assert t.stats.gap_ranges[-1] == ("a", 5, 7) and t.stats.missing == 6 and t.ended
+
+
+def test_header_resend_is_silent_and_restart_is_a_new_session() -> None:
+    t = StreamTracker()
+    assert t.accept(hdr()) is not None
+    assert t.accept(hdr()) is None  # periodic re-send
+    feed(t, [0, 1, 2])
+    new = t.accept(hdr("b"))
+    assert isinstance(new, SessionHeader) and t.stats.sessions == 2
+    assert feed(t, [0, 1], sid="b") == [0, 1]  # sequence numbers restart without a false gap
+    assert t.stats.gaps == 0 and t.stats.duplicates == 0
+
+
+def test_frames_before_header_are_unsynced_not_malformed() -> None:
+    t = StreamTracker()
+    with pytest.raises(FrameBeforeSession):
+        t.accept(frame(7))
+    t.accept(hdr())
+    with pytest.raises(SessionMismatch, match="frame 3 of session zzz"):
+        t.accept(frame(3, "zzz"))
+    assert t.stats.unsynced == 2 and t.stats.malformed == 0
+    # a late joiner starts at whatever sequence number it first sees: no gap for what came before
+    assert feed(t, [40, 41]) == [40, 41] and t.stats.gaps == 0
+
+
+def test_changed_header_under_same_id_is_an_error() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    changed = SessionHeader("a", "replay", "m", 60.0, np.arange(N, dtype=np.int64))
+    with pytest.raises(SessionMismatch, match="different header"):
+        t.accept(changed)
+
+
+def test_late_frames_counted() -> None:
+    t = StreamTracker(late_after_s=0.1)
+    t.accept(hdr())
+    t.accept(frame(0, t_pub=0), recv_ns=50_000_000)
+    t.accept(frame(1, t_pub=0), recv_ns=250_000_000)
+    assert t.stats.late == 1
+
+
+def test_late_joiner_heartbeat_before_first_frame_is_not_a_gap() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    t.accept(Heartbeat("a", 0, 99))
+    assert feed(t, [100, 101]) == [100, 101]
+    assert t.stats.gaps == 0 and t.stats.missing == 0
