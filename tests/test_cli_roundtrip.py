@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streams.formats import load_session, save_session
-from tests.conftest import REPO, assert_sessions_equal, free_port, make_session
+from streams.protocol import Frame, SessionHeader
+from streams.transport import Subscriber
+from tests.conftest import REPO, assert_sessions_equal, free_port, make_session, wait_for
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -76,3 +81,79 @@ def test_every_verb_has_help_with_an_example() -> None:
     assert {"replay", "record", "bench", "inspect"} <= set(sub.choices)
     for name, p in sub.choices.items():
         assert "example:" in p.format_help(), name
+
+
+def test_subscriber_started_three_seconds_into_a_replay_decodes_within_a_second(tmp_path: Path) -> None:
+    save_session(make_session(n_frames=300, n_neurons=200, n_trials=1), tmp_path / "s.ncr")
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    rep = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
+                            "--speed", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3.0)
+        t_join = time.monotonic()
+        session_after = None
+        frames: list[Frame] = []
+        with Subscriber(ep) as sub:
+            while time.monotonic() - t_join < 2.5:
+                m = sub.recv(timeout_s=0.1)
+                if isinstance(m, SessionHeader) and session_after is None:
+                    session_after = time.monotonic() - t_join
+                elif isinstance(m, Frame):
+                    frames.append(m)
+            st = sub.stats
+    finally:
+        rep.terminate()
+        rep.communicate(timeout=20)
+    assert session_after is not None and session_after <= 1.0
+    assert frames and frames[0].seq >= 60  # joined mid-stream...
+    assert [f.seq for f in frames] == list(range(frames[0].seq, frames[0].seq + len(frames)))  # ...and lost nothing
+    assert len(frames) >= 30 and st.gaps == 0 and st.malformed == 0
+
+
+def _frames_in(path: Path) -> int:
+    from streams.formats.native import read_recording
+
+    if not path.exists():
+        return 0
+    return sum(len(v) for v in read_recording(path).frames.values())
+
+
+def test_record_ctrl_c_prints_summary_and_keeps_the_file(tmp_path: Path) -> None:
+    save_session(make_session(n_frames=300, n_neurons=50, n_trials=1), tmp_path / "s.ncr")
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    out = tmp_path / "o.ncr"
+    rec = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", ep, "--out", str(out)],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rep = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
+                            "--speed", "1", "--wait-subscribers", "1"], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: _frames_in(out) >= 30, timeout=30)
+        rec.send_signal(signal.SIGINT)
+        stdout, _ = rec.communicate(timeout=20)
+    finally:
+        rep.terminate()
+        rep.communicate(timeout=20)
+    summary = json.loads(stdout)["record"]
+    assert rec.returncode == 0 and summary["stopped_by"] == "interrupt"
+    assert summary["frames"] == load_session(out).n_frames >= 30
+
+
+def test_replay_loop_continues_the_session(tmp_path: Path) -> None:
+    save_session(make_session(n_frames=30, n_neurons=20, n_trials=1), tmp_path / "s.ncr")
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    rep = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
+                            "--speed", "0", "--loop", "--wait-subscribers", "1"], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r = cli("record", "--connect", ep, "--out", str(tmp_path / "o.ncr"), "--frames", "75")
+    finally:
+        rep.terminate()
+        out, _ = rep.communicate(timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out)["replay"]["interrupted"] is True
+    got = load_session(tmp_path / "o.ncr")
+    assert got.n_frames == 75
+    assert np.all(np.diff(got.timestamps_ns) > 0)  # acquisition time goes on across loops
+    src = load_session(tmp_path / "s.ncr")
+    assert got.traces[30:60].tobytes() == src.traces.tobytes()
