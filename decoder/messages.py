@@ -1,0 +1,79 @@
+"""The `decoded` message: what the decode service publishes for each reconstructed frame.
+
+Framing is wire protocol v1 (docs/protocol.md, topic `decoded`); this module fixes its fields so the
+service, the viewer, the recorder and the latency benchmark agree. No torch or onnxruntime here: a
+viewer machine imports it light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from streams.protocol import Decoded, PayloadError, ProtocolError, encode_decoded
+
+FRAME_SHAPE = (36, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedFrame:
+    """One reconstructed frame, aligned with source frame `seq` (the stimulus shown at that frame)."""
+
+    session_id: str  # the source session (rig or replay) this frame was decoded from
+    seq: int  # source frame sequence number
+    t_acq_ns: int  # the source frame's acquisition time (rig clock)
+    t_pub_ns: int  # when the source frame was published
+    t_recv_ns: int  # when the decoder received the frame that finalised this one
+    t_done_ns: int  # when the decoder published this frame
+    lag: int  # frames between this frame and the newest frame the decoder had seen
+    final: bool  # False for provisional frames that will still be refined
+    frame: np.ndarray  # (36, 64) uint8
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def encode_decoded_frame(d: DecodedFrame) -> list[Any]:
+    fields = {
+        "seq": int(d.seq),
+        "t_acq_ns": int(d.t_acq_ns),
+        "t_pub_ns": int(d.t_pub_ns),
+        "t_recv_ns": int(d.t_recv_ns),
+        "t_done_ns": int(d.t_done_ns),
+        "lag": int(d.lag),
+        "final": bool(d.final),
+        "stats": d.stats,
+    }
+    return encode_decoded(d.session_id, fields, [("frame", np.ascontiguousarray(d.frame, dtype=np.uint8))])
+
+
+def _int(fields: dict[str, Any], key: str) -> int:
+    v = fields.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise PayloadError(f"decoded message field {key!r} must be int, got {type(v).__name__}", b"decoded")
+    return v
+
+
+def as_decoded_frame(msg: Decoded) -> DecodedFrame:
+    """Interpret a generic `decoded` message; raises ProtocolError if it is not a decoded frame."""
+    frame = msg.arrays.get("frame")
+    if frame is None or frame.dtype != np.uint8 or frame.ndim != 2:
+        raise PayloadError("decoded message needs a 2-D uint8 array 'frame'", b"decoded")
+    final = msg.fields.get("final")
+    if not isinstance(final, bool):
+        raise ProtocolError("decoded message field 'final' must be bool", b"decoded")
+    stats = msg.fields.get("stats") or {}
+    if not isinstance(stats, dict):
+        raise ProtocolError("decoded message field 'stats' must be a map", b"decoded")
+    return DecodedFrame(
+        session_id=msg.session_id,
+        seq=_int(msg.fields, "seq"),
+        t_acq_ns=_int(msg.fields, "t_acq_ns"),
+        t_pub_ns=_int(msg.fields, "t_pub_ns"),
+        t_recv_ns=_int(msg.fields, "t_recv_ns"),
+        t_done_ns=_int(msg.fields, "t_done_ns"),
+        lag=_int(msg.fields, "lag"),
+        final=final,
+        frame=frame,
+        stats=stats,
+    )

@@ -1,0 +1,138 @@
+"""The Qt side of the viewer: widgets, the redraw timer and socket draining (imports Qt)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from pyqtgraph.Qt import QtCore, QtWidgets
+
+from decoder.messages import as_decoded_frame
+from decoder.viewer import ViewerState
+from streams.protocol import Decoded, Frame, ProtocolError
+from streams.transport import Subscriber
+
+pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
+GREY = 128
+
+
+class ViewerWindow(QtWidgets.QWidget):
+    """Decoded | truth images, a running correlation plot and latency / rate / drop readouts."""
+
+    def __init__(self, connect: str, truth: str | None, rate_hz: float = 30.0, scale: int = 6) -> None:
+        self.app = pg.mkQApp("neurocine view")
+        super().__init__()
+        self.setWindowTitle(f"neurocine view: {connect}")
+        self.state = ViewerState()
+        self.decoded_sub = Subscriber(connect, topics=[b"decoded", b"heartbeat"])
+        self.truth_sub = Subscriber(truth, topics=[b"session", b"frame"]) if truth else None
+
+        layout = QtWidgets.QVBoxLayout(self)
+        row = QtWidgets.QHBoxLayout()
+        self.decoded_item = self._add_image(row, "decoded", scale)
+        self.truth_item = self._add_image(row, "true stimulus" if truth else "true stimulus (no --truth)", scale)
+        layout.addLayout(row, stretch=3)
+
+        self.plot = pg.PlotWidget(title="pixel correlation, decoded vs true (per frame)")
+        self.plot.setYRange(-0.2, 1.0)
+        self.plot.setLabel("bottom", "frame")
+        self.plot.showGrid(y=True, alpha=0.3)
+        self.curve = self.plot.plot(pen=pg.mkPen("y", width=2))
+        self.plot.setMinimumHeight(160)
+        layout.addWidget(self.plot, stretch=2)
+
+        self.readout = QtWidgets.QLabel("waiting for decoded frames ...")
+        self.readout.setStyleSheet("font-family: monospace; font-size: 12pt;")
+        layout.addWidget(self.readout)
+
+        self.timer = QtCore.QTimer(self)
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(max(1, int(1000 / rate_hz)))
+        self.resize(2 * 64 * scale + 60, 36 * scale + 320)
+        self.show()
+
+    def _add_image(self, row: QtWidgets.QHBoxLayout, title: str, scale: int) -> pg.ImageItem:
+        """One movie panel (its own graphics widget, so both panels get the same size)."""
+        panel = pg.GraphicsLayoutWidget()
+        panel.setBackground("k")
+        panel.addLabel(title, row=0, col=0, color="w")
+        view = panel.addViewBox(row=1, col=0)
+        view.setAspectLocked(True)
+        view.invertY(True)
+        view.setMouseEnabled(False, False)
+        item = pg.ImageItem(np.full((36, 64), GREY, np.uint8), levels=(0, 255))
+        view.addItem(item)
+        panel.setMinimumSize(64 * scale + 20, 36 * scale + 40)
+        row.addWidget(panel, stretch=1)
+        return item
+
+    # ------------------------------------------------------------------ socket draining
+    def _drain(self) -> None:
+        if self.truth_sub is not None:
+            while (m := self.truth_sub.recv(timeout_s=0)) is not None:
+                if isinstance(m, Frame) and m.stimulus is not None:
+                    self.state.on_truth(m.session_id, m.seq, m.stimulus)
+        while (m := self.decoded_sub.recv(timeout_s=0)) is not None:
+            if isinstance(m, Decoded):
+                try:
+                    d = as_decoded_frame(m)
+                except ProtocolError:
+                    continue  # counted by nothing else: not a decoded frame; ignore, never crash the GUI
+                self.state.on_decoded(d, time.time_ns())
+
+    # ------------------------------------------------------------------ drawing
+    def tick(self) -> None:
+        self._drain()
+        d = self.state.decoded
+        if d is None:
+            return
+        self.decoded_item.setImage(d.frame, autoLevels=False, levels=(0, 255))
+        truth = self.state.truth_for(d)
+        if truth is not None:
+            self.truth_item.setImage(truth, autoLevels=False, levels=(0, 255))
+        if self.state.correlations:
+            xs, ys = zip(*self.state.correlations, strict=True)
+            self.curve.setData(np.array(xs), np.nan_to_num(np.array(ys)))
+        s = self.summary()
+        corr = "-" if s["pixel_correlation_mean"] is None else f"{s['pixel_correlation_mean']:.3f}"
+        self.readout.setText(
+            f"frame {s['last_seq']}   latency {s['latency_ms_p50']:.1f} ms (p50, publish->shown)   "
+            f"{s['frame_rate_hz']:.1f} Hz   drops {s['drops']}   mean r {corr}"
+        )
+        self.state.frames_shown += 1
+
+    def summary(self) -> dict[str, Any]:
+        wire = self.decoded_sub.stats
+        return self.state.summary(drops_on_wire=wire.missing)
+
+    # ------------------------------------------------------------------ offscreen use
+    def run_until(self, n_frames: int, timeout_s: float) -> bool:
+        """Process events until `n_frames` decoded frames were drawn (True) or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.app.processEvents()
+            if self.state.decoded_received >= n_frames and self.state.frames_shown > 0:
+                self.tick()
+                self.app.processEvents()
+                return True
+            time.sleep(0.005)
+        return False
+
+    def save_png(self, path: str) -> None:
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.app.processEvents()
+        if not self.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+
+    def exec(self) -> None:
+        self.app.exec()
+
+    def close_streams(self) -> None:
+        self.timer.stop()
+        self.decoded_sub.close()
+        if self.truth_sub is not None:
+            self.truth_sub.close()
