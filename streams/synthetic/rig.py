@@ -1,0 +1,118 @@
+"""The live synthetic rig: the simulated mouse watches an endless held-out movie and every frame is
+published in real time (traces, behaviour and the true stimulus), generated on the fly.
+
+Frames go out on absolute deadlines start + seq / fps (no drift: a late frame does not push the next
+ones back; a frame is never skipped, so a rig that falls behind catches up by sending at once and
+counts the late frames). While waiting for a deadline the publisher's `tick()` keeps heartbeats and
+header re-sends flowing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
+from streams.synthetic.simulate import DEFAULT_MOVIE_SEED, MouseStream, SimFrame
+from streams.synthetic.stimuli import NaturalMovie
+
+LATE_TOLERANCE_S = 0.010
+
+
+def live_frames(mouse: Mouse, movie_seed: int = DEFAULT_MOVIE_SEED, split: str = "test") -> Iterator[SimFrame]:
+    """The rig's frames, unbounded: the same numbers for the same (mouse, movie_seed, split)."""
+    stream = MouseStream(mouse, movie_seed)
+    for frame in NaturalMovie(movie_seed, split):
+        yield stream.step(frame)
+
+
+@dataclasses.dataclass
+class RigReport:
+    frames: int = 0
+    late: int = 0
+    max_lateness_ms: float = 0.0
+    seconds: float = 0.0
+
+
+def run_rig(
+    bind: str,
+    n_neurons: int = DEFAULT_NEURONS,
+    seed: int = DEFAULT_SEED,
+    movie_seed: int = DEFAULT_MOVIE_SEED,
+    max_frames: int | None = None,
+    split: str = "test",
+    verbose: bool = True,
+    wait_subscribers: int = 0,
+    wait_timeout_s: float | None = None,
+) -> RigReport:
+    """Publish the synthetic mouse on `bind` until max_frames (None: until interrupted); first wait
+    (up to wait_timeout_s) for `wait_subscribers` subscribers so that they see frame 0."""
+    from streams.protocol import SessionHeader
+    from streams.session import new_session_id
+    from streams.transport import Publisher
+
+    if max_frames is not None and max_frames < 0:
+        raise ValueError(f"number of frames must be >= 0, got {max_frames}")
+    mouse = make_mouse(seed, n_neurons)
+    mouse.spatial_filters()  # build before the clock starts
+    frames = live_frames(mouse, movie_seed, split)
+    frames = itertools.chain([next(frames)], frames)  # load the photographs before the clock starts
+    period_ns = round(1e9 / mouse.fps)
+    report = RigReport()
+    with Publisher(bind) as pub:
+        if wait_subscribers > 0:
+            pub.wait_subscribers(wait_subscribers, wait_timeout_s)
+        start_wall = time.time_ns()
+        header = SessionHeader(
+            session_id=new_session_id(), source="synthetic", mouse_id=mouse.mouse_id, frame_rate=mouse.fps,
+            neuron_ids=mouse.neuron_ids, stimulus_shape=mouse.frame_shape, start_time_ns=start_wall,
+        )
+        pub.begin(header)
+        if verbose:
+            print(f"rig: publishing {mouse.mouse_id} ({mouse.n_neurons} neurons, movie seed {movie_seed}) "
+                  f"on {pub.endpoint} at {mouse.fps:g} Hz; Ctrl-C stops", file=sys.stderr, flush=True)
+        start = time.monotonic_ns()
+        reason = "complete"
+        try:
+            seq = 0
+            while max_frames is None or seq < max_frames:
+                sim = next(frames)
+                deadline = start + seq * period_ns
+                while True:
+                    left = deadline - time.monotonic_ns()
+                    if left <= 0:
+                        break
+                    pub.tick()
+                    time.sleep(min(left / 1e9, 0.005))
+                lateness = (time.monotonic_ns() - deadline) / 1e9
+                if lateness > LATE_TOLERANCE_S:
+                    report.late += 1
+                report.max_lateness_ms = max(report.max_lateness_ms, lateness * 1e3)
+                pub.send_frame(seq, start_wall + seq * period_ns, sim.traces, sim.behaviour, sim.stimulus)
+                seq += 1
+                report.frames = seq
+                if verbose and seq % int(10 * mouse.fps) == 0:
+                    print(f"\rrig: {seq} frames, {report.late} late", end="", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            reason = "interrupted"
+        finally:
+            report.seconds = (time.monotonic_ns() - start) / 1e9
+            pub.end(reason)
+    if verbose:
+        print(f"\nrig: sent {report.frames} frames in {report.seconds:.1f} s, {report.late} late "
+              f"(max {report.max_lateness_ms:.1f} ms)", file=sys.stderr)
+    return report
+
+
+def first_frames(n: int, n_neurons: int = DEFAULT_NEURONS, seed: int = DEFAULT_SEED,
+                 movie_seed: int = DEFAULT_MOVIE_SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(traces (n, N), behaviour (n, 4), stimulus (n, H, W)) the rig would publish first (for tests)."""
+    it = live_frames(make_mouse(seed, n_neurons), movie_seed)
+    frames = [next(it) for _ in range(n)]
+    return (np.stack([f.traces for f in frames]), np.stack([f.behaviour for f in frames]),
+            np.stack([f.stimulus for f in frames]))
