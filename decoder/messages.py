@@ -30,7 +30,12 @@ class DecodedFrame:
     lag: int  # frames between this frame and the newest frame the decoder had seen
     final: bool  # False for provisional frames that will still be refined
     frame: np.ndarray  # (36, 64) uint8
-    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trigger_seq: int = -1  # the source frame whose arrival finalised this one (seq + lag)
+    trigger_t_pub_ns: int = 0  # when that frame was published: end-to-end latency starts here
+    queue_ns: int = 0  # how long the trigger frame waited in the decoder before its optimiser steps
+    compute_ns: int = 0  # optimiser time spent on the trigger frame
+    steps: int = 0  # optimiser steps run for the trigger frame (fewer than asked = shed)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # running service stats
 
 
 def encode_decoded_frame(d: DecodedFrame) -> list[Any]:
@@ -42,6 +47,11 @@ def encode_decoded_frame(d: DecodedFrame) -> list[Any]:
         "t_done_ns": int(d.t_done_ns),
         "lag": int(d.lag),
         "final": bool(d.final),
+        "trigger_seq": int(d.trigger_seq),
+        "trigger_t_pub_ns": int(d.trigger_t_pub_ns),
+        "queue_ns": int(d.queue_ns),
+        "compute_ns": int(d.compute_ns),
+        "steps": int(d.steps),
         "stats": d.stats,
     }
     return encode_decoded(d.session_id, fields, [("frame", np.ascontiguousarray(d.frame, dtype=np.uint8))])
@@ -75,5 +85,10 @@ def as_decoded_frame(msg: Decoded) -> DecodedFrame:
         lag=_int(msg.fields, "lag"),
         final=final,
         frame=frame,
+        trigger_seq=_int(msg.fields, "trigger_seq"),
+        trigger_t_pub_ns=_int(msg.fields, "trigger_t_pub_ns"),
+        queue_ns=_int(msg.fields, "queue_ns"),
+        compute_ns=_int(msg.fields, "compute_ns"),
+        steps=_int(msg.fields, "steps"),
         stats=stats,
     )

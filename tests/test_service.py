@@ -1,0 +1,137 @@
+"""The decode service for real: replay -> decode (its own process) -> collector over loopback TCP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from decoder.messages import as_decoded_frame
+from streams.example import example_session_path
+from streams.formats import load_session
+from streams.protocol import Decoded
+from streams.replay import replay
+from streams.session import Session
+from streams.transport import Publisher, Subscriber
+from tests.conftest import REPO, free_port, wait_for
+
+N = 200  # a 200-neuron slice of the default mouse keeps the oracle cheap enough for CI
+
+
+@pytest.fixture(scope="module")
+def small_mouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from streams.synthetic.mouse import make_mouse
+
+    folder = tmp_path_factory.mktemp("mouse") / "mouse"
+    make_mouse(0, 1000).subset(N).save(folder)
+    return folder
+
+
+def example_slice(n_frames: int, ids_offset: int = 0) -> Session:
+    s = load_session(example_session_path(), trials=[0])
+    return dataclasses.replace(s, traces=s.traces[:n_frames, :N], behaviour=s.behaviour[:n_frames],
+                               timestamps_ns=s.timestamps_ns[:n_frames], stimulus=s.stimulus[:n_frames],
+                               neuron_ids=s.neuron_ids[:N] + ids_offset, trials=[])
+
+
+def start_decoder(model: Path, rig: str, out: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", "--model", str(model), "--connect", rig,
+                             "--bind", out, "--threads", "1", *extra], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def collect(sub: Subscriber, until: float, want: int | None = None) -> list:
+    got = []
+    while time.monotonic() < until and (want is None or len(got) < want):
+        m = sub.recv(timeout_s=0.2)
+        if isinstance(m, Decoded):
+            got.append(as_decoded_frame(m))
+    return got
+
+
+def stop(proc: subprocess.Popen) -> tuple[str, str]:
+    proc.terminate()
+    return proc.communicate(timeout=30)
+
+
+def test_replay_decode_record_correlates_with_truth(small_mouse: Path) -> None:
+    session = example_slice(150)
+    rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    dec = start_decoder(small_mouse, rig, out, "--lag", "16", "--steps", "2")
+    try:
+        with Subscriber(out) as sub, Publisher(rig, nodrop=True) as pub:
+            assert pub.wait_subscribers(1, timeout_s=60)  # the decoder is listening
+            th = threading.Thread(target=replay, args=(session, pub), kwargs={"speed": 0.5}, daemon=True)
+            th.start()
+            frames = collect(sub, time.monotonic() + 60, want=150)
+            th.join(30)
+    finally:
+        _, err = stop(dec)
+    assert len(frames) == 150, err
+    assert [f.seq for f in frames] == list(range(150))  # one final frame per source frame, in order
+    movie = np.stack([f.frame for f in frames]).astype(np.float64)[30:]
+    truth = session.stimulus[30:150].astype(np.float64)
+    r = np.corrcoef(movie.ravel(), truth.ravel())[0, 1]
+    assert r > 0.1, r
+    assert all(f.final and f.lag == 16 for f in frames[:-16])
+    assert frames[-1].stats["frames_in"] == 150
+
+
+def test_neuron_set_mismatch_is_refused_with_a_clear_message(small_mouse: Path) -> None:
+    wrong = example_slice(60, ids_offset=100_000)  # ids the model has never seen
+    rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    dec = start_decoder(small_mouse, rig, out, "--lag", "4", "--steps", "0")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(dec.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        with Subscriber(out) as sub, Publisher(rig, nodrop=True) as pub:
+            assert pub.wait_subscribers(1, timeout_s=60)
+            replay(wrong, pub, speed=0)
+            assert wait_for(lambda: any("REFUSED" in line for line in lines), timeout=60), lines
+            frames = collect(sub, time.monotonic() + 1)
+    finally:
+        dec.terminate()
+        dec.wait(30)
+    assert frames == []
+    refusal = next(line for line in lines if "REFUSED" in line)
+    assert f"none of its {N} neuron ids occurs in the session" in refusal
+
+
+def test_rig_killed_and_restarted_mid_stream_is_survived(small_mouse: Path) -> None:
+    session = example_slice(90)
+    rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    dec = start_decoder(small_mouse, rig, out, "--lag", "4", "--steps", "1")
+    seen: list[str] = []  # session ids of decoded frames, in arrival order
+    try:
+        with Subscriber(out) as sub:
+            for _ in range(2):  # the first rig dies mid-stream (no `end`), a second one starts on the same port
+                pub = Publisher(rig, nodrop=True)
+                deadline = time.monotonic() + 60
+                while pub.n_subscribers < 1 and time.monotonic() < deadline:
+                    sub.recv(timeout_s=0.05)  # keep our own socket serviced while waiting
+                stop_at = time.monotonic() + 1.5
+                th = threading.Thread(target=replay, args=(session, pub),
+                                      kwargs={"speed": 1.0, "should_stop": lambda t=stop_at: time.monotonic() > t},
+                                      daemon=True)
+                th.start()
+                th.join(10)
+                pub._sock.close(0)  # like kill -9: no end message, nothing flushed
+                time.sleep(0.3)
+                seen += [f.session_id for f in collect(sub, time.monotonic() + 1)]
+            deadline = time.monotonic() + 60
+            while len(set(seen)) < 2 and time.monotonic() < deadline:
+                seen += [f.session_id for f in collect(sub, time.monotonic() + 1)]
+    finally:
+        out_text, err = stop(dec)
+    assert len(set(seen)) == 2, (set(seen), err)  # frames of the second rig's session were decoded too
+    switch = next(i for i, s in enumerate(seen) if s != seen[0])
+    assert set(seen[switch:]) == {seen[switch]}  # once the new session starts, the old one is gone
+    assert json.loads(out_text)["decode"]["sessions"] == 2
