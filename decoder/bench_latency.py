@@ -1,0 +1,193 @@
+"""`neurocine bench latency`: replay -> decode -> collector over loopback, per-frame latency breakdown.
+
+Three processes, as at the microscope: `neurocine replay` (the rig), `neurocine decode` (the service)
+and this collector, which subscribes to the decoded stream and to the replay (for the true stimulus).
+For each decoded frame f, finalised by the arrival of source frame k = f + lag:
+- transport: k's publication -> the decoder reading it from its socket (includes time k waited in the
+  decoder's socket queue while the decoder was busy);
+- queue: read -> the start of k's optimiser steps (time spent behind frames read in the same batch);
+- compute: the optimiser steps run for k;
+- end_to_end: k's publication -> the publication of decoded frame f. The designed lag (waiting for
+  frames f+1..k to be recorded) is not in it: it starts when the last needed data exists.
+- delivery: publication of f -> its receipt here.
+The first `--warmup` seconds (model loading, first steps) are reported apart from the statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def register(bench_sub: Any) -> None:
+    from streams.cli import add_verb
+
+    p = add_verb(bench_sub, "latency", "end-to-end latency of replay -> decode -> collector (JSON, figure)",
+                 "neurocine bench latency --frames 600 --json out/latency.json --figure out/latency.png\n"
+                 "neurocine bench latency --frames 18000   # a 10-minute replay at 30 Hz")
+    p.add_argument("--session", help="session to replay (default: the built-in example, looped)")
+    p.add_argument("--model", action="append", help="model(s) for the decoder (default: the built-in model)")
+    p.add_argument("--frames", type=int, default=600, help="source frames to replay (default 600 = 20 s)")
+    p.add_argument("--lag", type=int, default=32)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="decoder compute threads")
+    p.add_argument("--provider", choices=["cuda", "cpu"], default=None)
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds at the start left out of the statistics")
+    p.add_argument("--port", type=int, default=27550, help="first of two loopback ports to use")
+    p.add_argument("--json", help="also write the result here")
+    p.add_argument("--figure", help="write a latency histogram and time course (PNG)")
+    p.set_defaults(func=run)
+
+
+def _percentiles(x: np.ndarray) -> dict[str, float | None]:
+    if x.size == 0:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    return {k: round(float(v), 3) for k, v in zip(("p50", "p95", "p99", "max"),
+                                                  [*np.percentile(x, [50, 95, 99]), x.max()], strict=True)}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streams.cli", *args]
+
+
+def run(args: argparse.Namespace) -> int:
+    from decoder.messages import as_decoded_frame
+    from streams.cli import emit_json
+    from streams.example import example_session_path
+    from streams.formats import load_session
+    from streams.protocol import Decoded, End, Frame, ProtocolError
+    from streams.transport import Subscriber
+
+    session_path = args.session or str(example_session_path())
+    n_source = load_session(session_path).n_frames
+    rig, out = f"tcp://127.0.0.1:{args.port}", f"tcp://127.0.0.1:{args.port + 1}"
+    decode_cmd = ["decode", "--connect", rig, "--bind", out, "--lag", str(args.lag), "--steps", str(args.steps)]
+    for m in args.model or []:
+        decode_cmd += ["--model", m]
+    if args.threads:
+        decode_cmd += ["--threads", str(args.threads)]
+    if args.provider:
+        decode_cmd += ["--provider", args.provider]
+    decoder = subprocess.Popen(_cli(*decode_cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rows: list[tuple[float, ...]] = []
+    truth: dict[int, np.ndarray] = {}
+    decoded: dict[int, np.ndarray] = {}
+    replay = None
+    try:
+        with Subscriber(out) as dec_sub, Subscriber(rig, topics=[b"session", b"frame", b"end"]) as truth_sub:
+            replay = subprocess.Popen(
+                _cli("replay", session_path, "--bind", rig, "--speed", "1", "--loop", "--wait-subscribers", "2"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            t_start = time.monotonic()
+            source_done_at = None
+            print(f"bench latency: {args.frames} frames at the session's rate through the decoder ...",
+                  file=sys.stderr, flush=True)
+            last_print = 0.0
+            while True:
+                while (m := truth_sub.recv(timeout_s=0)) is not None:
+                    if isinstance(m, Frame) and m.stimulus is not None:
+                        truth[m.seq] = np.array(m.stimulus)
+                        if m.seq + 1 >= args.frames and replay.poll() is None:
+                            replay.terminate()
+                            source_done_at = time.monotonic()
+                    elif isinstance(m, End):
+                        source_done_at = source_done_at or time.monotonic()
+                msg = dec_sub.recv(timeout_s=0.05)
+                now_ns = time.time_ns()
+                if isinstance(msg, Decoded):
+                    try:
+                        d = as_decoded_frame(msg)
+                    except ProtocolError:
+                        continue
+                    if d.seq < args.frames:
+                        decoded[d.seq] = np.array(d.frame)
+                        rows.append((time.monotonic() - t_start, d.seq,
+                                     (d.t_recv_ns - d.trigger_t_pub_ns) / 1e6, d.queue_ns / 1e6, d.compute_ns / 1e6,
+                                     (d.t_done_ns - d.trigger_t_pub_ns) / 1e6, (now_ns - d.t_done_ns) / 1e6,
+                                     d.steps))
+                if time.monotonic() - last_print > 5:
+                    last_print = time.monotonic()
+                    print(f"\r  decoded {len(decoded)}/{args.frames}", end="", file=sys.stderr, flush=True)
+                if len(decoded) >= args.frames - args.lag or (
+                        source_done_at is not None and time.monotonic() - source_done_at > 10):
+                    break
+                if decoder.poll() is not None:
+                    raise RuntimeError(f"the decoder exited: {decoder.stderr.read()[-2000:]}")
+            print(file=sys.stderr)
+    finally:
+        for proc in (replay, decoder):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        _, decoder_err = decoder.communicate(timeout=30)
+    result = summarise(np.array(rows, dtype=np.float64).reshape(-1, 8), args, truth, decoded, n_source)
+    result["decoder_log_tail"] = decoder_err.strip().splitlines()[-3:]
+    emit_json(result, args.json)
+    if args.figure:
+        figure(np.array(rows, dtype=np.float64).reshape(-1, 8), args, Path(args.figure))
+    return 0
+
+
+def summarise(rows: np.ndarray, args: argparse.Namespace, truth: dict[int, np.ndarray],
+              decoded: dict[int, np.ndarray], n_source: int) -> dict[str, Any]:
+    from decoder.metrics import movie_correlation
+
+    steady = rows[rows[:, 0] >= args.warmup] if rows.size else rows
+    names = ["transport_ms", "queue_ms", "compute_ms", "end_to_end_ms", "delivery_ms"]
+    lat = {n: _percentiles(steady[:, 2 + i]) for i, n in enumerate(names)}
+    span = steady[-1, 0] - steady[0, 0] if len(steady) > 1 else 0.0
+    seqs = sorted(set(truth) & set(decoded))
+    quality = None
+    if len(seqs) > 60:
+        t = np.stack([truth[s] for s in seqs])
+        r = np.stack([decoded[s] for s in seqs])
+        quality = round(movie_correlation(t, r), 4)
+    expected = max(0, args.frames - args.lag)
+    # backlog growth: queueing in the last third of the run vs the first third (steady part)
+    thirds = np.array_split(steady[:, 3], 3) if len(steady) >= 3 else [np.zeros(1)] * 3
+    return {
+        "benchmark": "latency",
+        "frames_requested": args.frames,
+        "decoded_frames": len(decoded),
+        "missing_decoded": int(max(0, expected - len([s for s in decoded if s < expected]))),
+        "throughput_fps": round((len(steady) - 1) / span, 2) if span > 0 else None,
+        "lag_frames": args.lag,
+        "steps_requested": args.steps,
+        "steps_mean": round(float(steady[:, 7].mean()), 3) if len(steady) else None,
+        "frames_with_all_steps": round(float((steady[:, 7] >= args.steps).mean()), 3) if len(steady) else None,
+        "latency_ms": lat,
+        "queue_ms_mean_first_vs_last_third": [round(float(thirds[0].mean()), 3), round(float(thirds[-1].mean()), 3)],
+        "pixel_correlation_vs_truth": quality,
+        "warmup_s": args.warmup,
+        "source_session_frames": n_source,
+    }
+
+
+def figure(rows: np.ndarray, args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    steady = rows[rows[:, 0] >= args.warmup]
+    a.hist(steady[:, 5], bins=50, color="tab:blue")
+    a.set_xlabel("end-to-end latency (ms): frame published -> decoded frame it finalises published")
+    a.set_ylabel("frames")
+    a.set_title(f"lag {args.lag} frames, {args.steps} steps/frame")
+    b.plot(rows[:, 1], rows[:, 5], ".", ms=2, label="end to end")
+    b.plot(rows[:, 1], rows[:, 4], ".", ms=2, label="compute")
+    b.plot(rows[:, 1], rows[:, 3], ".", ms=2, label="queue")
+    b.set_xlabel("decoded frame")
+    b.set_ylabel("ms")
+    b.legend(loc="upper right")
+    b.set_title("time course")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
