@@ -191,9 +191,7 @@ def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> Non
 
 # ---------------------------------------------------------------------------------------------- main
 def _builtin_registrations() -> list[Callable[[Any], None]]:
-    from streams import demo
-
-    regs: list[Callable[[Any], None]] = [demo.register, _register_replay, _register_record, _register_inspect]
+    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect]
     try:
         from streams.synthetic import cli as synthetic_cli
     except ImportError:  # pragma: no cover - the package always ships it

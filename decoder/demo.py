@@ -1,0 +1,177 @@
+"""`neurocine demo`: the whole live pipeline on built-in defaults, one command.
+
+Starts, as separate processes talking ZeroMQ over loopback as they would at a microscope:
+the source (a replay of the built-in example session, looped, or the live synthetic rig), the decode
+service with the built-in model, and the viewer when there is a display. This process also listens
+to both streams and, at the end (after `--seconds`, or on Ctrl-C), writes a side-by-side video
+(true | decoded) and a JSON summary (quality, latency) into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_PORT = 5555
+
+
+def register(sub: Any) -> None:
+    from streams.cli import add_verb
+
+    p = add_verb(sub, "demo", "the live pipeline on built-in defaults: source -> decoder -> viewer / video",
+                 "neurocine demo                 # viewer if there is a display, else a video + summary\n"
+                 "neurocine demo --headless --seconds 20\n"
+                 "neurocine demo --source rig    # the live synthetic rig instead of the example replay")
+    p.add_argument("--seconds", type=float, default=30.0, help="stop by itself after this long (default 30)")
+    p.add_argument("--headless", action="store_true", help="no viewer window: write a video and a summary")
+    p.add_argument("--source", choices=["replay", "rig"], default="replay",
+                   help="replay the built-in example session (default) or run the live synthetic rig")
+    p.add_argument("--model", action="append", help="decoder model(s) (default: the built-in model)")
+    p.add_argument("--lag", type=int, default=32)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="source port; the decoder uses the next one")
+    p.add_argument("--out-dir", default=".", help="where the video and summary go (default: here)")
+    p.set_defaults(func=run)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streams.cli", *args]
+
+
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from decoder.messages import as_decoded_frame
+    from streams.protocol import Decoded, Frame, ProtocolError
+    from streams.transport import Subscriber
+
+    src, dec = f"tcp://127.0.0.1:{args.port}", f"tcp://127.0.0.1:{args.port + 1}"
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    headless = args.headless or not has_display()
+    decode_cmd = ["decode", "--connect", src, "--bind", dec, "--lag", str(args.lag), "--steps", str(args.steps)]
+    for m in args.model or []:
+        decode_cmd += ["--model", m]
+    procs: dict[str, subprocess.Popen] = {}
+    truth: dict[int, np.ndarray] = {}
+    decoded: dict[int, np.ndarray] = {}
+    latencies: list[float] = []
+    steps: list[int] = []
+    stats: dict[str, Any] = {}
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"demo: source ({args.source}) on {src} -> decoder on {dec} -> "
+          f"{'video + summary' if headless else 'viewer'}; {args.seconds:g} s, Ctrl-C stops", file=sys.stderr)
+    interrupted = False
+    try:
+        procs["decoder"] = subprocess.Popen(_cli(*decode_cmd), stdout=subprocess.DEVNULL)
+        with Subscriber(dec) as dec_sub, Subscriber(src, topics=[b"session", b"frame"]) as src_sub:
+            if args.source == "replay":
+                procs["source"] = subprocess.Popen(_cli("replay", "--bind", src, "--loop", "--wait-subscribers", "2"),
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            else:
+                procs["source"] = subprocess.Popen(_cli("rig", "--synthetic", "--bind", src, "--wait-subscribers", "2"),
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if not headless:
+                procs["viewer"] = subprocess.Popen(_cli("view", "--connect", dec, "--truth", src))
+            t_end = time.monotonic() + args.seconds
+            while time.monotonic() < t_end:
+                while (m := src_sub.recv(timeout_s=0)) is not None:
+                    if isinstance(m, Frame) and m.stimulus is not None:
+                        truth[m.seq] = np.array(m.stimulus)
+                msg = dec_sub.recv(timeout_s=0.05)
+                if isinstance(msg, Decoded):
+                    try:
+                        d = as_decoded_frame(msg)
+                    except ProtocolError:
+                        continue
+                    decoded[d.seq] = np.array(d.frame)
+                    latencies.append((d.t_done_ns - d.trigger_t_pub_ns) / 1e6)
+                    steps.append(d.steps)
+                    stats = d.stats
+                for name, p in procs.items():
+                    if p.poll() is not None and name != "viewer":
+                        raise RuntimeError(f"the {name} exited early (code {p.returncode})")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    summary = summarise(truth, decoded, latencies, steps, stats, args)
+    summary["interrupted"] = interrupted
+    video = write_side_by_side(truth, decoded, out_dir / "neurocine-demo.mp4")
+    summary["video"] = str(video.resolve()) if video else None
+    (out_dir / "neurocine-demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"demo: wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}", file=sys.stderr)
+    return 0 if decoded else 1
+
+
+def summarise(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], latencies: list[float],
+              steps: list[int], stats: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from decoder.metrics import movie_correlation
+
+    seqs = sorted(set(truth) & set(decoded))
+    quality = None
+    if len(seqs) > 60:
+        quality = round(movie_correlation(np.stack([truth[s] for s in seqs]), np.stack([decoded[s] for s in seqs])), 4)
+    lat = np.array(latencies[len(latencies) // 10:] or [np.nan])  # leave out the start-up tenth
+    return {
+        "source": args.source,
+        "seconds": args.seconds,
+        "decoded_frames": len(decoded),
+        "pixel_correlation_vs_truth": quality,
+        "end_to_end_latency_ms_p50": round(float(np.nanpercentile(lat, 50)), 2) if lat.size else None,
+        "end_to_end_latency_ms_p99": round(float(np.nanpercentile(lat, 99)), 2) if lat.size else None,
+        "lag_frames": args.lag,
+        "steps_per_frame_mean": round(float(np.mean(steps)), 3) if steps else None,
+        "decoder_stats": stats,
+    }
+
+
+def write_side_by_side(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], path: Path,
+                       scale: int = 4, fps: int = 30) -> Path | None:
+    """true | decoded, upscaled, as H.264 (PyAV) or, without PyAV, a .npy movie beside the summary."""
+    seqs = sorted(set(truth) & set(decoded))
+    if not seqs:
+        return None
+    gap = np.full((36, 2), 255, np.uint8)
+    frames = [np.hstack([truth[s], gap, decoded[s]]) for s in seqs]
+    frames = [np.kron(f, np.ones((scale, scale), np.uint8)) for f in frames]
+    try:
+        import av
+    except ImportError:
+        npy = path.with_suffix(".npy")
+        np.save(npy, np.stack(frames))
+        return npy
+    h, w = frames[0].shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "18"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="gray")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
