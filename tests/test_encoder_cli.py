@@ -1,0 +1,83 @@
+"""`neurocine export` and `neurocine train` argument handling, run in-process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from decoder import bench_encoder  # noqa: E402
+from decoder.encoder import cli  # noqa: E402
+from decoder.encoder.checkpoint import load_encoder, save_checkpoint  # noqa: E402
+from decoder.encoder.export import onnx_session  # noqa: E402
+from decoder.encoder.model import build_encoder  # noqa: E402
+from decoder.encoder.presets import get_preset  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurocine")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    cli.register_train(sub)
+    cli.register_export(sub)
+    bench = sub.add_parser("bench").add_subparsers(dest="bench", required=True)
+    bench_encoder.register(bench)
+    return parser
+
+
+def test_export_cli_writes_graphs_for_another_window(tmp_path, capsys) -> None:
+    torch.set_num_threads(1)
+    enc = build_encoder(get_preset("tiny"), {"a": 6, "b": 4}, seed=0)
+    enc.stats["a"].response_std.copy_(torch.linspace(1, 2, 6))
+    save_checkpoint(tmp_path / "model", enc, {"a": np.arange(6), "b": np.arange(10, 14)}, {"validation": None})
+    reloaded, config = load_encoder(tmp_path / "model")
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in enc.state_dict().items())
+    assert config["neuron_ids"]["b"] == [10, 11, 12, 13]
+
+    args = _parser().parse_args(
+        [
+            "export",
+            str(tmp_path / "model"),
+            "--out",
+            str(tmp_path / "onnx"),
+            "--mouse",
+            "a",
+            "--window",
+            "16",
+            "--graphs",
+            "forward",
+        ]
+    )
+    assert args.func(args) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert list(written) == ["a"]
+    meta = json.loads((tmp_path / "onnx" / "a" / "graph.json").read_text())
+    assert meta["window"] == 16 and meta["neuron_ids"] == list(range(6))
+    session = onnx_session(tmp_path / "onnx" / "a" / "forward.onnx")
+    video = np.full((1, 16, 36, 64), 100.0, dtype=np.float32)
+    (pred,) = session.run(None, {"video": video, "behaviour": np.zeros((1, 16, 4), dtype=np.float32)})
+    short, _ = load_encoder(tmp_path / "model", frames=8)
+    with torch.no_grad():
+        ref = short(torch.from_numpy(video), torch.zeros(1, 16, 4), "a") * enc.stats["a"].response_std[:, None]
+    assert np.abs(pred - ref.numpy()).max() < 1e-4 * np.abs(ref.numpy()).max()
+
+
+def test_cli_reports_bad_arguments(tmp_path, capsys) -> None:
+    parser = _parser()
+    args = parser.parse_args(["export", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert args.func(args) == 2
+    assert "not a neurocine model folder" in capsys.readouterr().err
+    args = parser.parse_args(["export", str(tmp_path), "--out", str(tmp_path / "o"), "--window", "31"])
+    assert args.func(args) == 2
+    args = parser.parse_args(
+        ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m"), "--preset", "tiny", "--no-progress"]
+    )
+    assert args.func(args) == 2
+    assert "cannot read the train tier" in capsys.readouterr().err
+    args = parser.parse_args(["bench", "encoder", "--presets", "huge"])
+    assert args.func(args) == 2
+    assert "unknown presets ['huge']" in capsys.readouterr().err

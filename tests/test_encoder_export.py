@@ -1,0 +1,198 @@
+"""ONNX export of the encoder: the forward and gradient graphs match torch on onnxruntime's CPU provider."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from decoder.encoder import export as E  # noqa: E402
+from decoder.encoder.model import build_encoder, calibrate_batchnorm  # noqa: E402
+from decoder.encoder.presets import get_preset  # noqa: E402
+from decoder.encoder.samples import behaviour, smooth_movie  # noqa: E402
+
+MOUSE = "m1"
+NEURONS = {"tiny": 60, "small": 40, "dwiseneuro": 8}
+BATCH = {"tiny": 2, "small": 2, "dwiseneuro": 1}  # windows per graph call
+
+
+def _inputs(kind: str, enc, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random (uniform noise movie) or realistic (smooth movie, drifting behaviour) inputs."""
+    if kind == "random":
+        ex = E.example_inputs(enc, MOUSE, batch, seed=seed)
+    else:
+        ex = E.example_inputs(enc, MOUSE, batch, seed=seed)
+        ex["video"] = torch.from_numpy(smooth_movie(batch, 32, seed))
+        ex["behaviour"] = torch.from_numpy(behaviour(batch, 32, seed))
+        with torch.no_grad():  # responses near the model's own predictions, as recorded ones would be
+            pred = E.forward_function(enc, MOUSE)(ex["video"], ex["behaviour"])
+        gen = torch.Generator().manual_seed(seed)
+        ex["responses"] = torch.poisson(pred, generator=gen)
+    return ex
+
+
+@pytest.fixture(scope="module", params=["tiny", "small", pytest.param("dwiseneuro", marks=pytest.mark.slow)])
+def exported(request, tmp_path_factory):
+    """One calibrated encoder per preset, exported once (the export is the slow part)."""
+    torch.set_num_threads(1)
+    preset = request.param
+    enc = build_encoder(get_preset(preset), {MOUSE: NEURONS[preset], "other": 5}, seed=3)
+    stats = enc.stats[MOUSE]
+    stats.behaviour_mean.copy_(torch.tensor([5.0, 20.0, 30.0, 25.0]))
+    stats.behaviour_std.copy_(torch.tensor([2.0, 3.0, 4.0, 5.0]))
+    stats.response_std.copy_(torch.linspace(0.5, 2.0, NEURONS[preset]))
+    # BatchNorm statistics from both kinds of input, as a trained model has them for its inputs
+    beh = torch.from_numpy(behaviour(1, 32, seed=11))
+    smooth = torch.from_numpy(smooth_movie(1, 32, seed=11))
+    noise = torch.rand(1, 32, 36, 64, generator=torch.Generator().manual_seed(11)) * 255.0
+    calibrate_batchnorm(enc, [(smooth, beh), (noise, beh)], MOUSE)
+    enc.eval()
+    out = tmp_path_factory.mktemp(f"onnx_{preset}")
+    graphs = ("forward", "gradient", "step") if preset == "tiny" else ("forward", "gradient")
+    paths = E.export_mouse(enc, MOUSE, out, batch=BATCH[preset], graphs=graphs)
+    sessions = {g: E.onnx_session(paths[g], threads=1) for g in graphs}
+    return preset, E.frozen_copy(enc), sessions, paths
+
+
+def _feeds(session, ex) -> dict[str, np.ndarray]:
+    return {i.name: ex[i.name].numpy() for i in session.get_inputs()}
+
+
+@pytest.mark.parametrize("kind", ["random", "realistic"])
+def test_onnx_forward_equals_torch(exported, kind: str) -> None:
+    _, enc, sessions, _ = exported
+    batch = BATCH[exported[0]]
+    ex = _inputs(kind, enc, batch, seed=4)
+    with torch.no_grad():
+        ref = E.forward_function(enc, MOUSE)(ex["video"], ex["behaviour"]).numpy()
+    (got,) = sessions["forward"].run(None, _feeds(sessions["forward"], ex))
+    assert sessions["forward"].get_providers()[0] == "CPUExecutionProvider"
+    assert got.shape == ref.shape == (batch, enc.neurons[MOUSE], 32)
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+    assert (got >= 0).all()
+
+
+@pytest.mark.parametrize("kind", ["random", "realistic"])
+def test_onnx_gradient_equals_torch_autograd(exported, kind: str) -> None:
+    _, enc, sessions, _ = exported
+    batch = BATCH[exported[0]]
+    ex = _inputs(kind, enc, batch, seed=5)
+    loss, grad = E.gradient_function(enc, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
+    got_loss, got_grad = sessions["gradient"].run(None, _feeds(sessions["gradient"], ex))
+    assert got_grad.shape == (batch, 32, 36, 64)
+    assert float(np.linalg.norm(grad.numpy())) > 0
+    assert abs(float(got_loss) - loss.item()) < 1e-5 * abs(loss.item())
+    rel = np.linalg.norm(got_grad - grad.numpy()) / np.linalg.norm(grad.numpy())
+    assert rel < 1e-4
+
+
+def test_gradient_graph_masks_nan_responses_and_zero_weights(exported) -> None:
+    preset, enc, sessions, _ = exported
+    if preset == "dwiseneuro":
+        pytest.skip("the loss head is the same for every preset; tiny and small cover it")
+    ex = _inputs("realistic", enc, BATCH[exported[0]], seed=6)
+    n = enc.neurons[MOUSE]
+    ex["responses"][:, 0, 5:9] = float("nan")
+    ex["weights"][:, n // 2 :] = 0.0
+    ex["weights"][-1, 1] = 0.5
+    loss, grad = E.gradient_function(enc, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
+    got_loss, got_grad = sessions["gradient"].run(None, _feeds(sessions["gradient"], ex))
+    assert np.isfinite(got_loss) and np.isfinite(got_grad).all()
+    assert abs(float(got_loss) - loss.item()) < 1e-5 * abs(loss.item())
+    assert np.linalg.norm(got_grad - grad.numpy()) / np.linalg.norm(grad.numpy()) < 1e-4
+    # masked neurons really are out: changing their responses changes nothing
+    ex["responses"][:, n // 2 :] *= 3.0
+    again_loss, again_grad = sessions["gradient"].run(None, _feeds(sessions["gradient"], ex))
+    assert float(again_loss) == pytest.approx(float(got_loss), rel=1e-6)
+    assert np.allclose(again_grad, got_grad, rtol=1e-5, atol=1e-7 * np.abs(got_grad).max())
+
+
+def test_graphs_use_standard_operators_only_and_carry_metadata(exported) -> None:
+    preset, enc, _, paths = exported
+    for g in ("forward", "gradient", "step"):
+        if g not in paths:
+            continue
+        model = onnx.load(str(paths[g]))
+        onnx.checker.check_model(model)
+        ops = {node.op_type for node in model.graph.node}
+        assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
+        assert "Gradient" not in ops
+    grad_ops = {node.op_type for node in onnx.load(str(paths["gradient"])).graph.node}
+    assert "Conv" in grad_ops
+    import json
+
+    meta = json.loads(paths["meta"].read_text())
+    assert meta["preset"] == preset and meta["window"] == 32 and meta["n_neurons"] == enc.neurons[MOUSE]
+
+
+@pytest.mark.parametrize(
+    ("dims", "stride", "padding", "dilation", "groups", "size"),
+    [
+        (1, 1, 2, 1, 1, 11),
+        (2, 2, 1, 1, 4, 9),  # odd size: the transposed convolution needs output padding
+        (2, 1, 1, 1, 8, 10),  # depthwise
+        (3, (1, 2, 2), (2, 1, 1), 1, 2, 7),
+        (2, 1, 2, 2, 1, 8),  # dilated
+        (2, 3, 0, 1, 2, 10),
+    ],
+)
+def test_convolution_input_gradient_rule_matches_autograd(dims, stride, padding, dilation, groups, size) -> None:
+    gen = torch.Generator().manual_seed(0)
+    conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[dims](
+        8, 16, 3, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=False
+    )
+    x = torch.randn(2, 8, *([size] * dims), generator=gen, requires_grad=True)
+    y = conv(x)
+    g_out = torch.randn(y.shape, generator=gen)
+    (ref,) = torch.autograd.grad(y, x, g_out)
+    c = conv
+    got, _, _ = E._convolution_input_grad(
+        g_out,
+        x,
+        c.weight.detach(),
+        None,
+        list(c.stride),
+        list(c.padding),
+        list(c.dilation),
+        False,
+        [0] * dims,
+        groups,
+        [True, False, False],
+    )
+    assert got.shape == x.shape
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_export_refuses_unknown_mouse_and_bad_batch(tmp_path) -> None:
+    enc = build_encoder(get_preset("tiny"), {"a": 3})
+    with pytest.raises(ValueError, match="unknown mouse 'b'"):
+        E.export_mouse(enc, "b", tmp_path)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        E.export_mouse(enc, "a", tmp_path, batch=0)
+
+
+def test_fused_optimiser_step_graph_matches_torch(exported) -> None:
+    _preset, frozen, sessions, _ = exported
+    if "step" not in sessions:
+        pytest.skip("the step graph is exported for the tiny preset only (export time)")
+    session = sessions["step"]
+    ex = _inputs("realistic", frozen, 2, seed=7)
+    ex["video"] = torch.full((2, 32, 36, 64), 127.5)
+    ex.update(E.step_example_inputs(frozen, 2))
+    ex["mask"][:, :8] = 0.0
+    step = E.step_function(frozen, MOUSE)
+    for k in (1, 2, 3):  # three iterations, carrying the state through both implementations
+        ex["step"] = torch.tensor(float(k))
+        ref_video, ref_m, ref_loss = step(*(ex[n] for n in E.STEP_INPUTS))
+        got_video, got_m, got_loss = session.run(None, {n: ex[n].numpy() for n in E.STEP_INPUTS})
+        assert abs(float(got_loss) - ref_loss.item()) < 1e-5 * abs(ref_loss.item())
+        assert np.linalg.norm(got_m - ref_m.numpy()) < 1e-4 * np.linalg.norm(ref_m.numpy())
+        assert np.abs(got_video - ref_video.numpy()).max() < 1e-2  # pixels, lr 1000
+        ex["video"], ex["momentum"] = torch.from_numpy(got_video), torch.from_numpy(got_m)
+    moved = np.abs(got_video - 127.5)
+    assert moved[:, :, :, 8:].max() > 1.0  # the step changes the movie ...
+    assert moved[:, :, :, :8].max() == 0.0  # ... but not where the mask is 0
+    assert got_video.min() >= 0.0 and got_video.max() <= 255.0
