@@ -6,17 +6,14 @@ import argparse
 import json
 
 import numpy as np
-import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
-
-from decoder import bench_encoder  # noqa: E402
-from decoder.encoder import cli  # noqa: E402
-from decoder.encoder.checkpoint import load_encoder, save_checkpoint  # noqa: E402
-from decoder.encoder.export import onnx_session  # noqa: E402
-from decoder.encoder.model import build_encoder  # noqa: E402
-from decoder.encoder.presets import get_preset  # noqa: E402
+from decoder import bench_encoder
+from decoder.encoder import cli
+from decoder.encoder.checkpoint import load_encoder, save_checkpoint
+from decoder.encoder.export import onnx_session
+from decoder.encoder.model import build_encoder
+from decoder.encoder.presets import get_preset
 
 
 def _parser() -> argparse.ArgumentParser:

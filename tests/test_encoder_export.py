@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from decoder.encoder import export as E  # noqa: E402
-from decoder.encoder.model import build_encoder, calibrate_batchnorm  # noqa: E402
-from decoder.encoder.presets import get_preset  # noqa: E402
-from decoder.encoder.samples import behaviour, smooth_movie  # noqa: E402
+from decoder.encoder import export as E
+from decoder.encoder.model import build_encoder, calibrate_batchnorm
+from decoder.encoder.presets import get_preset
+from decoder.encoder.samples import behaviour, smooth_movie
 
 MOUSE = "m1"
 NEURONS = {"tiny": 60, "small": 40, "dwiseneuro": 8}
@@ -89,10 +87,9 @@ def test_onnx_gradient_equals_torch_autograd(exported, kind: str) -> None:
     assert rel < 1e-4
 
 
+@pytest.mark.parametrize("exported", ["tiny", "small"], indirect=True)  # the loss head is the same for all
 def test_gradient_graph_masks_nan_responses_and_zero_weights(exported) -> None:
-    preset, enc, sessions, _ = exported
-    if preset == "dwiseneuro":
-        pytest.skip("the loss head is the same for every preset; tiny and small cover it")
+    _preset, enc, sessions, _ = exported
     ex = _inputs("realistic", enc, BATCH[exported[0]], seed=6)
     n = enc.neurons[MOUSE]
     ex["responses"][:, 0, 5:9] = float("nan")
@@ -174,10 +171,10 @@ def test_export_refuses_unknown_mouse_and_bad_batch(tmp_path) -> None:
         E.export_mouse(enc, "a", tmp_path, batch=0)
 
 
+@pytest.mark.parametrize("exported", ["tiny"], indirect=True)  # the step graph is exported for tiny only
 def test_fused_optimiser_step_graph_matches_torch(exported) -> None:
     _preset, frozen, sessions, _ = exported
-    if "step" not in sessions:
-        pytest.skip("the step graph is exported for the tiny preset only (export time)")
+    assert "step" in sessions
     session = sessions["step"]
     ex = _inputs("realistic", frozen, 2, seed=7)
     ex["video"] = torch.full((2, 32, 36, 64), 127.5)

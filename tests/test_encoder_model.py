@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from decoder.encoder.model import (  # noqa: E402
+from decoder.encoder.model import (
     Encoder,
     build_encoder,
     calibrate_batchnorm,
@@ -17,8 +16,8 @@ from decoder.encoder.model import (  # noqa: E402
     poisson_loss,
     positional_encoding_3d,
 )
-from decoder.encoder.presets import PRESETS, EncoderConfig, get_preset  # noqa: E402
-from decoder.encoder.samples import behaviour, smooth_movie  # noqa: E402
+from decoder.encoder.presets import PRESETS, EncoderConfig, get_preset
+from decoder.encoder.samples import behaviour, smooth_movie
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("safetensors")
-
-from decoder.encoder.checkpoint import CheckpointError, load_encoder  # noqa: E402
-from decoder.encoder.data import DataError, sensorium_correlation, trial_windows  # noqa: E402
-from decoder.encoder.samples import smooth_movie  # noqa: E402
-from decoder.encoder.train import TrainOptions, lr_factor, predict_trials, train  # noqa: E402
+from decoder.encoder.checkpoint import CheckpointError, load_encoder
+from decoder.encoder.data import DataError, sensorium_correlation, trial_windows
+from decoder.encoder.samples import smooth_movie
+from decoder.encoder.train import TrainOptions, lr_factor, predict_trials, train
 
 N_NEURONS = 20
 TIERS = ["train"] * 6 + ["oracle"] * 2

@@ -8,10 +8,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pynwb  # noqa: F401  (a missing extra must fail, not skip)
 import pytest
-
-pytest.importorskip("pynwb")
-
 from hdmf.common import VectorData, VectorIndex
 from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 from pynwb.base import ImageReferences, Images

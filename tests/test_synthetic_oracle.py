@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from decoder.oracle import OracleEncoder  # noqa: E402
-from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie  # noqa: E402
+from decoder.oracle import OracleEncoder
+from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
 
 
 def test_oracle_equals_numpy_within_1e_4():

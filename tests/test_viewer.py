@@ -63,7 +63,6 @@ def bbox_of_bright(panel: np.ndarray, thresh: int = 30) -> tuple[slice, slice]:
 
 
 def test_offscreen_screenshot_shows_the_decoded_frame(tmp_path: Path) -> None:
-    pytest.importorskip("pyqtgraph")
     dec_ep, truth_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     stop = threading.Event()
     th = threading.Thread(target=publish_streams, args=(dec_ep, truth_ep, stop), daemon=True)

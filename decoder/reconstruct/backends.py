@@ -1,0 +1,365 @@
+"""Gradient backends: loss and d loss / d video for a batch of movie windows, whatever runs the encoder.
+
+Contract (numpy in, numpy out, float32):
+  loss_and_grad(video (B,T,36,64) 0..255, behaviour (B,T,4), responses (B,N,T) with NaN = not reported,
+                weights (B,N) or (N,) non-negative per-neuron weights)
+  -> loss (B,), grad (B,T,36,64)
+where loss[b] is window b's weighted mean Poisson NLL (pred - obs log(pred + 1e-8)) over its finite
+(neuron, frame) pairs and grad[b] = d loss[b] / d video[b]: each window's gradient is its own, whatever
+else is in the batch, so the reconstruction can normalise it per window.
+
+- TorchBackend: any torch callable model(video, behaviour) -> (B,N,T) non-negative, by autograd (the
+  oracle encoder, or a trained Encoder through `TorchBackend.from_encoder`). Also MSE, for the alpha mask.
+- OrtBackend: the gradient.onnx graph of decoder/encoder/export.py under ONNX Runtime (CUDA provider when
+  available, else CPU; `.provider` says which actually runs). That graph has a fixed batch and returns the
+  loss of the whole batch (weighted mean over its windows); the backend splits the windows into batches of
+  that size (padding the last with weight-0 copies), rescales each window's gradient by (batch weight /
+  window weight) so it equals d loss[b] / d video[b], and, where the graph batch is > 1, reports each
+  window's loss as its batch's loss (exact with a batch-1 graph).
+- Ensemble: K backends (encoders) of one mouse; the reconstruction normalises each member's per-window
+  gradient and averages them (see offline.py); here it is a checked container.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Inside the Poisson log, as in the encoder's training loss (decoder.encoder.model.POISSON_EPS).
+POISSON_EPS = 1e-8
+LOSSES = ("poisson", "mse")
+
+
+class BackendError(ValueError):
+    """Inputs of the wrong shape, or a model/graph that cannot be used."""
+
+
+@runtime_checkable
+class GradientBackend(Protocol):
+    """What the reconstruction needs from an encoder."""
+
+    name: str
+    n_neurons: int
+    #: Frames per window the backend requires (None: any length).
+    window: int | None
+
+    def loss_and_grad(
+        self,
+        video: np.ndarray,
+        behaviour: np.ndarray,
+        responses: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray: ...
+
+
+def check_batch(
+    video: np.ndarray,
+    behaviour: np.ndarray,
+    responses: np.ndarray | None,
+    weights: np.ndarray | None,
+    n_neurons: int,
+) -> tuple[np.ndarray, ...]:
+    """Validate and convert to float32; weights broadcast to (B, N). Errors name the bad argument."""
+    video = np.asarray(video, dtype=np.float32)
+    if video.ndim != 4 or video.shape[2:] != (36, 64):
+        raise BackendError(f"video must be (B, T, 36, 64), got shape {video.shape}")
+    b, t = video.shape[:2]
+    behaviour = np.asarray(behaviour, dtype=np.float32)
+    if behaviour.shape != (b, t, 4):
+        raise BackendError(f"behaviour must be (B={b}, T={t}, 4), got shape {behaviour.shape}")
+    if not np.isfinite(behaviour).all():
+        raise BackendError("behaviour holds NaN or inf; fill it before the encoder sees it")
+    if responses is None:
+        return video, behaviour
+    responses = np.asarray(responses, dtype=np.float32)
+    if responses.shape != (b, n_neurons, t):
+        raise BackendError(f"responses must be (B={b}, N={n_neurons}, T={t}), got shape {responses.shape}")
+    if weights is None:
+        weights = np.ones((b, n_neurons), np.float32)
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.shape == (n_neurons,):
+        weights = np.broadcast_to(weights, (b, n_neurons))
+    if weights.shape != (b, n_neurons):
+        raise BackendError(f"weights must be (N={n_neurons},) or (B={b}, N={n_neurons}), got {weights.shape}")
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise BackendError("weights must be finite and non-negative")
+    return video, behaviour, responses, np.array(weights, dtype=np.float32, copy=True)
+
+
+def window_weight(responses: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B,) total weight of each window's loss: sum over (N, T) of finite(obs) * weight."""
+    return (np.isfinite(responses).sum(axis=2) * weights).sum(axis=1, dtype=np.float64)
+
+
+class TorchBackend:
+    """Autograd through a torch model(video, behaviour) -> (B, N, T).
+
+    response_scale (N,): the model predicts responses / scale (a trained Encoder's normalised units); the
+    loss compares it with recorded / scale, like the exported graph. predict() returns raw units.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        n_neurons: int,
+        *,
+        window: int | None = None,
+        response_scale: np.ndarray | None = None,
+        loss: str = "poisson",
+        name: str = "torch",
+        threads: int | None = None,
+    ) -> None:
+        import torch
+
+        if loss not in LOSSES:
+            raise BackendError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.model = model
+        self.n_neurons = int(n_neurons)
+        self.window = window
+        self.loss = loss
+        self.name = name
+        self.provider = "torch-cpu"
+        scale = np.ones(self.n_neurons, np.float32) if response_scale is None else np.asarray(response_scale)
+        if scale.shape != (self.n_neurons,):
+            raise BackendError(f"response_scale must be (N={self.n_neurons},), got {scale.shape}")
+        self.scale = torch.as_tensor(scale, dtype=torch.float32)
+
+    @classmethod
+    def from_oracle(cls, oracle: Any, **kw: Any) -> TorchBackend:
+        """The synthetic mouse's OracleEncoder (any window length)."""
+        oracle.eval()
+        return cls(oracle, oracle.n_neurons, name=f"oracle:{oracle.mouse_id}", **kw)
+
+    @classmethod
+    def from_encoder(cls, encoder: Any, mouse: str, **kw: Any) -> TorchBackend:
+        """A trained decoder.encoder Encoder for one mouse (fixed window, normalised units)."""
+        encoder.eval()
+        encoder.requires_grad_(False)
+        scale = encoder.stats[mouse].response_std.detach().cpu().numpy()
+
+        def model(video: Any, behaviour: Any) -> Any:
+            return encoder(video, behaviour, mouse)
+
+        return cls(
+            model,
+            encoder.neurons[mouse],
+            window=encoder.config.window,
+            response_scale=scale,
+            name=f"encoder:{encoder.config.name}:{mouse}",
+            **kw,
+        )
+
+    def _check_window(self, t: int) -> None:
+        if self.window is not None and t != self.window:
+            raise BackendError(f"{self.name} takes windows of {self.window} frames, got {t}")
+
+    def loss_and_grad(
+        self,
+        video: np.ndarray,
+        behaviour: np.ndarray,
+        responses: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        video, behaviour, responses, weights = check_batch(
+            video, behaviour, responses, weights, self.n_neurons
+        )
+        self._check_window(video.shape[1])
+        v = torch.from_numpy(video).requires_grad_(True)
+        obs = torch.from_numpy(responses) / self.scale[None, :, None]
+        finite = ~torch.isnan(obs)
+        obs = torch.where(finite, obs, torch.zeros_like(obs))
+        w = finite.float() * torch.from_numpy(weights)[:, :, None]
+        total = w.sum(dim=(1, 2)).clamp_min(1e-12)
+        with torch.enable_grad():
+            pred = self.model(v, torch.from_numpy(behaviour))
+            poisson = self.loss == "poisson"
+            per = pred - obs * torch.log(pred + POISSON_EPS) if poisson else (pred - obs) ** 2
+            loss = (per * w).sum(dim=(1, 2)) / total
+            (grad,) = torch.autograd.grad(loss.sum(), v)
+        return loss.detach().numpy().astype(np.float32), grad.numpy()
+
+    def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons)
+        self._check_window(video.shape[1])
+        with torch.no_grad():
+            pred = self.model(torch.from_numpy(video), torch.from_numpy(behaviour))
+        return (pred * self.scale[None, :, None]).numpy()
+
+
+def available_providers(
+    wanted: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider"),
+) -> list[str]:
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [p for p in wanted if p in have]
+
+
+class OrtBackend:
+    """The exported gradient graph (gradient.onnx) under ONNX Runtime; forward.onnx beside it for predict."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "gradient.onnx"
+        if not path.is_file():
+            raise BackendError(f"{path}: no gradient graph (expected gradient.onnx from `neurocine export`)")
+        self.path = path
+        self.providers = available_providers(providers or ("CUDAExecutionProvider", "CPUExecutionProvider"))
+        if not self.providers:
+            raise BackendError(f"none of the providers {providers} is available in this onnxruntime")
+        ort.set_default_logger_severity(4)  # a CUDA provider that fails to load falls back to CPU quietly
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self._options = options
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        self.provider = self.session.get_providers()[0]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        for name in ("video", "behaviour", "responses", "weights"):
+            if name not in inputs:
+                raise BackendError(f"{path}: graph has no input {name!r} (has {sorted(inputs)})")
+        vshape = inputs["video"].shape
+        self.batch = int(vshape[0]) if isinstance(vshape[0], int) else 1
+        self.window = int(vshape[1]) if isinstance(vshape[1], int) else None
+        self.n_neurons = int(inputs["responses"].shape[1])
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs[:2] != ["loss", "grad_video"]:
+            raise BackendError(f"{path}: graph outputs {outputs}, expected ['loss', 'grad_video']")
+        meta_path = path.with_name("graph.json")
+        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.name = f"onnx:{path.parent.name}/{path.name}"
+        self._forward: Any = None
+
+    def _batches(self, b: int) -> list[tuple[int, int]]:
+        return [(s, min(b, s + self.batch)) for s in range(0, b, self.batch)]
+
+    def _pad(self, x: np.ndarray, n: int) -> np.ndarray:
+        if x.shape[0] == n:
+            return x
+        return np.concatenate([x, np.repeat(x[-1:], n - x.shape[0], axis=0)])
+
+    def loss_and_grad(
+        self,
+        video: np.ndarray,
+        behaviour: np.ndarray,
+        responses: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        video, behaviour, responses, weights = check_batch(
+            video, behaviour, responses, weights, self.n_neurons
+        )
+        if self.window is not None and video.shape[1] != self.window:
+            raise BackendError(f"{self.name} takes windows of {self.window} frames, got {video.shape[1]}")
+        b = video.shape[0]
+        own = window_weight(responses, weights)
+        losses = np.zeros(b, np.float32)
+        grads = np.zeros_like(video)
+        for s, e in self._batches(b):
+            n = self.batch
+            w = self._pad(weights[s:e], n).copy()
+            w[e - s :] = 0.0  # padding rows carry no weight
+            feed = {
+                "video": self._pad(video[s:e], n),
+                "behaviour": self._pad(behaviour[s:e], n),
+                "responses": self._pad(responses[s:e], n),
+                "weights": w,
+            }
+            loss, grad = self.session.run(["loss", "grad_video"], feed)
+            batch_weight = own[s:e].sum()
+            factor = np.where(own[s:e] > 0, batch_weight / np.maximum(own[s:e], 1e-12), 0.0)
+            grads[s:e] = grad[: e - s] * factor[:, None, None, None].astype(np.float32)
+            losses[s:e] = float(np.asarray(loss).reshape(-1)[0])
+        return losses, grads
+
+    def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+
+        if self._forward is None:
+            fwd = self.path.with_name("forward.onnx")
+            if not fwd.is_file():
+                raise BackendError(f"{fwd}: no forward graph beside {self.path.name}; predict needs it")
+            self._forward = ort.InferenceSession(
+                str(fwd), sess_options=self._options, providers=self.providers
+            )
+        video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons)
+        out = []
+        for s, e in self._batches(video.shape[0]):
+            feed = {
+                "video": self._pad(video[s:e], self.batch),
+                "behaviour": self._pad(behaviour[s:e], self.batch),
+            }
+            out.append(self._forward.run(None, feed)[0][: e - s])
+        return np.concatenate(out)
+
+
+class Ensemble:
+    """K backends of one mouse (same neurons, same window requirement)."""
+
+    def __init__(self, members: Sequence[GradientBackend]) -> None:
+        members = list(members)
+        if not members:
+            raise BackendError("an ensemble needs at least one backend")
+        n = {m.n_neurons for m in members}
+        if len(n) != 1:
+            raise BackendError(f"ensemble members disagree on the number of neurons: {sorted(n)}")
+        windows = {m.window for m in members} - {None}
+        if len(windows) > 1:
+            raise BackendError(f"ensemble members need different windows: {sorted(windows)}")
+        self.members = members
+        self.n_neurons = n.pop()
+        self.window = windows.pop() if windows else None
+        self.name = "+".join(m.name for m in members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
+        """Mean prediction of the members."""
+        return np.mean([m.predict(video, behaviour) for m in self.members], axis=0)
+
+
+def as_ensemble(backends: GradientBackend | Ensemble | Sequence[GradientBackend]) -> Ensemble:
+    if isinstance(backends, Ensemble):
+        return backends
+    if isinstance(backends, (list, tuple)):
+        return Ensemble(backends)
+    return Ensemble([backends])  # type: ignore[list-item]
+
+
+def normalised_window_grad(
+    ens: Ensemble,
+    video: np.ndarray,
+    behaviour: np.ndarray,
+    responses: np.ndarray,
+    weights: np.ndarray | None,
+    eps: float = 1e-6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's per-window gradient divided by its L2 norm (+eps), averaged over members.
+
+    Returns (mean loss per window (B,), gradient (B,T,H,W)). Windows with no valid responses get 0.
+    """
+    grad_sum = np.zeros(video.shape, np.float32)
+    loss_sum = np.zeros(video.shape[0], np.float64)
+    for member in ens.members:
+        loss, grad = member.loss_and_grad(video, behaviour, responses, weights)
+        norm = np.sqrt(np.einsum("bthw,bthw->b", grad, grad, dtype=np.float64))
+        grad_sum += grad * (1.0 / (norm + eps)).astype(np.float32)[:, None, None, None]
+        loss_sum += loss
+    k = len(ens.members)
+    return (loss_sum / k).astype(np.float32), grad_sum / np.float32(k)

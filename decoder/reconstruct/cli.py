@@ -1,0 +1,209 @@
+"""`neurocine reconstruct`: decode a recorded session (or one trial of it) into a movie file.
+
+Writes (T, 36, 64) uint8, frame t aligned with the session's frame t (stimulus frame t). When the session
+carries the true stimulus it prints one JSON line of metrics (paper score, per-frame correlation, response
+correlation) on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT_SUFFIXES = (".npy", ".gif", ".mp4")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "reconstruct",
+        help="reconstruct the movie a mouse saw from its recorded activity",
+        description="Reconstruct the movie from recorded activity by gradient descent through an encoder: "
+        "the published offline method or the streaming optimiser.",
+        epilog="example:\n  neurocine reconstruct --session streams/data/example.ncr --trial 0 "
+        "--iterations 200 --out trial0.mp4\n"
+        "  neurocine reconstruct --model export/m0 --backend onnx --session s.ncr --mode streaming "
+        "--lag 32 --out s.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="encoder (repeat for an ensemble): a model folder (trained checkpoint and/or its ONNX "
+        "export; default: the built-in model decoder/models/default), gradient.onnx, a synthetic mouse "
+        "folder, or 'oracle' (the synthetic mouse that recorded the session)",
+    )
+    p.add_argument("--session", default=None, help="session file/folder (default: the built-in example)")
+    p.add_argument(
+        "--trial",
+        type=int,
+        action="append",
+        default=None,
+        help="source trial index to reconstruct (repeatable; default: all, back to back)",
+    )
+    p.add_argument("--mode", choices=("offline", "streaming"), default="offline")
+    p.add_argument(
+        "--iterations", type=int, default=1000, help="offline iterations (default 1000, the paper's)"
+    )
+    p.add_argument("--lag", type=int, default=None, help="streaming: frames of lag before a frame is final")
+    p.add_argument("--steps", type=int, default=None, help="streaming: optimiser steps per arriving frame")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument(
+        "--provider",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="ONNX Runtime provider (auto: CUDA when available)",
+    )
+    p.add_argument("--no-mask", action="store_true", help="ignore the alpha mask beside the model")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
+    p.set_defaults(func=run)
+
+
+def write_movie(movie: np.ndarray, out: Path, fps: float = 30.0) -> None:
+    """uint8 (T, H, W) -> .npy, or .gif/.mp4 through PyAV (optional: a clear error when missing)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, movie)
+        return
+    try:
+        import av
+    except ImportError as e:
+        raise SystemExit(
+            f"reconstruct: writing {out.suffix} needs PyAV (pip install av), or use .npy ({e})"
+        ) from e
+    from fractions import Fraction
+
+    with av.open(str(out), mode="w") as container:
+        if out.suffix == ".gif":
+            stream = container.add_stream("gif", rate=Fraction(round(fps)))
+            stream.pix_fmt = "rgb8"
+        else:
+            stream = container.add_stream("libx264", rate=Fraction(round(fps)))
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "12"}
+        stream.height, stream.width = movie.shape[1:]
+        for frame in movie:
+            rgb = np.repeat(frame[:, :, None], 3, axis=2)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _progress(prefix: str):
+    last = [0.0]
+    start = time.monotonic()
+
+    def report(i: int, n: int, loss: float) -> None:
+        now = time.monotonic()
+        if i == n or now - last[0] > 1.0:
+            last[0] = now
+            print(
+                f"\r{prefix}: iteration {i}/{n}, loss {loss:.4f}, {now - start:.0f} s",
+                end="\n" if i == n else "",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    from decoder.metrics import movie_metrics, response_correlation
+    from decoder.reconstruct.backends import BackendError
+    from decoder.reconstruct.models import default_models, load_models, session_arrays
+    from decoder.reconstruct.offline import (
+        OfflineConfig,
+        ReconstructionError,
+        predict_movie,
+        reconstruct_offline,
+    )
+    from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
+    from streams.formats import FormatError, load_session
+
+    out = Path(args.out)
+    if out.suffix not in OUT_SUFFIXES:
+        print(f"reconstruct: --out {out}: suffix must be one of {OUT_SUFFIXES}", file=sys.stderr)
+        return 2
+    if args.iterations < 0:
+        print(f"reconstruct: --iterations must be >= 0, got {args.iterations}", file=sys.stderr)
+        return 2
+    try:
+        if args.session is None:
+            from streams.example import example_session_path
+
+            args.session = str(example_session_path())
+        session = load_session(args.session, trials=args.trial)
+        providers = {"auto": None, "cuda": ["CUDAExecutionProvider"], "cpu": ["CPUExecutionProvider"]}[
+            args.provider
+        ]
+        models = load_models(
+            args.model or default_models(), session, args.session, args.backend, providers, args.threads
+        )
+    except (FormatError, BackendError, FileNotFoundError, ValueError) as e:
+        print(f"reconstruct: {e}", file=sys.stderr)
+        return 2
+    opt_mask = None if args.no_mask else models.opt_mask
+    eval_mask = None if args.no_mask else models.eval_mask
+    print(
+        f"reconstruct: {session.n_frames} frames, {len(session.trials)} trial(s), models: "
+        f"{'; '.join(models.description)}",
+        file=sys.stderr,
+    )
+    start = time.perf_counter()
+    movies, truths, preds, recs = [], [], [], []
+    try:
+        for k, trial in enumerate(session.trials):
+            part = session.select_trials([trial.index]) if len(session.trials) > 1 else session
+            responses, behaviour = session_arrays(part, models.columns)
+            if args.mode == "offline":
+                rec = reconstruct_offline(
+                    models.ensemble,
+                    responses,
+                    behaviour,
+                    opt_mask,
+                    config=OfflineConfig(iterations=args.iterations),
+                    progress=_progress(f"trial {trial.index} ({k + 1}/{len(session.trials)})"),
+                )
+                movie = rec.video
+            else:
+                cfg = StreamingConfig(
+                    **{k2: v for k2, v in (("lag", args.lag), ("steps", args.steps)) if v is not None}
+                )
+                movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask)
+            movies.append(movie)
+            recs.append(responses)
+            if part.stimulus is not None:
+                truths.append(part.stimulus)
+                preds.append(predict_movie(models.ensemble, movie, behaviour))
+    except (ReconstructionError, BackendError) as e:
+        print(f"reconstruct: {e}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    movie_u8 = np.clip(np.rint(np.concatenate(movies)), 0, 255).astype(np.uint8)
+    write_movie(movie_u8, out, session.frame_rate)
+    print(f"reconstruct: wrote {out} ({movie_u8.shape[0]} frames) in {seconds:.1f} s", file=sys.stderr)
+    if truths:
+        per = [movie_metrics(t, m, eval_mask) for t, m in zip(truths, movies, strict=True)]
+        result: dict[str, Any] = {
+            "mode": args.mode,
+            "trials": [tr.index for tr in session.trials],
+            "frames": int(movie_u8.shape[0]),
+            "seconds": round(seconds, 2),
+            **{key: float(np.mean([p[key] for p in per])) for key in per[0]},
+            "response_correlation": float(
+                np.mean([response_correlation(p, r) for p, r in zip(preds, recs, strict=True)])
+            ),
+            "per_trial_pixel_correlation": [p["pixel_correlation"] for p in per],
+        }
+        if args.mode == "offline":
+            result["iterations"] = args.iterations
+        print(json.dumps(result))
+    return 0

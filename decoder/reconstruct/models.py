@@ -1,0 +1,198 @@
+"""Resolve `--model` arguments into gradient backends for one session (torch is imported only when needed).
+
+Accepted today:
+- `oracle` (or no --model): the synthetic mouse that recorded the session (its parameters beside the file:
+  NAME.mouse/ or meta/mouse/, else drawn again from the seed in its mouse id `synthetic-<seed>`);
+- a synthetic mouse folder (holding params.npz), or a dataset whose mouse parameters sit beside it: its
+  oracle encoder, torch backend;
+- a trained encoder folder (config.json + model.safetensors, or such a `checkpoint/` inside it): torch
+  backend, the mouse whose neuron ids match the session best;
+- an exported gradient graph: gradient.onnx, or the folder holding it (from decoder/encoder/export.py):
+  ONNX Runtime backend (`--backend onnx`); neuron ids from graph.json.
+The built-in model folder (decoder/models/default) holds both, so it runs on either backend.
+The alpha mask is looked up beside the (first) model: alpha_mask.npy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from decoder.reconstruct.backends import BackendError, Ensemble
+from decoder.reconstruct.offline import load_alpha_mask, masks_from_alpha
+from streams.session import Session
+
+
+@dataclasses.dataclass
+class LoadedModels:
+    ensemble: Ensemble
+    #: session neuron columns in the model's neuron order
+    columns: np.ndarray
+    opt_mask: np.ndarray | None
+    eval_mask: np.ndarray | None
+    description: list[str]
+
+
+def _oracle_for_session(session: Session, session_path: str | Path | None):  # -> OracleEncoder
+    from decoder.oracle import OracleEncoder, find_mouse_folder
+
+    if session_path is not None:
+        try:
+            return OracleEncoder.from_dataset(find_mouse_folder(session_path)), "oracle beside the session"
+        except FileNotFoundError:
+            pass
+    match = re.fullmatch(r"synthetic-(\d+)", session.mouse_id)
+    if not match:
+        raise BackendError(
+            f"session mouse {session.mouse_id!r} is not a synthetic mouse and no mouse "
+            "parameters lie beside it; pass --model"
+        )
+    from streams.synthetic import make_mouse
+
+    ids = session.neuron_ids
+    n = int(ids.max()) + 1 if ids.size else 0
+    mouse = make_mouse(int(match.group(1)), n)
+    mouse = mouse.subset(n)
+    return OracleEncoder(mouse), f"oracle drawn from seed {match.group(1)}"
+
+
+def match_columns(
+    session_ids: np.ndarray, model_ids: np.ndarray | None, n_model: int, what: str
+) -> np.ndarray:
+    """Session columns that feed the model's neurons, matched by id (or by position when the model has no
+    ids and the counts agree). Neurons the session lacks get column -1 (always NaN, i.e. masked)."""
+    if model_ids is None:
+        if session_ids.size != n_model:
+            raise BackendError(
+                f"{what} has {n_model} neurons and no neuron ids; the session has {session_ids.size}"
+            )
+        return np.arange(n_model)
+    pos = {int(i): k for k, i in enumerate(session_ids)}
+    cols = np.array([pos.get(int(i), -1) for i in model_ids], dtype=np.int64)
+    if (cols >= 0).sum() == 0:
+        raise BackendError(f"{what}: none of its {n_model} neuron ids occurs in the session")
+    return cols
+
+
+#: The built-in model (a trained encoder of the built-in synthetic mouse, its ONNX graphs and alpha mask).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def default_models() -> list[str]:
+    """What `--model` means when not given: the built-in model when it is installed, else the oracle."""
+    return [str(DEFAULT_MODEL_DIR)] if DEFAULT_MODEL_DIR.is_dir() else ["oracle"]
+
+
+def _checkpoint_dir(p: Path) -> Path | None:
+    for cand in (p, p / "checkpoint"):
+        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
+            return cand
+    return None
+
+
+def _pick_mouse(config: dict, session_ids: np.ndarray) -> str:
+    """The model's mouse whose neuron ids overlap the session's most."""
+    have = set(int(i) for i in session_ids)
+    scores = {m: len(have.intersection(int(i) for i in ids)) for m, ids in config["neuron_ids"].items()}
+    return max(sorted(scores), key=lambda m: scores[m])
+
+
+def _load_one(spec: str, session: Session, session_path: str | Path | None, backend: str,
+              providers: Sequence[str] | None, threads: int | None):  # fmt: skip
+    """(backend, neuron ids or None, description, folder to look for the alpha mask in or None)."""
+    from decoder.reconstruct.backends import OrtBackend, TorchBackend
+
+    if spec == "oracle":
+        if backend != "torch":
+            raise BackendError("--model oracle (the synthetic mouse's own model) runs with --backend torch")
+        oracle, note = _oracle_for_session(session, session_path)
+        return TorchBackend.from_oracle(oracle, threads=threads), _oracle_ids(oracle), note, None
+    p = Path(spec)
+    if not p.exists():
+        raise BackendError(f"--model {spec}: no such file or folder")
+    graph = p if p.suffix == ".onnx" else p / "gradient.onnx"
+    checkpoint = _checkpoint_dir(p) if p.is_dir() else None
+    if backend == "onnx":
+        if not graph.is_file():
+            raise BackendError(f"--model {spec}: no gradient.onnx (export the model, or use --backend torch)")
+        member = OrtBackend(graph, providers=providers, threads=threads or 0)
+        ids = member.meta.get("neuron_ids")
+        return (
+            member,
+            None if ids is None else np.asarray(ids),
+            f"{member.name} on {member.provider}",
+            graph.parent,
+        )
+    if checkpoint is not None:
+        from decoder.encoder.checkpoint import CheckpointError, load_encoder
+
+        try:
+            encoder, config = load_encoder(checkpoint)
+        except CheckpointError as err:
+            raise BackendError(f"--model {spec}: {err}") from err
+        mouse = _pick_mouse(config, session.neuron_ids)
+        member = TorchBackend.from_encoder(encoder, mouse, threads=threads)
+        ids = np.asarray(config["neuron_ids"][mouse])
+        return member, ids, f"encoder {config.get('preset')} ({mouse}) from {spec}", p
+    if graph.is_file():
+        raise BackendError(f"--model {spec} is an ONNX graph; use --backend onnx")
+    from decoder.oracle import OracleEncoder, find_mouse_folder
+
+    try:
+        folder = find_mouse_folder(p)
+    except FileNotFoundError as err:
+        raise BackendError(
+            f"--model {spec}: not an encoder checkpoint, ONNX export or synthetic mouse"
+        ) from err
+    oracle = OracleEncoder.from_dataset(folder)
+    return (
+        TorchBackend.from_oracle(oracle, threads=threads),
+        _oracle_ids(oracle),
+        f"oracle from {spec}",
+        folder,
+    )
+
+
+def load_models(
+    models: Sequence[str] | None,
+    session: Session,
+    session_path: str | Path | None,
+    backend: str = "torch",
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> LoadedModels:
+    """Backends for `models` (default: the oracle), neurons matched to the session's by id."""
+    if backend not in ("torch", "onnx"):
+        raise BackendError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    members, columns, notes = [], [], []
+    mask_from: Path | None = None
+    for spec in models or ["oracle"]:
+        member, ids, note, mask_dir = _load_one(spec, session, session_path, backend, providers, threads)
+        columns.append(match_columns(session.neuron_ids, ids, member.n_neurons, spec))
+        members.append(member)
+        notes.append(note)
+        mask_from = mask_from or mask_dir
+    if any(not np.array_equal(columns[0], c) for c in columns[1:]):
+        raise BackendError("ensemble members map the session's neurons differently; use models of one mouse")
+    alpha = load_alpha_mask(mask_from) if mask_from is not None else None
+    opt, ev = masks_from_alpha(alpha) if alpha is not None else (None, None)
+    return LoadedModels(Ensemble(members), columns[0], opt, ev, notes)
+
+
+def _oracle_ids(oracle: object) -> np.ndarray | None:
+    """Neuron ids of an oracle encoder: those of the synthetic mouse it was built from (0..N-1 by block)."""
+    n = int(getattr(oracle, "n_neurons", 0))
+    return np.arange(n, dtype=np.int64) if n else None
+
+
+def session_arrays(session: Session, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(responses (T, N_model) with NaN for neurons the session lacks, behaviour (T, 4))."""
+    traces = session.traces
+    out = np.full((traces.shape[0], columns.size), np.nan, np.float32)
+    ok = columns >= 0
+    out[:, ok] = traces[:, columns[ok]]
+    return out, session.behaviour

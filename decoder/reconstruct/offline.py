@@ -1,0 +1,306 @@
+"""The published offline reconstruction (Bauer, Margrie & Clopath, eLife 2026), batched, and the alpha mask.
+
+Per iteration (all windows in one batched backend call per encoder):
+1. cut the movie estimate into 32-frame windows, stride 8, the last aligned to the end;
+2. each encoder: Poisson loss (mean) of predicted vs recorded responses per window, d loss / d window,
+   divided by its L2 norm + 1e-6; averaged over encoders (only in `ensemble="gradients"` mode);
+3. per frame, the mean over the windows covering it; times the binary mask (alpha >= 0.5); clipped to +-1;
+4. first-moment Adam: m = 0.9 m + 0.1 g, bias-corrected m / (1 - 0.9^i), step lr_i * m_hat with
+   lr_i = 1000 * min(1, i / 10) (linear warm-up over 10 iterations), then the video is clipped to [0, 255].
+Start: uniform grey 127.5. Ensembles (the paper's default): each encoder reconstructs separately and the
+videos are averaged (`ensemble="videos"`); averaging gradients is the paper's worse alternative.
+No randomness anywhere: the same inputs give the same movie.
+
+Alpha ("transparency") mask per mouse, learned on the (36, 64) movie frame (the paper's 64x64 is the
+DwiseNeuro input with the frame in rows 14..49; the rest is padding no reconstruction touches):
+alpha starts at 0; per iteration a trial's video A is blended with another trial's video B as
+alpha * A + (1 - alpha) * B, the MSE between predicted and A's recorded responses is differentiated
+w.r.t. the blend, d/d alpha_t = g_t * (A_t - B_t) is divided by its L2 norm over (t, y, x), averaged over
+time, Gaussian-blurred (sigma 5 px), and alpha takes a step of 10 down that gradient, then is clipped to
+[0, 1]. Thresholds: alpha >= 0.5 is the optimisation mask; alpha >= 1 (pixels whose alpha saturated:
+fully the trial's own video) is the evaluation mask, as DESIGN.md says ("threshold 1 selects the
+evaluation pixels"); the clip to [0, 1] is our reading that makes threshold 1 meaningful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
+from decoder.reconstruct.windows import (
+    STRIDE,
+    WINDOW,
+    WindowError,
+    fold_windows,
+    gather_windows,
+    window_starts,
+)
+
+GREY = 127.5
+MASK_FILE = "alpha_mask.npy"
+OPT_THRESHOLD = 0.5
+EVAL_THRESHOLD = 1.0
+
+
+class ReconstructionError(ValueError):
+    """Inputs to a reconstruction have the wrong shape or contents."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig:
+    """The published method's constants (defaults) and the knobs a benchmark turns."""
+
+    iterations: int = 1000
+    lr: float = 1000.0
+    warmup: int = 10
+    beta: float = 0.9
+    window: int = WINDOW
+    stride: int = STRIDE
+    init: float = GREY
+    clip: float = 1.0
+    norm_eps: float = 1e-6
+    ensemble: str = "videos"  # or "gradients"
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.warmup < 0 or not 0 <= self.beta < 1 or self.lr <= 0:
+            raise ReconstructionError(f"bad optimiser settings in {self}")
+        if self.ensemble not in ("videos", "gradients"):
+            raise ReconstructionError(f"ensemble must be 'videos' or 'gradients', got {self.ensemble!r}")
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """A reconstructed movie (T, 36, 64) float32 0..255, the loss per iteration and the time it took."""
+
+    video: np.ndarray
+    losses: np.ndarray
+    seconds: float
+    iterations: int
+    provider: str = ""
+    snapshots: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def as_uint8(self) -> np.ndarray:
+        return np.clip(np.rint(self.video), 0, 255).astype(np.uint8)
+
+
+def fill_behaviour(behaviour: np.ndarray, default: np.ndarray | None = None) -> np.ndarray:
+    """Replace NaN behaviour by the last measured value of that channel (the default, 0, before any)."""
+    b = np.array(behaviour, dtype=np.float32, copy=True)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ReconstructionError(f"behaviour must be (T, 4), got shape {b.shape}")
+    last = np.zeros(4, np.float32) if default is None else np.asarray(default, np.float32)
+    for t in range(b.shape[0]):
+        bad = ~np.isfinite(b[t])
+        if bad.any():
+            b[t, bad] = last[bad]
+        last = b[t]
+    return b
+
+
+def check_inputs(
+    ens: Ensemble,
+    responses: np.ndarray,
+    behaviour: np.ndarray,
+    mask: np.ndarray | None,
+    weights: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    responses = np.asarray(responses, dtype=np.float32)
+    if responses.ndim != 2 or responses.shape[1] != ens.n_neurons:
+        raise ReconstructionError(f"responses must be (T, N={ens.n_neurons}), got shape {responses.shape}")
+    t = responses.shape[0]
+    behaviour = np.asarray(behaviour, dtype=np.float32)
+    if behaviour.shape != (t, 4):
+        raise ReconstructionError(f"behaviour must be (T={t}, 4), got shape {behaviour.shape}")
+    if np.isinf(responses).any():
+        raise ReconstructionError("responses hold inf (NaN marks a missing value; inf is never valid)")
+    m = np.ones((36, 64), np.float32) if mask is None else np.asarray(mask).astype(np.float32)
+    if m.shape != (36, 64):
+        raise ReconstructionError(f"mask must be (36, 64), got shape {m.shape}")
+    w = np.ones(ens.n_neurons, np.float32) if weights is None else np.asarray(weights, np.float32)
+    if w.shape != (ens.n_neurons,):
+        raise ReconstructionError(f"neuron weights must be (N={ens.n_neurons},), got shape {w.shape}")
+    return responses, fill_behaviour(behaviour), m, w
+
+
+def _optimise(
+    ens: Ensemble,
+    responses: np.ndarray,
+    behaviour: np.ndarray,
+    mask: np.ndarray,
+    weights: np.ndarray,
+    cfg: OfflineConfig,
+    progress: Callable[[int, int, float], None] | None,
+    snapshots: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    t_len = responses.shape[0]
+    window = ens.window or cfg.window
+    try:
+        starts = window_starts(t_len, window, cfg.stride)
+    except WindowError as err:
+        raise ReconstructionError(str(err)) from None
+    beh_w = gather_windows(behaviour, starts, window)  # (B, W, 4)
+    resp_w = np.ascontiguousarray(gather_windows(responses, starts, window).transpose(0, 2, 1))  # (B, N, W)
+    video = np.full((t_len, 36, 64), cfg.init, np.float32)
+    m = np.zeros_like(video)
+    losses = np.zeros(cfg.iterations, np.float32)
+    wanted = set(snapshots)
+    taken: dict[int, np.ndarray] = {}
+    for i in range(1, cfg.iterations + 1):
+        loss, g_win = normalised_window_grad(
+            ens, gather_windows(video, starts, window), beh_w, resp_w, weights, cfg.norm_eps
+        )
+        g = fold_windows(g_win, starts, t_len, average=True)
+        g *= mask
+        np.clip(g, -cfg.clip, cfg.clip, out=g)
+        m *= np.float32(cfg.beta)
+        m += np.float32(1.0 - cfg.beta) * g
+        lr = cfg.lr * (min(1.0, i / cfg.warmup) if cfg.warmup else 1.0)
+        video -= np.float32(lr / (1.0 - cfg.beta**i)) * m
+        np.clip(video, 0.0, 255.0, out=video)
+        losses[i - 1] = float(loss.mean())
+        if i in wanted:
+            taken[i] = video.copy()
+        if progress is not None:
+            progress(i, cfg.iterations, losses[i - 1])
+    return video, losses, taken
+
+
+def reconstruct_offline(
+    backends: GradientBackend | Ensemble | Sequence[GradientBackend],
+    responses: np.ndarray,
+    behaviour: np.ndarray,
+    mask: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    config: OfflineConfig | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    snapshots: Sequence[int] = (),
+) -> Reconstruction:
+    """Reconstruct one movie from responses (T, N) (NaN = not reported) and behaviour (T, 4).
+
+    mask (36, 64): the optimisation mask (alpha >= 0.5), None for every pixel. weights (N,): per-neuron
+    loss weights (0 drops a neuron). Several backends: see OfflineConfig.ensemble. snapshots: iterations
+    after which to keep a copy of the movie (Reconstruction.snapshots; quality vs iterations in one run).
+    """
+    cfg = config or OfflineConfig()
+    ens = as_ensemble(backends)
+    responses, behaviour, m, w = check_inputs(ens, responses, behaviour, mask, weights)
+    start = time.perf_counter()
+    if cfg.ensemble == "gradients" or len(ens) == 1:
+        video, losses, snaps = _optimise(ens, responses, behaviour, m, w, cfg, progress, snapshots)
+    else:
+        runs = [
+            _optimise(Ensemble([b]), responses, behaviour, m, w, cfg, progress, snapshots)
+            for b in ens.members
+        ]
+        video = np.mean([r[0] for r in runs], axis=0).astype(np.float32)
+        losses = np.mean([r[1] for r in runs], axis=0).astype(np.float32)
+        snaps = {i: np.mean([r[2][i] for r in runs], axis=0).astype(np.float32) for i in runs[0][2]}
+    provider = ",".join(sorted({getattr(b, "provider", "?") for b in ens.members}))
+    return Reconstruction(video, losses, time.perf_counter() - start, cfg.iterations, provider, snaps)
+
+
+def predict_movie(
+    backends: GradientBackend | Ensemble | Sequence[GradientBackend],
+    video: np.ndarray,
+    behaviour: np.ndarray,
+    stride: int = STRIDE,
+    window: int = WINDOW,
+) -> np.ndarray:
+    """(T, N) predicted responses for a whole movie, windowed like the reconstruction (mean over windows)."""
+    ens = as_ensemble(backends)
+    video = np.asarray(video, np.float32)
+    beh = fill_behaviour(behaviour)
+    w = ens.window or window
+    starts = window_starts(video.shape[0], w, stride)
+    pred = ens.predict(gather_windows(video, starts, w), gather_windows(beh, starts, w))  # (B, N, W)
+    return fold_windows(np.ascontiguousarray(pred.transpose(0, 2, 1)), starts, video.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------- alpha mask
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+    iterations: int = 1000
+    step: float = 10.0
+    blur_sigma: float = 5.0
+    init: float = 0.0
+    window: int = WINDOW
+    stride: int = STRIDE
+
+
+def train_alpha_mask(
+    mse_backend: GradientBackend,
+    trials: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    config: MaskConfig | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> np.ndarray:
+    """Learn the (36, 64) alpha mask from trials [(video (T,36,64), behaviour (T,4), responses (T,N))].
+
+    mse_backend must compute the MSE loss (TorchBackend(..., loss="mse")). Trial k is blended with trial
+    k + 1 (cyclically), cycling through the trials over the iterations. Deterministic.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    cfg = config or MaskConfig()
+    if len(trials) < 2:
+        raise ReconstructionError(f"the alpha mask needs at least 2 trials to blend, got {len(trials)}")
+    if getattr(mse_backend, "loss", "mse") != "mse":
+        raise ReconstructionError("train_alpha_mask needs a backend with loss='mse'")
+    prepared = []
+    for k, (video, beh, resp) in enumerate(trials):
+        video = np.asarray(video, np.float32)
+        if video.ndim != 3 or video.shape[1:] != (36, 64):
+            raise ReconstructionError(f"trial {k}: video must be (T, 36, 64), got {video.shape}")
+        prepared.append((video, fill_behaviour(beh), np.asarray(resp, np.float32)))
+    alpha = np.full((36, 64), cfg.init, np.float32)
+    window = mse_backend.window or cfg.window
+    for i in range(cfg.iterations):
+        va, beh, resp = prepared[i % len(prepared)]
+        vb = prepared[(i + 1) % len(prepared)][0]
+        t_len = min(va.shape[0], vb.shape[0])
+        va, vb, beh, resp = va[:t_len], vb[:t_len], beh[:t_len], resp[:t_len]
+        starts = window_starts(t_len, window, cfg.stride)
+        blend = alpha * va + (1.0 - alpha) * vb
+        loss, g_win = mse_backend.loss_and_grad(
+            gather_windows(blend, starts, window),
+            gather_windows(beh, starts, window),
+            np.ascontiguousarray(gather_windows(resp, starts, window).transpose(0, 2, 1)),
+        )
+        g = fold_windows(g_win, starts, t_len, average=False) * (va - vb)
+        g /= np.sqrt(np.sum(g.astype(np.float64) ** 2)) + 1e-6
+        g_alpha = gaussian_filter(g.mean(axis=0), cfg.blur_sigma, mode="reflect")
+        alpha = np.clip(alpha - cfg.step * g_alpha, 0.0, 1.0).astype(np.float32)
+        if progress is not None:
+            progress(i + 1, cfg.iterations, float(loss.mean()))
+    return alpha
+
+
+def masks_from_alpha(alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(optimisation mask alpha >= 0.5, evaluation mask alpha >= 1) as bool (36, 64) arrays."""
+    alpha = np.asarray(alpha, np.float32)
+    return alpha >= OPT_THRESHOLD, alpha >= EVAL_THRESHOLD - 1e-6
+
+
+def save_alpha_mask(alpha: np.ndarray, model_path: str | Path) -> Path:
+    """Write alpha beside the model: MODEL_DIR/alpha_mask.npy (a file model: its folder)."""
+    p = Path(model_path)
+    folder = p if p.is_dir() else p.parent
+    out = folder / MASK_FILE
+    np.save(out, np.asarray(alpha, np.float32))
+    return out
+
+
+def load_alpha_mask(model_path: str | Path) -> np.ndarray | None:
+    """The alpha mask saved beside a model, or None when there is none."""
+    p = Path(model_path)
+    for cand in (p / MASK_FILE, p.parent / MASK_FILE):
+        if cand.is_file():
+            alpha = np.load(cand)
+            if alpha.shape != (36, 64):
+                raise ReconstructionError(f"{cand}: alpha mask must be (36, 64), got {alpha.shape}")
+            return alpha
+    return None

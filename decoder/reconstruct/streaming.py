@@ -1,0 +1,369 @@
+"""Streaming reconstruction: a sliding-window optimiser that decodes frames as their responses arrive.
+
+State: a buffer of the most recent `lag + window` frames of the movie estimate, their responses and
+behaviour, and the optimiser state of each frame (first moment m, and its own step count for Adam's bias
+correction and the lr warm-up). The newest `lag + 1` frames are *active* (still optimised); older ones are
+*final* and only serve as the encoder's context. Before the session's first frame the buffer holds grey
+frames with no responses, as the encoder expects at a movie start.
+
+On each arriving frame t (responses (N,), behaviour (4,)):
+1. append a warm-started estimate of frame t (a copy of frame t-1's estimate, or grey);
+2. run `steps` optimiser steps on the windows whose responses constrain active frames: windows of 32
+   frames ending at t, t-8, t-16, ... down to t-lag (one batched backend call per encoder per step);
+   each step is the published update (per-window gradient / L2 norm, mean over covering windows, mask,
+   clip +-1, first-moment Adam with warm-up, pixel clip) restricted to the active frames;
+3. emit frame t - lag, which leaves the active region now (final), and optionally the active frames as
+   provisional estimates.
+Anchoring the windows at the newest frame means their alignment shifts by one frame per arrival, so every
+frame is seen at every window position while it is active.
+
+Gaps (missing sequence numbers) insert frames with no responses (NaN: they drop out of the loss) and
+still emit, so the output stays aligned with the source frames; NaN neurons are masked per frame; NaN
+behaviour holds the last measured value. `reset()` (or a new session id in `push`) starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
+from decoder.reconstruct.offline import GREY, ReconstructionError
+from decoder.reconstruct.windows import STRIDE, WINDOW
+
+#: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
+#: indicator), so a shorter lag finalises frames before their evidence has arrived (built-in mouse, noisy
+#: 10-s movie: lag 8 scores 0.15, lag 32 0.34 = 0.92 of the best offline result and above the paper's
+#: 1000-iteration offline setting, 0.25); see `neurocine bench quality` for the curve.
+DEFAULT_LAG = 32
+DEFAULT_STEPS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingConfig:
+    lag: int = DEFAULT_LAG
+    steps: int = DEFAULT_STEPS
+    window: int = WINDOW
+    stride: int = STRIDE
+    lr: float = 1000.0
+    warmup: int = 10
+    beta: float = 0.9
+    clip: float = 1.0
+    norm_eps: float = 1e-6
+    warm_start: str = "previous"  # or "grey"
+    provisional: bool = False
+    ensemble: str = "gradients"  # or "videos": one optimiser per encoder, emitted frames averaged
+
+    def __post_init__(self) -> None:
+        if self.lag < 0 or self.steps < 0 or self.window < 1 or self.stride < 1:
+            raise ReconstructionError(
+                f"bad streaming settings: lag={self.lag} steps={self.steps} "
+                f"window={self.window} stride={self.stride}"
+            )
+        if self.warm_start not in ("previous", "grey"):
+            raise ReconstructionError(f"warm_start must be 'previous' or 'grey', got {self.warm_start!r}")
+        if self.ensemble not in ("gradients", "videos"):
+            raise ReconstructionError(f"ensemble must be 'gradients' or 'videos', got {self.ensemble!r}")
+
+
+@dataclasses.dataclass
+class DecodedFrame:
+    """One emitted frame: source sequence number, the frame (36, 64) float32 0..255, final or provisional."""
+
+    seq: int
+    frame: np.ndarray
+    final: bool
+
+    def as_uint8(self) -> np.ndarray:
+        return np.clip(np.rint(self.frame), 0, 255).astype(np.uint8)
+
+
+class StreamingReconstructor:
+    """Feed frames with `push`; collect final frames (one per source frame, `lag` frames later)."""
+
+    def __init__(
+        self,
+        backends: GradientBackend | Ensemble | Sequence[GradientBackend],
+        config: StreamingConfig | None = None,
+        mask: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> None:
+        self.ens = as_ensemble(backends)
+        self.cfg = config or StreamingConfig()
+        self.window = self.ens.window or self.cfg.window
+        n = self.ens.n_neurons
+        self.mask = np.ones((36, 64), np.float32) if mask is None else np.asarray(mask).astype(np.float32)
+        if self.mask.shape != (36, 64):
+            raise ReconstructionError(f"mask must be (36, 64), got shape {self.mask.shape}")
+        self.weights = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
+        if self.weights.shape != (n,):
+            raise ReconstructionError(f"neuron weights must be (N={n},), got shape {self.weights.shape}")
+        self.capacity = self.cfg.lag + self.window
+        self.step_seconds: list[float] = []  # compute time of each push (all its optimiser steps)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self, session_id: str | None = None) -> None:
+        """Forget everything: the next pushed frame is frame 0 of a new movie."""
+        c, n = self.capacity, self.ens.n_neurons
+        self.session_id = session_id
+        self.video = np.full((c, 36, 64), GREY, np.float32)
+        self.m = np.zeros((c, 36, 64), np.float32)
+        self.age = np.zeros(c, np.int64)  # optimiser steps each slot has taken
+        self.responses = np.full((c, n), np.nan, np.float32)
+        self.behaviour = np.zeros((c, 4), np.float32)
+        self.seqs = np.full(c, -1, np.int64)  # source seq of each slot; -1 = padding before the session
+        self.last_seq = -1
+        self.last_behaviour: np.ndarray | None = None
+        self.pending = 0  # frames pushed but not yet emitted final
+
+    @property
+    def n_active(self) -> int:
+        return min(self.cfg.lag + 1, self.pending)
+
+    # ------------------------------------------------------------------ input
+    def push(
+        self,
+        responses: np.ndarray,
+        behaviour: np.ndarray,
+        seq: int | None = None,
+        session_id: str | None = None,
+        steps: int | None = None,
+    ) -> list[DecodedFrame]:
+        """Add source frame `seq` (default: the next one); returns the frames emitted (final first).
+
+        `steps` overrides the configured steps for this frame (a service that falls behind sheds steps).
+        Frames lost in a gap get the same steps when the gap is at most `lag` long, none otherwise (a long
+        gap is emitted as its warm start without spending time on frames nothing constrains).
+        """
+        if session_id is not None and session_id != self.session_id:
+            self.reset(session_id)
+        n = self.ens.n_neurons
+        resp = np.asarray(responses, np.float32)
+        if resp.shape != (n,):
+            raise ReconstructionError(f"responses must be (N={n},), got shape {resp.shape}")
+        beh = np.asarray(behaviour, np.float32)
+        if beh.shape != (4,):
+            raise ReconstructionError(f"behaviour must be (4,), got shape {beh.shape}")
+        seq = self.last_seq + 1 if seq is None else int(seq)
+        if seq <= self.last_seq:
+            raise ReconstructionError(
+                f"frame seq {seq} is not after the last one ({self.last_seq}); reset() for a new session"
+            )
+        steps = self.cfg.steps if steps is None else max(0, int(steps))
+        gap_steps = steps if seq - self.last_seq - 1 <= self.cfg.lag else 0
+        out: list[DecodedFrame] = []
+        for missing in range(self.last_seq + 1, seq):  # a gap: frames without responses
+            out += self._advance(
+                missing, np.full(n, np.nan, np.float32), self._held_behaviour(None), gap_steps
+            )
+        out += self._advance(seq, resp, self._held_behaviour(beh), steps)
+        return out
+
+    def _held_behaviour(self, beh: np.ndarray | None) -> np.ndarray:
+        last = np.zeros(4, np.float32) if self.last_behaviour is None else self.last_behaviour
+        if beh is None:
+            return last.copy()
+        beh = beh.copy()
+        bad = ~np.isfinite(beh)
+        beh[bad] = last[bad]
+        return beh
+
+    def _shift_in(self, seq: int, resp: np.ndarray, beh: np.ndarray) -> None:
+        for arr in (self.video, self.m, self.age, self.responses, self.behaviour, self.seqs):
+            arr[:-1] = arr[1:]
+        first = self.pending == 0
+        if self.cfg.warm_start == "previous" and not first:
+            self.video[-1] = self.video[-2]
+        else:
+            self.video[-1] = GREY
+        self.m[-1] = 0.0
+        self.age[-1] = 0
+        self.responses[-1] = np.where(np.isfinite(resp), resp, np.nan)
+        self.behaviour[-1] = beh
+        if first:  # padding before the movie sees the first frame's behaviour
+            self.behaviour[:-1] = beh
+        self.seqs[-1] = seq
+        self.last_seq = seq
+        self.last_behaviour = beh
+        self.pending += 1
+
+    def _advance(self, seq: int, resp: np.ndarray, beh: np.ndarray, steps: int) -> list[DecodedFrame]:
+        self._shift_in(seq, resp, beh)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self._step()
+        self.step_seconds.append(time.perf_counter() - start)
+        out = []
+        if self.pending > self.cfg.lag:
+            idx = self.capacity - 1 - self.cfg.lag
+            out.append(DecodedFrame(int(self.seqs[idx]), self.video[idx].copy(), True))
+            self.pending -= 1
+        if self.cfg.provisional:
+            out += self._provisional()
+        return out
+
+    def _provisional(self) -> list[DecodedFrame]:
+        c = self.capacity
+        return [
+            DecodedFrame(int(self.seqs[i]), self.video[i].copy(), False)
+            for i in range(c - min(self.pending, self.cfg.lag), c)
+        ]
+
+    # ------------------------------------------------------------------ optimiser
+    def _window_starts(self) -> np.ndarray:
+        """Buffer indices of the windows' first slots: ends at the newest frame, then every stride back
+        while the window still ends on an active frame."""
+        c, w = self.capacity, self.window
+        active_from = c - self.n_active
+        ends = np.arange(c - 1, active_from - 1, -self.cfg.stride)
+        return ends - (w - 1)
+
+    def _step(self) -> None:
+        c, w, cfg = self.capacity, self.window, self.cfg
+        starts = self._window_starts()
+        idx = starts[:, None] + np.arange(w)[None, :]
+        resp = np.ascontiguousarray(self.responses[idx].transpose(0, 2, 1))
+        if not np.isfinite(resp).any():
+            return  # nothing constrains the active frames yet (a gap)
+        _, g_win = normalised_window_grad(
+            self.ens, self.video[idx], self.behaviour[idx], resp, self.weights, cfg.norm_eps
+        )
+        g = np.zeros_like(self.video)
+        count = np.zeros(c, np.float32)
+        for j in range(w):
+            g[starts + j] += g_win[:, j]
+            count[starts + j] += 1
+        active = np.zeros(c, bool)
+        active[c - self.n_active :] = True
+        active &= count > 0
+        a = np.flatnonzero(active)
+        ga = g[a] / count[a, None, None]
+        ga *= self.mask
+        np.clip(ga, -cfg.clip, cfg.clip, out=ga)
+        self.age[a] += 1
+        age = self.age[a].astype(np.float64)
+        self.m[a] = np.float32(cfg.beta) * self.m[a] + np.float32(1 - cfg.beta) * ga
+        lr = cfg.lr * (np.minimum(1.0, age / cfg.warmup) if cfg.warmup else np.ones_like(age))
+        scale = (lr / (1.0 - cfg.beta**age)).astype(np.float32)
+        self.video[a] = np.clip(self.video[a] - scale[:, None, None] * self.m[a], 0.0, 255.0)
+
+    # ------------------------------------------------------------------ end
+    def flush(self) -> list[DecodedFrame]:
+        """Emit the frames still active as final (end of the session), oldest first."""
+        c = self.capacity
+        out = [
+            DecodedFrame(int(self.seqs[i]), self.video[i].copy(), True) for i in range(c - self.pending, c)
+        ]
+        self.pending = 0
+        return out
+
+    def timing(self) -> dict[str, float]:
+        """Per-frame compute time (seconds) statistics over the pushes so far."""
+        s = np.asarray(self.step_seconds, dtype=np.float64)
+        if s.size == 0:
+            return {"frames": 0}
+        return {
+            "frames": int(s.size),
+            "mean_s": float(s.mean()),
+            "p50_s": float(np.percentile(s, 50)),
+            "p95_s": float(np.percentile(s, 95)),
+            "max_s": float(s.max()),
+        }
+
+
+class StreamingEnsemble:
+    """K optimisers, one per encoder, fed the same frames; each emitted frame is the mean of theirs (the
+    paper's better ensembling, "separate reconstructions averaged"). Same API as StreamingReconstructor."""
+
+    def __init__(
+        self,
+        backends: Ensemble,
+        config: StreamingConfig,
+        mask: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> None:
+        self.members = [StreamingReconstructor([b], config, mask, weights) for b in backends.members]
+        self.cfg = config
+        self.step_seconds: list[float] = []
+
+    @staticmethod
+    def _merge(outs: list[list[DecodedFrame]]) -> list[DecodedFrame]:
+        return [
+            DecodedFrame(first.seq, np.mean([o[k].frame for o in outs], axis=0), first.final)
+            for k, first in enumerate(outs[0])
+        ]
+
+    def reset(self, session_id: str | None = None) -> None:
+        for m in self.members:
+            m.reset(session_id)
+
+    def push(self, responses: np.ndarray, behaviour: np.ndarray, seq: int | None = None,
+             session_id: str | None = None, steps: int | None = None) -> list[DecodedFrame]:  # fmt: skip
+        start = time.perf_counter()
+        outs = [m.push(responses, behaviour, seq, session_id, steps) for m in self.members]
+        self.step_seconds.append(time.perf_counter() - start)
+        return self._merge(outs)
+
+    def flush(self) -> list[DecodedFrame]:
+        return self._merge([m.flush() for m in self.members])
+
+    def timing(self) -> dict[str, float]:
+        return StreamingReconstructor.timing(self)  # type: ignore[arg-type]
+
+
+def make_streaming(
+    backends: GradientBackend | Ensemble | Sequence[GradientBackend],
+    config: StreamingConfig | None = None,
+    mask: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> StreamingReconstructor | StreamingEnsemble:
+    """The streaming optimiser for these encoders: one (gradient ensembling) or one per encoder (videos)."""
+    cfg = config or StreamingConfig()
+    ens = as_ensemble(backends)
+    if cfg.ensemble == "videos" and len(ens) > 1:
+        return StreamingEnsemble(ens, cfg, mask, weights)
+    return StreamingReconstructor(ens, cfg, mask, weights)
+
+
+def reconstruct_streaming(
+    backends: GradientBackend | Ensemble | Sequence[GradientBackend],
+    responses: np.ndarray,
+    behaviour: np.ndarray,
+    config: StreamingConfig | None = None,
+    mask: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    drain: bool = True,
+) -> tuple[np.ndarray, StreamingReconstructor | StreamingEnsemble]:
+    """Stream a whole recording through the optimiser; returns the final movie (T, 36, 64) and the
+    optimiser (for its timing).
+
+    drain: after the last frame, keep the stream going for `lag` more frames without responses (what a
+    live session does: the rig keeps sending), so the movie's last frames get their usual optimiser steps
+    instead of being flushed early; False flushes them as they are.
+    """
+    rec = make_streaming(backends, config, mask, weights)
+    responses = np.asarray(responses, np.float32)
+    behaviour = np.asarray(behaviour, np.float32)
+    if responses.ndim != 2 or behaviour.shape != (responses.shape[0], 4):
+        raise ReconstructionError(
+            f"responses (T, N) and behaviour (T, 4) needed, got {responses.shape} and {behaviour.shape}"
+        )
+    frames: dict[int, np.ndarray] = {}
+    t_len = responses.shape[0]
+    for t in range(t_len):
+        for f in rec.push(responses[t], behaviour[t], t):
+            if f.final:
+                frames[f.seq] = f.frame
+    nothing = np.full(responses.shape[1], np.nan, np.float32)
+    for t in range(t_len, t_len + (rec.cfg.lag if drain and t_len else 0)):
+        for f in rec.push(nothing, behaviour[-1], t):
+            if f.final and f.seq < t_len:
+                frames[f.seq] = f.frame
+    for f in rec.flush():
+        frames[f.seq] = f.frame
+    movie = np.stack([frames[t] for t in range(t_len)])
+    return movie, rec

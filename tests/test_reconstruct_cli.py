@@ -1,0 +1,102 @@
+"""`neurocine reconstruct` on a small synthetic session: a movie aligned with the stimulus, a metrics line."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from decoder.reconstruct import cli
+from streams.formats import save_session
+from streams.synthetic import TrialPlan, make_mouse, simulate_session
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: on a shared 2-core machine, torch's spinning worker threads slow everything down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def session_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sess")
+    mouse = make_mouse(0, 200)
+    plans = [TrialPlan(k, "final_test_main", "test", k) for k in range(2)]
+    session = simulate_session(mouse, plans, movie_seed=1, n_frames=40)
+    path = folder / "s.ncr"
+    save_session(session, path)
+    mouse.save(folder / "s.mouse")
+    return path, session
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    cli.register(sub)
+    args = parser.parse_args(["reconstruct", *argv])
+    return args.func(args)
+
+
+def test_offline_writes_aligned_uint8_movie_and_metrics(session_file, tmp_path, capsys):
+    path, _ = session_file
+    out = tmp_path / "m.npy"
+    mouse_dir = str(path.with_name("s.mouse"))
+    assert (
+        _run(
+            "--model",
+            mouse_dir,
+            "--session",
+            str(path),
+            "--trial",
+            "1",
+            "--iterations",
+            "3",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
+    movie = np.load(out)
+    assert movie.shape == (40, 36, 64) and movie.dtype == np.uint8
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]
+    metrics = json.loads(line)
+    assert metrics["trials"] == [1] and metrics["frames"] == 40
+    assert -1 <= metrics["pixel_correlation"] <= 1 and np.isfinite(metrics["response_correlation"])
+
+
+def test_streaming_mode_and_video_output(session_file, tmp_path):
+    path, _ = session_file
+    out = tmp_path / "m.gif"
+    argv = ["--model", "oracle", "--session", str(path), "--trial", "0", "--mode", "streaming"]
+    assert _run(*argv, "--lag", "4", "--steps", "1", "--out", str(out)) == 0
+    assert out.stat().st_size > 0
+
+
+def test_bad_arguments_exit_2(session_file, tmp_path, capsys):
+    path, _ = session_file
+    npy = str(tmp_path / "m.npy")
+    assert _run("--session", str(path), "--out", str(tmp_path / "m.txt")) == 2
+    assert _run("--model", "oracle", "--session", str(path), "--backend", "onnx", "--out", npy) == 2
+    assert _run("--model", str(tmp_path), "--session", str(path), "--out", npy) == 2
+    assert _run("--session", str(tmp_path / "none.ncr"), "--out", npy) == 2
+    err = capsys.readouterr().err
+    assert "suffix" in err and "--backend torch" in err and "not an encoder checkpoint" in err
+    assert "none.ncr" in err
+
+
+def test_the_built_in_model_on_both_backends_gives_the_same_movie(session_file, tmp_path):
+    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+
+    assert (DEFAULT_MODEL_DIR / "gradient.onnx").is_file() and (DEFAULT_MODEL_DIR / "checkpoint").is_dir()
+    path, _ = session_file
+    outs = {}
+    for backend in ("torch", "onnx"):
+        outs[backend] = tmp_path / f"{backend}.npy"
+        argv = ["--session", str(path), "--trial", "0", "--iterations", "2", "--backend", backend]
+        assert _run(*argv, "--out", str(outs[backend])) == 0
+    a, b = (np.load(outs[k]).astype(np.float64).ravel() for k in ("torch", "onnx"))
+    assert np.corrcoef(a, b)[0, 1] > 0.99

@@ -1,0 +1,121 @@
+"""The streaming optimiser: one final frame per input after the lag, gaps, NaN neurons, reset, quality."""
+
+import numpy as np
+import pytest
+import torch
+
+from decoder.metrics import movie_correlation
+from decoder.oracle import OracleEncoder
+from decoder.reconstruct.backends import TorchBackend
+from decoder.reconstruct.offline import OfflineConfig, ReconstructionError, reconstruct_offline
+from decoder.reconstruct.streaming import (
+    StreamingConfig,
+    StreamingReconstructor,
+    reconstruct_streaming,
+)
+from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+
+T = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: on a shared 2-core machine, torch's spinning worker threads slow everything down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mouse():
+    return make_mouse(0, 300)
+
+
+@pytest.fixture(scope="module")
+def backend(mouse):
+    return TorchBackend.from_oracle(OracleEncoder(mouse))
+
+
+@pytest.fixture(scope="module")
+def movie(mouse):
+    video = natural_movie(T, 1, "test")
+    behaviour = BehaviourGenerator(3).frames(T)
+    return video, behaviour, expected_activity(mouse, video, behaviour)
+
+
+def test_one_final_frame_per_input_frame_after_the_lag(backend, movie):
+    _, behaviour, responses = movie
+    lag = 6
+    rec = StreamingReconstructor(backend, StreamingConfig(lag=lag, steps=1, provisional=True))
+    finals = []
+    for t in range(20):
+        out = rec.push(responses[t], behaviour[t])
+        final = [f for f in out if f.final]
+        provisional = [f for f in out if not f.final]
+        assert len(final) == (1 if t >= lag else 0)
+        finals += final
+        if final:
+            assert final[0].seq == t - lag
+        assert [f.seq for f in provisional] == list(range(max(0, t - lag + 1), t + 1))
+    rest = rec.flush()
+    assert [f.seq for f in finals + rest] == list(range(20))
+    assert all(f.frame.shape == (36, 64) and np.isfinite(f.frame).all() for f in finals + rest)
+    assert finals[-1].as_uint8().dtype == np.uint8
+    t = rec.timing()
+    assert t["frames"] == 20 and t["mean_s"] > 0
+
+
+def test_gap_and_nan_neurons_give_finite_output_and_aligned_frames(backend, movie):
+    _, behaviour, responses = movie
+    rec = StreamingReconstructor(backend, StreamingConfig(lag=4, steps=1))
+    resp = responses.copy()
+    resp[:, ::3] = np.nan  # a third of the neurons never reported
+    resp[12, 5:50] = np.nan
+    beh = behaviour.copy()
+    beh[7, 2] = np.nan
+    seqs = []
+    for t in list(range(10)) + list(range(16, 24)):  # frames 10..15 lost
+        out = rec.push(resp[t], beh[t], seq=t)
+        seqs += [f.seq for f in out]
+        assert all(np.isfinite(f.frame).all() for f in out)
+    seqs += [f.seq for f in rec.flush()]
+    assert seqs == list(range(24))
+    with pytest.raises(ReconstructionError, match="not after the last"):
+        rec.push(resp[0], beh[0], seq=3)
+
+
+def test_a_new_session_resets(backend, movie):
+    _, behaviour, responses = movie
+    rec = StreamingReconstructor(backend, StreamingConfig(lag=3, steps=1))
+    for t in range(8):
+        rec.push(responses[t], behaviour[t], session_id="a")
+    out = rec.push(responses[0], behaviour[0], seq=0, session_id="b")
+    assert out == [] and rec.pending == 1 and rec.last_seq == 0
+    assert (rec.video[:-1] == 127.5).all()
+
+
+def test_streaming_at_a_generous_lag_approaches_offline(backend, movie):
+    video, behaviour, responses = movie
+    off = reconstruct_offline(backend, responses, behaviour, config=OfflineConfig(iterations=16))
+    stream, rec = reconstruct_streaming(backend, responses, behaviour, StreamingConfig(lag=32, steps=1))
+    r_off = movie_correlation(video, off.video, skip=24)
+    r_stream = movie_correlation(video, stream, skip=24)
+    assert stream.shape == (T, 36, 64)
+    # measured: offline 0.286, streaming 0.266 (300 neurons, 64 frames, about as many window passes)
+    assert r_stream > 0.8 * r_off, (r_stream, r_off)
+    assert len(rec.step_seconds) == T + 32  # the drain: the stream runs on for one lag
+
+
+def test_video_ensemble_averages_separate_streaming_reconstructions(movie):
+    _, behaviour, responses = movie
+    a = TorchBackend.from_oracle(OracleEncoder(make_mouse(0, 50)))
+    b = TorchBackend.from_oracle(OracleEncoder(make_mouse(1, 50)))
+    r, beh = responses[:40, :50], behaviour[:40]
+    cfg = StreamingConfig(lag=4, steps=1, ensemble="videos")
+    ens, rec = reconstruct_streaming([a, b], r, beh, cfg)
+    sep = [reconstruct_streaming(x, r, beh, cfg)[0] for x in (a, b)]
+    np.testing.assert_allclose(ens, (sep[0] + sep[1]) / 2, rtol=1e-6)
+    assert rec.timing()["frames"] == 44  # 40 frames + a drain of one lag
+    grads, _ = reconstruct_streaming([a, b], r, beh, StreamingConfig(lag=4, steps=1))
+    assert not np.allclose(grads, ens)
