@@ -174,9 +174,8 @@ class DecodeService:
         resp = np.full(self.columns.size, np.nan, np.float32)
         ok = self.columns >= 0
         resp[ok] = f.traces[self.columns[ok]]
-        self.recon.cfg = dataclasses.replace(self.recon.cfg, steps=k)
         t0 = time.time_ns()
-        outs = self.recon.push(resp, f.behaviour, f.seq, f.session_id)
+        outs = self.recon.push(resp, f.behaviour, f.seq, f.session_id, steps=k)
         compute = time.time_ns() - t0
         self.stats.compute_ms_last = round(compute / 1e6, 3)
         self._credit_s -= compute / 1e9
