@@ -49,7 +49,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--mask-iterations", type=int, default=150)
+    p.add_argument("--mask-iterations", type=int, default=1000)
     p.add_argument("--dest", default=str(DEFAULT_DIR), help="where the built-in model goes")
     p.add_argument("--stage", choices=["all", "data", "model", "mask"], default="all",
                    help="data: only simulate; model: simulate, train, export; mask: the alpha mask for a model "
