@@ -81,3 +81,11 @@ def test_noise_movies_have_the_requested_length_constants():
 def test_grey_movie():
     g = S.grey_movie(5)
     assert g.shape == (5, 36, 64) and (g == 128).all()
+
+
+def test_big_buck_bunny_clip_decodes_to_grey_frames() -> None:
+    from streams.synthetic.stimuli import bunny_movie
+
+    movie = bunny_movie(40)
+    assert movie.shape == (40, 36, 64) and movie.dtype == np.uint8
+    assert movie.std() > 10 and not np.array_equal(movie[0], movie[-1])  # real, moving content
