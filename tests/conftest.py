@@ -36,6 +36,18 @@ def make_session(
                    "mouse-test", stim, trials, source="replay", start_time_ns=1_700_000_000_000_000_000)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread for the whole run: on a small shared machine torch's spinning worker threads make
+    the small convolutions of these models 10-40x slower than one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def session() -> Session:
     return make_session()

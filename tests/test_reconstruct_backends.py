@@ -11,15 +11,6 @@ from streams.synthetic import make_mouse
 N = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, torch's spinning worker threads slow everything down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def oracle_backend():
     return TorchBackend.from_oracle(OracleEncoder(make_mouse(0, N)))

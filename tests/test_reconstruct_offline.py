@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from decoder.metrics import movie_correlation
 from decoder.oracle import OracleEncoder
@@ -24,15 +23,6 @@ from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse,
 N_NEURONS = 400
 T = 72
 SKIP = 24  # frames before the encoders' history is filled (the paper's 30 is for 300-frame movies)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, torch's spinning worker threads slow everything down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

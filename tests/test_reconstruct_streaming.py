@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from decoder.metrics import movie_correlation
 from decoder.oracle import OracleEncoder
@@ -16,15 +15,6 @@ from decoder.reconstruct.streaming import (
 from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
 
 T = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, torch's spinning worker threads slow everything down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
