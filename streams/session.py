@@ -182,28 +182,3 @@ class Session:
 def regular_timestamps(n_frames: int, frame_rate: float, start_ns: int = 0) -> np.ndarray:
     """Acquisition times for frames at a fixed rate, exact in integer nanoseconds."""
     return start_ns + np.round(np.arange(n_frames) * (1e9 / frame_rate)).astype(np.int64)
-
-
-def concat_sessions(sessions: Sequence[Session]) -> Session:
-    """Play sessions back to back as one (same neurons required); timestamps stay regular."""
-    if not sessions:
-        raise SessionError("nothing to concatenate")
-    first = sessions[0]
-    for s in sessions[1:]:
-        if not np.array_equal(s.neuron_ids, first.neuron_ids):
-            raise SessionError("sessions to concatenate must have the same neuron ids")
-        if (s.stimulus is None) != (first.stimulus is None):
-            raise SessionError("either all sessions carry a stimulus or none does")
-    trials, pos = [], 0
-    for s in sessions:
-        for tr in s.trials:
-            trials.append(Trial(tr.index, pos + tr.start, pos + tr.stop, tr.tier))
-        pos += s.n_frames
-    return dataclasses.replace(
-        first,
-        traces=np.concatenate([s.traces for s in sessions]),
-        behaviour=np.concatenate([s.behaviour for s in sessions]),
-        timestamps_ns=regular_timestamps(pos, first.frame_rate, int(first.timestamps_ns[:1].sum())),
-        stimulus=None if first.stimulus is None else np.concatenate([s.stimulus for s in sessions]),
-        trials=trials,
-    )
