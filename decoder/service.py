@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from decoder.messages import DecodedFrame, encode_decoded_frame
+from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
 from streams.protocol import End, Frame, ProtocolError, SessionHeader
 from streams.session import Session
 from streams.transport import Publisher, Subscriber
@@ -88,6 +89,7 @@ class DecodeService:
         *,
         lag: int = 32,
         steps: int = 2,
+        grad_blur: float = 0.0,
         backend: str = "onnx",
         providers: Sequence[str] | None = None,
         threads: int | None = None,
@@ -96,7 +98,7 @@ class DecodeService:
     ) -> None:
         self.models = list(models or [])
         self.sub, self.pub = sub, pub
-        self.lag, self.steps = lag, steps
+        self.lag, self.steps, self.grad_blur = lag, steps, grad_blur
         self.backend, self.providers, self.threads = backend, providers, threads
         self.min_fraction = min_fraction
         self.log = log or RateLimitedLog()
@@ -109,6 +111,7 @@ class DecodeService:
         self._timing: collections.OrderedDict[int, tuple[int, int, int]] = collections.OrderedDict()
         self.period_s = 1 / 30
         self._credit_s = 0.0
+        self._last_recv_ns = 0
         self._step_cost_s: float | None = None  # running average of one optimiser step's time
         self._loaded: dict[str, Any] = {}
         sub.on_error = self._on_wire_error
@@ -138,6 +141,7 @@ class DecodeService:
         self._timing.clear()
         self.period_s = 1.0 / h.frame_rate
         self._credit_s = 0.0
+        self._last_recv_ns = 0
         self.stats.sessions += 1
         try:
             loaded = self._load(h)
@@ -156,7 +160,8 @@ class DecodeService:
         self.columns = loaded.columns
         self.stats.neurons_matched = matched
         self.provider = ",".join(getattr(m, "provider", "torch") for m in loaded.ensemble.members)
-        self.recon = StreamingReconstructor(loaded.ensemble, StreamingConfig(lag=self.lag, steps=self.steps),
+        self.recon = StreamingReconstructor(loaded.ensemble, StreamingConfig(lag=self.lag, steps=self.steps,
+                                                                            grad_blur=self.grad_blur),
                                             mask=loaded.opt_mask)
         self.log("session", f"session {h.session_id} mouse {h.mouse_id}: {matched}/{n_model} model neurons "
                             f"matched; lag {self.lag}, {self.steps} steps/frame on {self.provider}")
@@ -168,7 +173,9 @@ class DecodeService:
             return
         self.stats.frames_in += 1
         self._timing[f.seq] = (f.t_acq_ns, f.t_pub_ns, recv_ns)
-        k = self._affordable_steps(backlog)
+        since = (recv_ns - self._last_recv_ns) / 1e9 if self._last_recv_ns else self.period_s
+        self._last_recv_ns = recv_ns
+        k = self._affordable_steps(backlog, since)
         self.stats.steps_shed += self.steps - k
         self.stats.steps_run += k
         resp = np.full(self.columns.size, np.nan, np.float32)
@@ -186,9 +193,14 @@ class DecodeService:
             if out.final:
                 self._publish(out, f, queue_ns=t0 - recv_ns, compute_ns=compute, steps=k)
 
-    def _affordable_steps(self, backlog: int) -> int:
-        """Steps for this frame: none while others wait behind it, else as many as the credit pays for."""
-        self._credit_s = min(self._credit_s + self.period_s, self.steps * (self._step_cost_s or 0) + self.period_s)
+    def _affordable_steps(self, backlog: int, since_s: float) -> int:
+        """Steps for this frame: none while others wait behind it, else as many as the credit pays for.
+
+        Credit accrues with the time since the previous frame arrived (a slowed replay affords more steps,
+        a burst fewer) and is capped at one frame's full work, so an idle pause cannot buy a later backlog.
+        """
+        earned = min(max(since_s, 0.0), 4 * self.period_s)
+        self._credit_s = min(self._credit_s + earned, self.steps * (self._step_cost_s or 0) + self.period_s)
         if self._step_cost_s is None:
             return self.steps  # the first frame measures what a step costs
         if backlog > 1:
@@ -287,6 +299,9 @@ def register(sub: Any) -> None:
     p.add_argument("--bind", default="tcp://127.0.0.1:5556", help="where decoded frames are published")
     p.add_argument("--lag", type=int, default=32, help="frames between a frame's arrival and its final decode")
     p.add_argument("--steps", type=int, default=2, help="optimiser steps per arriving frame (shed when behind)")
+    p.add_argument("--grad-blur", type=float, default=DEFAULT_GRAD_BLUR, metavar="SIGMA",
+                   help=f"spatial Gaussian blur (px) of each step's gradient (default {DEFAULT_GRAD_BLUR}; "
+                   "0 = none, as the paper)")
     p.add_argument("--provider", choices=["cuda", "cpu"], default=None,
                    help="ONNX Runtime provider (default: CUDA when available, else CPU)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
@@ -322,7 +337,8 @@ def run(args: Any) -> int:
                  None: None}[args.provider]
     stop_on_sigterm()
     with Subscriber(args.connect) as sub, Publisher(args.bind) as pub:
-        service = DecodeService(models, sub, pub, lag=args.lag, steps=args.steps, backend=backend_for(models),
+        service = DecodeService(models, sub, pub, lag=args.lag, steps=args.steps, grad_blur=args.grad_blur,
+                                backend=backend_for(models),
                                 providers=providers, threads=args.threads, min_fraction=args.min_fraction)
         print(f"decode: {args.connect} -> {args.bind}, model {models}, waiting for a session (Ctrl-C stops)",
               file=sys.stderr, flush=True)

@@ -159,3 +159,45 @@ def test_stable_softplus_is_accurate_from_tiny_to_large_rates() -> None:
     ref = torch.nn.functional.softplus(x.double(), beta=0.07, threshold=1e9)
     got = stable_softplus(x, 0.07).double()
     assert float(((got - ref).abs() / ref).max()) < 5e-6
+
+
+def test_gaussian_readout_pools_around_each_neurons_position() -> None:
+    from decoder.encoder.model import GaussianReadout
+
+    readout = GaussianReadout(4, (5, 8), 3, get_preset("tiny"))
+    with torch.no_grad():
+        readout.position.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))  # (x, y) corners and centre
+        readout.log_sigma.fill_(math.log(0.05))  # narrower than a cell: all weight on the nearest one
+        w = readout.spatial_weights().reshape(3, 5, 8)
+    assert torch.allclose(w.sum(dim=(1, 2)), torch.ones(3))
+    assert float(w[0, 0, 0]) > 0.99 and float(w[1, 4, 7]) > 0.99
+    # a feature map that is 1 in exactly one cell reaches only the neuron sitting there
+    x = torch.zeros(1, 4, 2, 5, 8)
+    x[:, :, :, 4, 7] = 1.0
+    with torch.no_grad():
+        readout.features.fill_(1.0)
+        readout.bias.fill_(0.0)
+        out = readout(x)  # (1, 3, 2)
+    assert out.shape == (1, 3, 2)
+    assert float(out[0, 1, 0]) > float(out[0, 0, 0]) + 3.0
+
+
+def test_stem_roughness_prefers_smooth_kernels() -> None:
+    from decoder.encoder.train import stem_roughness
+
+    enc = build_encoder(get_preset("tiny"), {"m": 2}, seed=0)
+    noisy = float(stem_roughness(enc))
+    yy, xx = torch.meshgrid(torch.arange(7.0), torch.arange(7.0), indexing="ij")
+    blob = torch.exp(-((yy - 3) ** 2 + (xx - 3) ** 2) / 8.0)
+    with torch.no_grad():
+        enc.core.stem.weight[:, 0, 0] = blob
+    assert float(stem_roughness(enc)) < 0.2 * noisy
+
+
+def test_unknown_readout_and_even_stem_kernel_are_refused() -> None:
+    with pytest.raises(ValueError, match="readout must be one of"):
+        get_preset("tiny").replace(readout="mystery")
+    with pytest.raises(ValueError, match="stem_kernel"):
+        get_preset("tiny").replace(stem_kernel=6)
+    with pytest.raises(ValueError, match="no cortex"):
+        get_preset("tiny").replace(cortex_features=(64,))

@@ -74,9 +74,9 @@ def _opts(mice, out: Path, **kw) -> TrainOptions:
 
 def test_training_lowers_the_loss_and_saves_a_reloadable_checkpoint(mice, tmp_path) -> None:
     torch.set_num_threads(1)
-    summary = train(_opts(mice, tmp_path / "model", epochs=1))
+    summary = train(_opts(mice, tmp_path / "model", epochs=1, steps_per_epoch=16))
     losses = summary["history"][0]["losses"]
-    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.02  # batches are noisy: compare four against four
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["preset"] == "tiny" and config["mice"] == ["mouse_a", "mouse_b"]
     assert config["neuron_ids"]["mouse_a"] == list(range(1000, 1000 + N_NEURONS))

@@ -19,20 +19,27 @@ def one_torch_thread():
 
 
 def test_bench_quality_toy_run(tmp_path, capsys):
+    """The shipped encoders (built-in model + sibling seeds) on 50 of their 1,000 neurons: every group runs."""
     parser = argparse.ArgumentParser()
     bench_quality.register(parser.add_subparsers())
     out, fig = tmp_path / "q.json", tmp_path / "q.png"
     args = parser.parse_args(
-        ["quality", "--neurons", "50", "--movies", "1", "--frames", "36", "--iterations", "2",
-         "--ensemble", "2", "--lags", "2,8", "--steps", "1", "--default-lag", "8", "--default-steps", "1",
-         "--skip", "mask", "--json", str(out), "--figure", str(fig)]
+        ["quality", "--neurons", "50", "--movies", "1", "--frames", "40", "--iterations", "2",
+         "--lags", "2,8", "--steps", "1", "--default-lag", "8", "--default-steps", "1",
+         "--json", str(out), "--figure", str(fig)]
     )  # fmt: skip
     assert args.func(args) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
-    groups = ("offline_oracle", "offline_imperfect_1", "offline_imperfect_2", "streaming", "neuron_ablation")
-    for key in (*groups, "offline_from_predicted_responses"):
+    assert result["neurons"] == {"session": 50, "encoder": 1000, "matched": 50}
+    assert result["backend"] == "onnx" and len(result["encoders"]) == 3
+    groups = ("offline_1_paper_method", "offline_1", "offline_3", "offline_oracle", "streaming", "neuron_ablation")
+    for key in (*groups, "offline_from_predicted_responses", "mask"):
         assert key in result, key
+    for key in groups[:4]:
+        assert -1 <= result[key]["pixel_correlation"] <= 1, key
     assert [r["fraction"] for r in result["neuron_ablation"]] == [1.0, 0.5, 0.25, 0.125]
+    assert [r["neurons"] for r in result["neuron_ablation"]] == [50, 25, 12, 6]
     assert {(r["lag"], r["steps"]) for r in result["streaming"]} == {(2, 1), (8, 1)}
+    assert result["mask"]["eval_pixels"] > 0 and "with_mask" in result["mask"]
     assert fig.stat().st_size > 10_000

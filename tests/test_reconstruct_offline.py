@@ -145,3 +145,17 @@ def test_alpha_mask_grows_where_the_neurons_look(mouse, tmp_path):
     path = save_alpha_mask(alpha, tmp_path)
     assert path.name == "alpha_mask.npy"
     np.testing.assert_array_equal(load_alpha_mask(tmp_path), alpha)
+
+
+def test_gradient_blur_matches_scipy_and_zero_sigma_is_the_identity() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from decoder.reconstruct.offline import blur_gradient
+
+    g = np.random.default_rng(3).normal(size=(4, 36, 64)).astype(np.float32)
+    assert blur_gradient(g, 0.0) is g
+    for sigma in (0.7, 2.0):
+        want = gaussian_filter(g, sigma=(0, sigma, sigma), mode="nearest", truncate=3.0)
+        assert np.allclose(blur_gradient(g, sigma), want, atol=1e-5)
+    with pytest.raises(ReconstructionError, match="grad_blur"):
+        OfflineConfig(grad_blur=-1.0)

@@ -84,6 +84,51 @@ def test_replay_decode_record_correlates_with_truth(small_mouse: Path) -> None:
     assert frames[-1].stats["frames_in"] == 150
 
 
+def test_builtin_model_decodes_the_example_session_over_onnx_runtime() -> None:
+    """No --model: the shipped encoder (ONNX Runtime, CPU here) on all 1,000 neurons of the example session."""
+    s = load_session(example_session_path(), trials=[1])
+    n = 120
+    session = dataclasses.replace(s, traces=s.traces[:n], behaviour=s.behaviour[:n], stimulus=s.stimulus[:n],
+                                  timestamps_ns=s.timestamps_ns[:n], trials=[])
+    rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    dec = subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", "--connect", rig, "--bind", out,
+                            "--threads", "1", "--lag", "16", "--steps", "2"], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Subscriber(out) as sub, Publisher(rig, nodrop=True) as pub:
+            assert pub.wait_subscribers(1, timeout_s=60)
+            th = threading.Thread(target=replay, args=(session, pub), kwargs={"speed": 0.25}, daemon=True)
+            th.start()
+            frames = collect(sub, time.monotonic() + 90, want=n)
+            th.join(30)
+    finally:
+        out_text, err = stop(dec)
+    assert [f.seq for f in frames] == list(range(n)), err
+    movie = np.stack([f.frame for f in frames]).astype(np.float64)[30:]
+    r = np.corrcoef(movie.ravel(), session.stimulus[30:n].astype(np.float64).ravel())[0, 1]
+    stats = json.loads(out_text)
+    assert stats["provider"] == "CPUExecutionProvider", stats
+    assert r > 0.1, (r, json.dumps(stats))
+
+
+def test_a_burst_is_absorbed_by_shedding_steps_not_by_queueing(small_mouse: Path) -> None:
+    """300 frames flat out (~100x real time): every frame is decoded, in order, and the stats say steps were shed."""
+    session = example_slice(300)
+    rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    dec = start_decoder(small_mouse, rig, out, "--lag", "8", "--steps", "4")
+    try:
+        with Subscriber(out) as sub, Publisher(rig, nodrop=True) as pub:
+            assert pub.wait_subscribers(1, timeout_s=60)
+            replay(session, pub, speed=0)
+            frames = collect(sub, time.monotonic() + 60, want=300)
+    finally:
+        out_text, err = stop(dec)
+    assert [f.seq for f in frames] == list(range(300)), err
+    stats = json.loads(out_text)["decode"]
+    assert stats["steps_shed"] > 0 and stats["steps_run"] + stats["steps_shed"] == 4 * 300
+    assert stats["backlog_max"] > 1  # the burst did queue up, and was worked off without optimiser steps
+
+
 def test_neuron_set_mismatch_is_refused_with_a_clear_message(small_mouse: Path) -> None:
     wrong = example_slice(60, ids_offset=100_000)  # ids the model has never seen
     rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"

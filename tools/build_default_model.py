@@ -1,11 +1,14 @@
 """Rebuild the built-in default model (decoder/models/default/) from nothing, with fixed seeds.
 
-    python tools/build_default_model.py --device cuda     # ~2.5 min on one H200 (simulation 83 s, training 48 s)
+    python tools/build_default_model.py --device cuda     # ~6 min on one H200 (simulation 1-4 min, training
+                                                          # ~100 s per member, members in turn)
     python tools/build_default_model.py --device cpu      # the same on a CPU: hours; --minutes/--epochs shrink it
 
 Steps: simulate the default synthetic mouse (seed 0, 1,000 neurons) watching `--minutes` of movies
 (Sensorium layout), train the `--preset` encoder on it, export its ONNX graphs, train the alpha mask,
-and copy what the decoder needs into decoder/models/default/ with a provenance file. On a GPU the
+and copy what the decoder needs into decoder/models/default/ with a provenance file. `--members K` also
+trains seeds 1..K-1 of the same encoder into decoder/models/seed<k>/ (checkpoint + forward/gradient
+graphs): the ensemble `neurocine bench quality` uses. On a GPU the
 numbers can differ in the last bits between runs (cuDNN picks kernels); on the CPU they repeat.
 Runs the verbs' own code directly, so it works from a source checkout without installing entry points.
 """
@@ -50,6 +53,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--mask-iterations", type=int, default=1000)
+    p.add_argument("--members", type=int, default=3, help="seeds trained: the default model plus K-1 siblings")
     p.add_argument("--dest", default=str(DEFAULT_DIR), help="where the built-in model goes")
     p.add_argument("--stage", choices=["all", "data", "model", "mask"], default="all",
                    help="data: only simulate; model: simulate, train, export; mask: the alpha mask for a model "
@@ -102,7 +106,26 @@ def main() -> int:
     }
     (dest / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(json.dumps(provenance, indent=2))
+    for k in range(1, args.members):
+        sibling(work, data, dest.parent / f"seed{k}", k, args)
     return 0
+
+
+def sibling(work: Path, data: Path, dest: Path, seed: int, args: argparse.Namespace) -> None:
+    """Train seed `seed` of the same encoder and put its checkpoint and forward/gradient graphs in `dest`."""
+    run, export = work / f"run-seed{seed}", work / f"export-seed{seed}"
+    for folder in (run, export, dest):
+        if folder.exists():
+            shutil.rmtree(folder)
+    verb(["train", "--data", str(data), "--preset", args.preset, "--out", str(run), "--epochs", str(args.epochs),
+          "--device", args.device, "--seed", str(seed), "--batch-size", str(args.batch_size), "--no-progress"])
+    verb(["export", str(run), "--out", str(export), "--graphs", "forward,gradient"])
+    (mouse_dir,) = [d for d in export.iterdir() if d.is_dir()]
+    shutil.copytree(mouse_dir, dest)
+    (dest / "checkpoint").mkdir()
+    for f in run.iterdir():
+        if f.is_file() and f.suffix in (".json", ".safetensors"):
+            shutil.copy2(f, dest / "checkpoint" / f.name)
 
 
 def mask_only(work: Path, dest: Path, iterations: int) -> int:

@@ -45,6 +45,10 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: windows in the data / batch")
     p.add_argument("--valid-tier", default="oracle", help="tier scored each epoch (default oracle)")
     p.add_argument("--stop-after", type=int, default=None, help="run only this many epochs now (resume later)")
+    p.add_argument("--stem-smoothness", type=float, default=0.01,
+                   help="weight of a Laplacian smoothness penalty on the stem's kernels (default 0.01)")
+    p.add_argument("--position-lr-scale", type=float, default=10.0,
+                   help="learning-rate multiplier of the gaussian readout's neuron positions (default 10)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -75,6 +79,8 @@ def run_train(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         valid_tier=args.valid_tier,
         stop_after=args.stop_after,
+        stem_smoothness=args.stem_smoothness,
+        position_lr_scale=args.position_lr_scale,
         progress=not args.no_progress,
     )
     try:

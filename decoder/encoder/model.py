@@ -128,7 +128,7 @@ class InvertedResidual3d(nn.Module):
         self.bn_spatial = nn.BatchNorm3d(mid)
         self.temporal = nn.Conv3d(mid, mid, (kt, 1, 1), padding=(kt // 2, 0, 0), groups=mid, bias=False)
         self.bn_temporal = nn.BatchNorm3d(mid)
-        self.se = SqueezeExcite3d(mid, cfg.se_reduce)
+        self.se = SqueezeExcite3d(mid, cfg.se_reduce) if cfg.squeeze_excite else nn.Identity()
         self.project = nn.Conv3d(mid, out_ch, 1, bias=False)
         self.bn_project = nn.BatchNorm3d(out_ch)
         self.bn_shortcut = nn.BatchNorm3d(out_ch)
@@ -148,16 +148,18 @@ class InvertedResidual3d(nn.Module):
 
 
 class Core(nn.Module):
-    """(B, 5, T, H, W) -> (B, C, T): stem, positional code + block per stage, then the mean over space."""
+    """(B, 5, T, H, W) -> (B, C, T, H', W'): stem, then a positional code + block per stage."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         feats = cfg.core_features
         s = cfg.stem_stride
-        self.stem = nn.Conv3d(5, feats[0], (1, s, s), stride=(1, s, s), bias=False)
+        k = cfg.stem_kernel or s
+        pad = (k - 1) // 2 if k > s else 0
+        self.stem = nn.Conv3d(5, feats[0], (1, k, k), stride=(1, s, s), padding=(0, pad, pad), bias=False)
         self.bn_stem = nn.BatchNorm3d(feats[0])
         height, width = cfg.input_size
-        height, width = math.ceil(height / s), math.ceil(width / s)
+        height, width = (height + 2 * pad - k) // s + 1, (width + 2 * pad - k) // s + 1
         self.blocks = nn.ModuleList()
         n = len(feats)
         for i, (in_ch, stride) in enumerate(zip(feats, cfg.spatial_strides, strict=True)):
@@ -171,25 +173,36 @@ class Core(nn.Module):
         self.out_size = (height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 5, T, H, W) planes (video, then the four behaviour channels)."""
+        """x: (B, 5, T, H, W) planes (video, then the four behaviour channels) -> (B, C, T, H', W') map."""
         return self._blocks(self.bn_stem(self.stem(x)))
 
     def forward_split(self, video: torch.Tensor, behaviour: torch.Tensor) -> torch.Tensor:
         """Same as forward() on constant behaviour planes, without building them.
 
-        video (B, 1, T, H, W), behaviour (B, 4, T). The stem is linear and has no padding, so the
-        behaviour planes contribute a per-(sample, frame) bias: their weights summed over the kernel.
+        video (B, 1, T, H, W), behaviour (B, 4, T). The stem is linear, so the behaviour planes contribute
+        a per-(sample, frame) bias: their weights summed over the kernel (over its part inside the frame
+        where the stem pads).
         """
-        s = self.stem.stride
+        s, pad = self.stem.stride, self.stem.padding
         weight = self.stem.weight
-        y = F.conv3d(video, weight[:, :1], stride=s)
-        bias = torch.matmul(weight[:, 1:].sum(dim=(2, 3, 4)), behaviour)  # (C, 4) @ (B, 4, T) -> (B, C, T)
-        return self._blocks(self.bn_stem(y + bias[:, :, :, None, None]))
+        y = F.conv3d(video, weight[:, :1], stride=s, padding=pad)
+        if pad[1] == 0 and pad[2] == 0:
+            bias = torch.matmul(weight[:, 1:].sum(dim=(2, 3, 4)), behaviour)  # (C, 4) @ (B, 4, T) -> (B, C, T)
+            return self._blocks(self.bn_stem(y + bias[:, :, :, None, None]))
+        ones = video.new_ones((1, 1, 1, *video.shape[-2:]))
+        # coef[c, j, h, w]: behaviour channel j's weights of output channel c summed over the in-frame taps
+        coef = torch.stack(
+            [F.conv3d(ones, weight[:, 1 + j : 2 + j], stride=s, padding=pad)[0, :, 0] for j in range(4)], dim=1
+        )
+        c, _, h, w = coef.shape
+        bias = torch.matmul(coef.permute(2, 3, 0, 1).reshape(h * w * c, 4), behaviour)  # (B, HWC, T)
+        bias = bias.reshape(-1, h, w, c, behaviour.shape[-1]).permute(0, 3, 4, 1, 2)  # (B, C, T, H, W)
+        return self._blocks(self.bn_stem(y + bias))
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x + getattr(self, f"position_{i}"))
-        return x.mean(dim=(3, 4))
+        return x
 
 
 class ShuffleLayer(nn.Module):
@@ -244,6 +257,51 @@ class Readout(nn.Module):
         return stable_softplus(x, self.beta)
 
 
+class GaussianReadout(nn.Module):
+    """One mouse, reading the core's map (B, C, T, H, W): each neuron pools the map through a normalised
+    Gaussian blob at a learned position (x, y in -1..1 over the map) and width, weighs the C pooled features
+    with its own weights, adds a bias and applies softplus(beta) -> (B, N, T) rates >= 0.
+
+    Why a blob and not a free mask per neuron: 4 spatial numbers per neuron instead of H*W keep the readout
+    well-posed on tens of minutes of data, and a smooth, localised readout gives localised input gradients.
+    """
+
+    def __init__(self, in_ch: int, size: tuple[int, int], n_neurons: int, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.n_neurons = n_neurons
+        self.beta = cfg.softplus_beta
+        height, width = size
+        self.position = nn.Parameter(torch.empty(n_neurons, 2).uniform_(-0.8, 0.8))
+        self.log_sigma = nn.Parameter(torch.full((n_neurons,), math.log(0.4)))
+        self.features = nn.Parameter(torch.randn(n_neurons, in_ch) * (0.5 / math.sqrt(in_ch)))
+        self.bias = nn.Parameter(torch.zeros(n_neurons))
+        self.register_buffer("grid_y", torch.linspace(-1.0, 1.0, height), persistent=False)
+        self.register_buffer("grid_x", torch.linspace(-1.0, 1.0, width), persistent=False)
+
+    def spatial_weights(self) -> torch.Tensor:
+        """(N, H*W) non-negative weights, each row summing to 1."""
+        sigma = torch.exp(self.log_sigma).clamp_min(1e-3)[:, None]
+        dy = (self.grid_y[None, :] - self.position[:, 1:2]) / sigma  # (N, H)
+        dx = (self.grid_x[None, :] - self.position[:, 0:1]) / sigma  # (N, W)
+        w = torch.exp(-0.5 * (dy[:, :, None] ** 2 + dx[:, None, :] ** 2)).reshape(self.n_neurons, -1)
+        return w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def weight(self) -> torch.Tensor:
+        """(N, C*H*W): features x blob, so the readout is one matrix product (no (B, C, T, N) temporary)."""
+        w = self.features[:, :, None] * self.spatial_weights()[:, None, :]
+        return w.reshape(self.n_neurons, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c * h * w)
+        y = torch.matmul(x, self.weight().t()) + self.bias  # (B*T, N)
+        return stable_softplus(y.reshape(b, t, self.n_neurons).transpose(1, 2), self.beta)
+
+
+#: Readout parameters that place a neuron: no weight decay (it would pull every neuron to the centre).
+NO_DECAY_SUFFIXES: tuple[str, ...] = ("position", "log_sigma")
+
+
 class MouseStatistics(nn.Module):
     """Per-mouse normalisation constants (buffers): behaviour mean/std and response std per neuron."""
 
@@ -277,7 +335,12 @@ class Encoder(nn.Module):
         self.neurons = {m: int(n) for m, n in neurons.items()}
         self.core = Core(config)
         self.cortex = Cortex(config, self.core.out_features)
-        self.readouts = nn.ModuleDict({m: Readout(self.cortex.out_features, n, config) for m, n in neurons.items()})
+        if config.readout == "gaussian":
+            readouts = {m: GaussianReadout(self.core.out_features, self.core.out_size, n, config)
+                        for m, n in neurons.items()}
+        else:
+            readouts = {m: Readout(self.cortex.out_features, n, config) for m, n in neurons.items()}
+        self.readouts = nn.ModuleDict(readouts)
         self.stats = nn.ModuleDict({m: MouseStatistics(n) for m, n in neurons.items()})
         self.register_buffer("video_mean", torch.tensor(127.5))
         self.register_buffer("video_std", torch.tensor(64.0))
@@ -296,7 +359,13 @@ class Encoder(nn.Module):
 
     def forward_planes(self, x: torch.Tensor, mouse: str) -> torch.Tensor:
         self._check_mouse(mouse)
-        return self.readouts[mouse](self.cortex(self.core(x)))
+        return self._head(self.core(x), mouse)
+
+    def _head(self, features: torch.Tensor, mouse: str) -> torch.Tensor:
+        """Core map (B, C, T, H, W) -> (B, N, T) through the configured readout."""
+        if self.config.readout == "gaussian":
+            return self.readouts[mouse](features)
+        return self.readouts[mouse](self.cortex(features.mean(dim=(3, 4))))
 
     def _normalised(
         self, video: torch.Tensor, behaviour: torch.Tensor, mouse: str
@@ -333,7 +402,7 @@ class Encoder(nn.Module):
         b = video.shape[0]
         halves = torch.cat([video[:, 0::2], video[:, 1::2]], dim=0)[:, None]  # (2B, 1, T/2, H, W)
         beh = torch.cat([behaviour[:, 0::2], behaviour[:, 1::2]], dim=0).transpose(1, 2)  # (2B, 4, T/2)
-        out = self.readouts[mouse](self.cortex(self.core.forward_split(halves, beh)))  # (2B, N, T/2)
+        out = self._head(self.core.forward_split(halves, beh), mouse)  # (2B, N, T/2)
         even, odd = out[:b], out[b:]
         n, half = even.shape[1:]
         return torch.stack([even, odd], dim=-1).reshape(b, n, 2 * half)

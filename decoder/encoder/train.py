@@ -29,7 +29,7 @@ from decoder.encoder.data import (
     sensorium_correlation,
     trial_windows,
 )
-from decoder.encoder.model import Encoder, build_encoder, poisson_loss
+from decoder.encoder.model import NO_DECAY_SUFFIXES, Encoder, build_encoder, poisson_loss
 from decoder.encoder.presets import get_preset
 
 
@@ -52,6 +52,8 @@ class TrainOptions:
     valid_tier: str = "oracle"
     progress: bool = True
     stop_after: int | None = None  # epochs to run in this call (the schedule still spans `epochs`)
+    position_lr_scale: float = 10.0  # learning-rate multiplier of the gaussian readout's positions and widths
+    stem_smoothness: float = 0.01  # weight of the Laplacian penalty on the stem's video kernels
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -68,6 +70,8 @@ class TrainOptions:
             raise ValueError("--device cuda: torch sees no CUDA device here")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"--stop-after must be >= 1, got {self.stop_after}")
+        if self.position_lr_scale <= 0 or self.stem_smoothness < 0:
+            raise ValueError("--position-lr-scale must be > 0 and --stem-smoothness >= 0")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
 
@@ -153,6 +157,22 @@ def predict_trials(encoder: Encoder, mouse: MouseData, device: torch.device, bat
     return sensorium_correlation(preds, obs)
 
 
+_LAPLACE = torch.tensor([[0.5, 1.0, 0.5], [1.0, -6.0, 1.0], [0.5, 1.0, 0.5]])
+
+
+def stem_roughness(encoder: Encoder) -> torch.Tensor:
+    """||Laplacian of the stem's video kernels||^2 / ||kernels||^2 (scale-free: a BatchNorm follows the stem).
+
+    Why: without it the first layer learns high-frequency kernels that fit training noise; the model then
+    predicts nearly as well, but its input gradient, which reconstruction follows, is pixel noise.
+    """
+    w = encoder.core.stem.weight[:, :1, 0]  # (C, 1, k, k)
+    if w.shape[-1] < 3:
+        return w.new_zeros(())
+    lap = torch.nn.functional.conv2d(w, _LAPLACE.to(w)[None, None], padding=1)
+    return (lap**2).sum() / (w**2).sum().clamp_min(1e-12)
+
+
 def _build(opts: TrainOptions, mice: list[MouseData]) -> Encoder:
     cfg = get_preset(opts.preset)
     encoder = build_encoder(cfg, {m.mouse: m.n_neurons for m in mice}, seed=opts.seed)
@@ -189,11 +209,17 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     steps_per_epoch = opts.steps_per_epoch or max(1, sampler.windows_per_epoch() // opts.batch_size)
     total_steps = steps_per_epoch * opts.epochs
     warmup_steps = round(opts.warmup_epochs * steps_per_epoch)
-    decay, no_decay = [], []
-    for p in encoder.parameters():
-        (decay if p.dim() > 1 else no_decay).append(p)
+    decay, no_decay, place = [], [], []
+    for name, p in encoder.named_parameters():
+        if name.endswith(NO_DECAY_SUFFIXES):
+            place.append(p)
+        else:
+            (decay if p.dim() > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if place:
+        groups.append({"params": place, "weight_decay": 0.0, "lr": opts.lr * opts.position_lr_scale})
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        groups,
         lr=opts.lr,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
@@ -240,8 +266,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 video, beh, resp = cutmix(video, beh, resp, mix_rng)
             std = encoder.stats[batch.mouse].response_std
             loss = poisson_loss(encoder(video, beh, batch.mouse), resp / std[None, :, None])
+            total = loss + opts.stem_smoothness * stem_roughness(encoder) if opts.stem_smoothness else loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             optimizer.step()
             scheduler.step()
             ema.update(encoder, step)

@@ -114,6 +114,7 @@ class TorchBackend:
         loss: str = "poisson",
         name: str = "torch",
         threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import torch
 
@@ -127,16 +128,18 @@ class TorchBackend:
         self.window = window
         self.loss = loss
         self.name = name
-        self.provider = "torch-cpu"
+        self.device = torch.device(device)
+        self.provider = f"torch-{self.device.type}"
         scale = np.ones(self.n_neurons, np.float32) if response_scale is None else np.asarray(response_scale)
         if scale.shape != (self.n_neurons,):
             raise BackendError(f"response_scale must be (N={self.n_neurons},), got {scale.shape}")
-        self.scale = torch.as_tensor(scale, dtype=torch.float32)
+        self.scale = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
 
     @classmethod
     def from_oracle(cls, oracle: Any, **kw: Any) -> TorchBackend:
         """The synthetic mouse's OracleEncoder (any window length)."""
         oracle.eval()
+        oracle.to(kw.get("device", "cpu"))
         return cls(oracle, oracle.n_neurons, name=f"oracle:{oracle.mouse_id}", **kw)
 
     @classmethod
@@ -144,6 +147,7 @@ class TorchBackend:
         """A trained decoder.encoder Encoder for one mouse (fixed window, normalised units)."""
         encoder.eval()
         encoder.requires_grad_(False)
+        encoder.to(kw.get("device", "cpu"))
         scale = encoder.stats[mouse].response_std.detach().cpu().numpy()
 
         def model(video: Any, behaviour: Any) -> Any:
@@ -174,27 +178,28 @@ class TorchBackend:
             video, behaviour, responses, weights, self.n_neurons
         )
         self._check_window(video.shape[1])
-        v = torch.from_numpy(video).requires_grad_(True)
-        obs = torch.from_numpy(responses) / self.scale[None, :, None]
+        dev = self.device
+        v = torch.from_numpy(video).to(dev).requires_grad_(True)
+        obs = torch.from_numpy(responses).to(dev) / self.scale[None, :, None]
         finite = ~torch.isnan(obs)
         obs = torch.where(finite, obs, torch.zeros_like(obs))
-        w = finite.float() * torch.from_numpy(weights)[:, :, None]
+        w = finite.float() * torch.from_numpy(weights).to(dev)[:, :, None]
         total = w.sum(dim=(1, 2)).clamp_min(1e-12)
         with torch.enable_grad():
-            pred = self.model(v, torch.from_numpy(behaviour))
+            pred = self.model(v, torch.from_numpy(behaviour).to(dev))
             poisson = self.loss == "poisson"
             per = pred - obs * torch.log(pred + POISSON_EPS) if poisson else (pred - obs) ** 2
             loss = (per * w).sum(dim=(1, 2)) / total
             (grad,) = torch.autograd.grad(loss.sum(), v)
-        return loss.detach().numpy().astype(np.float32), grad.numpy()
+        return loss.detach().cpu().numpy().astype(np.float32), grad.cpu().numpy()
 
     def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
         torch = self.torch
         video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons)
         self._check_window(video.shape[1])
         with torch.no_grad():
-            pred = self.model(torch.from_numpy(video), torch.from_numpy(behaviour))
-        return (pred * self.scale[None, :, None]).numpy()
+            pred = self.model(torch.from_numpy(video).to(self.device), torch.from_numpy(behaviour).to(self.device))
+        return (pred * self.scale[None, :, None]).cpu().numpy()
 
 
 def available_providers(

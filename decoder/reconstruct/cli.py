@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+
 OUT_SUFFIXES = (".npy", ".gif", ".mp4")
 
 
@@ -61,6 +63,9 @@ def register(subparsers: Any) -> None:
         help="ONNX Runtime provider (auto: CUDA when available)",
     )
     p.add_argument("--no-mask", action="store_true", help="ignore the alpha mask beside the model")
+    p.add_argument("--grad-blur", type=float, default=DEFAULT_GRAD_BLUR, metavar="SIGMA",
+                   help=f"spatial Gaussian blur (px) of each step's gradient (default {DEFAULT_GRAD_BLUR}; "
+                   "0 = the paper's exact method)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
     p.set_defaults(func=run)
@@ -169,13 +174,14 @@ def run(args: argparse.Namespace) -> int:
                     responses,
                     behaviour,
                     opt_mask,
-                    config=OfflineConfig(iterations=args.iterations),
+                    config=OfflineConfig(iterations=args.iterations, grad_blur=args.grad_blur),
                     progress=_progress(f"trial {trial.index} ({k + 1}/{len(session.trials)})"),
                 )
                 movie = rec.video
             else:
                 cfg = StreamingConfig(
-                    **{k2: v for k2, v in (("lag", args.lag), ("steps", args.steps)) if v is not None}
+                    grad_blur=args.grad_blur,
+                    **{k2: v for k2, v in (("lag", args.lag), ("steps", args.steps)) if v is not None},
                 )
                 movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask)
             movies.append(movie)

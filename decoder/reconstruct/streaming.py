@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
-from decoder.reconstruct.offline import GREY, ReconstructionError
+from decoder.reconstruct.offline import GREY, ReconstructionError, blur_gradient
 from decoder.reconstruct.windows import STRIDE, WINDOW
 
 #: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
@@ -56,6 +56,7 @@ class StreamingConfig:
     warm_start: str = "previous"  # or "grey"
     provisional: bool = False
     ensemble: str = "gradients"  # or "videos": one optimiser per encoder, emitted frames averaged
+    grad_blur: float = 0.0  # spatial Gaussian sigma (px) on each step's gradient (offline.blur_gradient)
 
     def __post_init__(self) -> None:
         if self.lag < 0 or self.steps < 0 or self.window < 1 or self.stride < 1:
@@ -241,7 +242,7 @@ class StreamingReconstructor:
         active[c - self.n_active :] = True
         active &= count > 0
         a = np.flatnonzero(active)
-        ga = g[a] / count[a, None, None]
+        ga = blur_gradient(g[a] / count[a, None, None], cfg.grad_blur)
         ga *= self.mask
         np.clip(ga, -cfg.clip, cfg.clip, out=ga)
         self.age[a] += 1
