@@ -81,6 +81,8 @@ def _register_replay(sub: Any) -> None:
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="wait until N neurocine subscribers are connected before the first frame")
     p.add_argument("--sndhwm", type=int, default=None, help="publisher queue limit per subscriber (messages)")
+    p.add_argument("--decoded", action="store_true",
+                   help="replay the decoded stream a .ncr recording holds (automatic when it holds no traces)")
     p.add_argument("--json", help="also write the end-of-run report here")
     p.set_defaults(func=_run_replay)
 
@@ -92,6 +94,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     from streams.transport import DEFAULT_SNDHWM, Publisher
 
     path = args.path or example_session_path()
+    if args.decoded or _only_decoded(path):
+        return _run_replay_decoded(args, path)
     session = load_session(path, trials=args.trials, tier=args.tier)
     print(f"replay: {path}: {session.n_frames} frames x {session.n_neurons} neurons at {session.frame_rate} Hz "
           f"({len(session.trials)} trials) on {args.bind}", file=sys.stderr)
@@ -105,6 +109,36 @@ def _run_replay(args: argparse.Namespace) -> int:
                 return 130
         report = replay(session, pub, speed=args.speed, loop=args.loop,
                         progress=None if args.loop else print_progress(session.n_frames))
+    emit_json({"replay": report.as_dict()}, args.json)
+    return 130 if report.interrupted else 0
+
+
+def _only_decoded(path: str | Path) -> bool:
+    """A .ncr recording with decoded messages and no session header (what recording a decoder gives)."""
+    if Path(path).suffix != ".ncr" or not Path(path).is_file():
+        return False
+    from streams.formats.native import read_recording
+
+    rec = read_recording(path)
+    return not rec.headers and bool(rec.decoded)
+
+
+def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
+    from streams.replay import replay_decoded
+    from streams.transport import DEFAULT_SNDHWM, Publisher
+
+    print(f"replay: {path}: its decoded stream on {args.bind}", file=sys.stderr)
+    stop_on_sigterm()
+    with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
+        if args.wait_subscribers:
+            pub.wait_subscribers(args.wait_subscribers)
+        try:
+            report = replay_decoded(path, pub, speed=args.speed)
+        except ValueError as e:
+            print(f"replay: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     emit_json({"replay": report.as_dict()}, args.json)
     return 130 if report.interrupted else 0
 

@@ -6,6 +6,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -91,6 +92,62 @@ def replay(
         seconds=round(elapsed, 4),
         achieved_rate_hz=round(seq / elapsed, 3) if elapsed > 0 else float("inf"),
         target_rate_hz=session.frame_rate * speed if speed > 0 else None,
+        jitter_ms_p50=round(float(np.percentile(jitter, 50)), 4),
+        jitter_ms_p99=round(float(np.percentile(jitter, 99)), 4),
+        jitter_ms_max=round(float(jitter.max()), 4),
+        interrupted=interrupted,
+    )
+
+
+def replay_decoded(
+    path: str | Path,
+    pub: Publisher,
+    *,
+    speed: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ReplayReport:
+    """Re-publish the `decoded` messages of a recording (.ncr), bit for bit, at the pace they were recorded.
+
+    Why: a decoded stream recorded by `neurocine record` plays back to a viewer or a closed-loop client
+    exactly as the decode service sent it (its sequence numbers, timestamps, frames and stats).
+    """
+    from streams.formats.native import iter_records
+    from streams.protocol import Decoded, ProtocolError, decode
+
+    if speed < 0:
+        raise ValueError(f"speed must be >= 0, got {speed}")
+    records = []
+    for recv_ns, parts in iter_records(path):
+        try:
+            msg = decode(parts)
+        except ProtocolError:
+            continue  # counted by `neurocine inspect`; never replayed
+        if isinstance(msg, Decoded):
+            records.append((recv_ns, parts, msg.session_id))
+    if not records:
+        raise ValueError(f"{path}: holds no decoded messages to replay")
+    t0_rec, t_start = records[0][0], time.perf_counter_ns()
+    lateness: list[int] = []
+    sent, interrupted = 0, False
+    for recv_ns, parts, _ in records:
+        if speed > 0:
+            deadline = t_start + int((recv_ns - t0_rec) / speed)
+            _wait_until(deadline, pub, should_stop)
+            lateness.append(time.perf_counter_ns() - deadline)
+        if should_stop():
+            interrupted = True
+            break
+        pub.send_raw(parts)
+        sent += 1
+    elapsed = (time.perf_counter_ns() - t_start) / 1e9
+    jitter = np.abs(np.array(lateness, dtype=np.float64)) / 1e6 if lateness else np.zeros(1)
+    span_s = (records[-1][0] - t0_rec) / 1e9
+    return ReplayReport(
+        session_id=records[0][2],
+        frames=sent,
+        seconds=round(elapsed, 4),
+        achieved_rate_hz=round(sent / elapsed, 3) if elapsed > 0 else float("inf"),
+        target_rate_hz=round(len(records) / span_s * speed, 3) if speed > 0 and span_s > 0 else None,
         jitter_ms_p50=round(float(np.percentile(jitter, 50)), 4),
         jitter_ms_p99=round(float(np.percentile(jitter, 99)), 4),
         jitter_ms_max=round(float(jitter.max()), 4),
