@@ -70,7 +70,7 @@ def blur_gradient(g: np.ndarray, sigma: float) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _blur_matrix(n: int, sigma: float) -> np.ndarray:
     """(n, n) float32: a 1-D Gaussian blur (truncated at 3 sigma, edges repeated) as a matrix product."""
-    radius = max(1, int(np.ceil(3 * sigma)))
+    radius = max(1, int(3 * sigma + 0.5))  # scipy.ndimage.gaussian_filter's rule for truncate=3
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
     m = np.zeros((n, n), np.float64)
