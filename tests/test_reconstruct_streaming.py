@@ -109,3 +109,17 @@ def test_video_ensemble_averages_separate_streaming_reconstructions(movie):
     assert rec.timing()["frames"] == 44  # 40 frames + a drain of one lag
     grads, _ = reconstruct_streaming([a, b], r, beh, StreamingConfig(lag=4, steps=1))
     assert not np.allclose(grads, ens)
+
+
+def test_warm_start_decays_toward_grey(backend, movie):
+    """A new frame starts at grey + warm_decay * (previous - grey): contrast cannot accumulate without bound."""
+    _, beh, resp = movie
+    rec = StreamingReconstructor(backend, StreamingConfig(lag=4, steps=1, warm_decay=0.5))
+    for t in range(6):
+        rec.push(resp[t], beh[t], t, "s")
+    before = rec.video[-1].copy()
+    rec.push(resp[6], beh[6], 6, "s", steps=0)  # no optimiser step: the new frame is its warm start
+    assert np.allclose(rec.video[-1], 127.5 + 0.5 * (before - 127.5), atol=1e-4)
+    assert np.abs(before - 127.5).max() > 0.1  # the previous frame had moved away from grey (by more than atol)
+    with pytest.raises(ReconstructionError, match="warm_decay"):
+        StreamingConfig(warm_decay=1.5)
