@@ -41,8 +41,10 @@ def example_slice(n_frames: int, ids_offset: int = 0) -> Session:
                                neuron_ids=s.neuron_ids[:N] + ids_offset, trials=[])
 
 
-def start_decoder(model: Path, rig: str, out: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", "--model", str(model), "--connect", rig,
+def start_decoder(model: Path | None, rig: str, out: str, *extra: str) -> subprocess.Popen:
+    """`neurocine decode` in its own process; model None = the built-in model."""
+    chosen = [] if model is None else ["--model", str(model)]
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", *chosen, "--connect", rig,
                              "--bind", out, "--threads", "1", *extra], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -96,9 +98,7 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
     recorder = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", out, "--out",
                                  str(rec_path), "--frames", str(n)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    dec = subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", "--connect", rig, "--bind", out,
-                            "--threads", "1", "--lag", "16", "--steps", "2"], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dec = start_decoder(None, rig, out, "--lag", "16", "--steps", "2")
     try:
         with Publisher(rig, nodrop=True) as pub:
             assert pub.wait_subscribers(1, timeout_s=60)
@@ -111,7 +111,8 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
         out_text, err = stop(dec)
     from streams.formats.native import read_recording
 
-    recorded = [as_decoded_frame(m) for m in read_recording(rec_path).decoded[session_id_of(rec_path)]]
+    (messages,) = read_recording(rec_path).decoded.values()  # one decoded session
+    recorded = [as_decoded_frame(m) for m in messages]
     assert [f.seq for f in recorded] == list(range(n)), (rec_err, err)
     movie = np.stack([f.frame for f in recorded]).astype(np.float64)[30:]
     r = np.corrcoef(movie.ravel(), session.stimulus[30:n].astype(np.float64).ravel())[0, 1]
@@ -135,13 +136,6 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
     pairs = zip(again, recorded, strict=True)
     assert all(np.array_equal(a.frame, b.frame) and a.t_done_ns == b.t_done_ns for a, b in pairs)
     assert json.loads(player_out)["replay"]["frames"] == n
-
-
-def session_id_of(path: Path) -> str:
-    from streams.formats.native import read_recording
-
-    (sid,) = read_recording(path).decoded
-    return sid
 
 
 def test_a_burst_is_absorbed_by_shedding_steps_not_by_queueing(small_mouse: Path) -> None:
