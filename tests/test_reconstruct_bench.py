@@ -3,19 +3,7 @@
 import argparse
 import json
 
-import pytest
-import torch
-
 from decoder import bench_quality
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, torch's spinning worker threads slow everything down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_bench_quality_toy_run(tmp_path, capsys):

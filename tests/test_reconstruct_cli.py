@@ -5,20 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from decoder.reconstruct import cli
 from streams.formats import save_session
 from streams.synthetic import TrialPlan, make_mouse, simulate_session
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: on a shared 2-core machine, torch's spinning worker threads slow everything down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
