@@ -51,6 +51,17 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def viewer_or_reason(headless_asked: bool) -> str | None:
+    """None when the viewer window can run here, else why not (the demo then goes headless and says so)."""
+    if headless_asked:
+        return "--headless"
+    if not has_display():
+        return "no display (DISPLAY / WAYLAND_DISPLAY unset)"
+    from decoder.viewer import viewer_problem
+
+    return viewer_problem(offscreen=os.environ.get("QT_QPA_PLATFORM") == "offscreen")
+
+
 def run(args: argparse.Namespace) -> int:
     from decoder.messages import as_decoded_frame
     from streams.protocol import Decoded, Frame, ProtocolError
@@ -59,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
     src, dec = f"tcp://127.0.0.1:{args.port}", f"tcp://127.0.0.1:{args.port + 1}"
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    headless = args.headless or not has_display()
+    reason = viewer_or_reason(args.headless)
+    headless = reason is not None
+    if headless and reason != "--headless":
+        print(f"demo: no viewer window ({reason}); running headless instead", file=sys.stderr)
     decode_cmd = ["decode", "--connect", src, "--bind", dec, "--lag", str(args.lag), "--steps", str(args.steps)]
     for m in args.model or []:
         decode_cmd += ["--model", m]
@@ -103,9 +117,15 @@ def run(args: argparse.Namespace) -> int:
                     latencies.append((d.t_done_ns - d.trigger_t_pub_ns) / 1e6)
                     steps.append(d.steps)
                     stats = d.stats
-                for name, p in procs.items():
-                    if p.poll() is not None and name != "viewer":
+                for name, p in list(procs.items()):
+                    if p.poll() is None:
+                        continue
+                    if name != "viewer":
                         raise RuntimeError(f"the {name} exited early (code {p.returncode})")
+                    if p.returncode != 0:
+                        print(f"demo: the viewer exited (code {p.returncode}); the video and summary are still "
+                              "written at the end", file=sys.stderr)
+                    del procs["viewer"]
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -1,8 +1,10 @@
 """`neurocine view`: a live pyqtgraph window of the decoded movie beside the true stimulus.
 
 It is its own process and only consumes streams, so the GUI can never block the decoder. A Qt
-timer at the frame rate drains the sockets without waiting and draws only the latest frame, with
-fixed 0..255 levels (no auto-levelling, which would make the movie flicker and costs time).
+timer at twice the frame rate drains the sockets without waiting and draws the latest frame when a new one
+has arrived (a timer at exactly the frame rate beats against the stream's own clock and skips frames), with
+fixed 0..255 levels (no auto-levelling, which would make the movie flicker and costs time). Before a window
+opens, `decoder.qt_checks` makes sure Qt can open one and that the Qt binding is sound.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ import numpy as np
 
 TRUTH_MEMORY = 900  # stimulus frames kept to match decoded frames (30 s at 30 Hz)
 HISTORY = 300  # points in the running correlation plot
+#: Decoded frames waiting to be shown before the oldest are skipped (0.5 s at 30 Hz). A decoder that falls
+#: behind for a moment publishes its backlog in a burst (on 2 loaded cores 62 % of decoded frames came < 5 ms
+#: after the previous one); showing only the newest would draw ~11 of 30 frames per second, so frames are
+#: paced out one per frame period instead, and skipped only when the queue would delay the view by more.
+MAX_PENDING = 15
+#: A queued frame is shown once this fraction of a frame period has passed since the previous one, so the
+#: display catches up after a burst (up to 1/0.75 = 1.33x the stream's rate) without falling behind.
+PACE = 0.75
 
 
 def frame_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -34,14 +44,20 @@ def frame_correlation(a: np.ndarray, b: np.ndarray) -> float:
 class ViewerState:
     """What the window shows, kept apart from Qt so it can be tested and reused headless."""
 
-    def __init__(self) -> None:
+    def __init__(self, frame_rate_hz: float = 30.0) -> None:
+        self.period_s = 1.0 / frame_rate_hz
         self.decoded: Any = None  # latest final DecodedFrame
+        self.pending: collections.deque[Any] = collections.deque()  # final frames not yet shown, oldest first
+        self.skipped = 0  # decoded frames never shown because the queue was full
         self.truth: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self.truth_session: str | None = None
         self.correlations: collections.deque[tuple[int, float]] = collections.deque(maxlen=HISTORY)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=HISTORY)
         self.arrivals: collections.deque[float] = collections.deque(maxlen=60)
-        self.frames_shown = 0
+        self.frames_shown = 0  # redraws that put a new decoded frame on screen
+        self.shown_per_second: collections.Counter[int] = collections.Counter()  # whole monotonic second -> count
+        self._first_draw_s: float | None = None
+        self._last_draw_s = 0.0
         self.decoded_received = 0
         self.decoded_missing = 0
         self._last_seq: int | None = None
@@ -65,6 +81,10 @@ class ViewerState:
             self.decoded_missing += d.seq - self._last_seq - 1
         self._last_seq = d.seq if self._last_seq is None else max(self._last_seq, d.seq)
         self.decoded = d
+        self.pending.append(d)
+        while len(self.pending) > MAX_PENDING:
+            self.pending.popleft()
+            self.skipped += 1
         self.decoded_received += 1
         self.latencies_ms.append((now_ns - d.t_pub_ns) / 1e6)
         self.arrivals.append(now_ns / 1e9)
@@ -83,15 +103,51 @@ class ViewerState:
         span = self.arrivals[-1] - self.arrivals[0]
         return (len(self.arrivals) - 1) / span if span > 0 else 0.0
 
+    def next_to_show(self, now_s: float) -> Any:
+        """The next decoded frame to put on screen now (paced at the frame rate), or None."""
+        if not self.pending or now_s - self._last_draw_s < PACE * self.period_s:
+            return None
+        return self.pending.popleft()
+
+    def take_latest(self) -> Any:
+        """The newest decoded frame, dropping the queue (a screenshot shows the newest, not a paced one)."""
+        self.pending.clear()
+        return self.decoded
+
+    def on_drawn(self, now_s: float) -> None:
+        """A redraw put a new decoded frame on screen."""
+        self.frames_shown += 1
+        self.shown_per_second[int(now_s)] += 1
+        if self._first_draw_s is None:
+            self._first_draw_s = now_s
+        self._last_draw_s = now_s
+
+    def shown_rate(self, window_s: int = 10) -> tuple[float, float | None]:
+        """(mean, lowest over any `window_s` whole seconds) rate of new frames put on screen, in Hz."""
+        if self._first_draw_s is None or self._last_draw_s <= self._first_draw_s:
+            return 0.0, None
+        mean = (self.frames_shown - 1) / (self._last_draw_s - self._first_draw_s)
+        first, last = int(self._first_draw_s) + 1, int(self._last_draw_s) - 1  # whole seconds only
+        if last - first + 1 < window_s:
+            return mean, None
+        counts = np.array([self.shown_per_second.get(k, 0) for k in range(first, last + 1)])
+        sums = np.convolve(counts, np.ones(window_s, int), mode="valid")
+        return mean, float(sums.min() / window_s)
+
     def summary(self, drops_on_wire: int = 0) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
         corr = np.array([c for _, c in self.correlations]) if self.correlations else np.array([np.nan])
+        shown_mean, shown_min = self.shown_rate()
         return {
             "decoded_frames": self.decoded_received,
+            "frames_shown": self.frames_shown,
             "last_seq": None if self.decoded is None else self.decoded.seq,
             "latency_ms_p50": round(float(np.nanmedian(lat)), 2),
             "frame_rate_hz": round(self.frame_rate(), 2),
+            "shown_hz_mean": round(shown_mean, 2),
+            "shown_hz_min_10s": None if shown_min is None else round(shown_min, 2),
             "drops": int(self.decoded_missing + drops_on_wire),
+            "skipped_on_screen": self.skipped,
             "pixel_correlation_mean": round(float(np.nanmean(corr)), 4) if self.correlations else None,
         }
 
@@ -104,26 +160,46 @@ def register(sub: Any) -> None:
                  "neurocine view --connect tcp://127.0.0.1:5556 --screenshot out/view.png --frames 60")
     p.add_argument("--connect", default="tcp://127.0.0.1:5556", help="the decode service's endpoint")
     p.add_argument("--truth", help="the rig/replay endpoint whose frames carry the true stimulus")
-    p.add_argument("--rate", type=float, default=30.0, help="redraw rate in Hz (default 30)")
+    p.add_argument("--rate", type=float, default=30.0,
+                   help="the stream's frame rate in Hz (default 30); the window checks for new frames at twice it")
     p.add_argument("--scale", type=int, default=6, help="screen pixels per movie pixel")
     p.add_argument("--screenshot", help="render offscreen, save a PNG after --frames decoded frames, and exit")
     p.add_argument("--frames", type=int, default=30, help="decoded frames to wait for before --screenshot")
     p.add_argument("--timeout", type=float, default=60.0, help="give up on --screenshot after this many seconds")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="close the window by itself after this many seconds and print the summary (default: "
+                   "run until closed or Ctrl-C)")
     p.set_defaults(func=run)
+
+
+def has_display() -> bool:
+    import os
+
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def viewer_problem(offscreen: bool) -> str | None:
+    """Why the viewer cannot run here (missing packages, a broken Qt binding, no window), or None."""
+    try:
+        import pyqtgraph  # noqa: F401
+    except ImportError as e:
+        return f"the viewer needs pyqtgraph and PySide6-Essentials: pip install 'neurocine[view]' ({e})"
+    from decoder.qt_checks import binding_problem, window_problem
+
+    return binding_problem() or (None if offscreen else window_problem())
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
-    if args.screenshot or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    if args.screenshot or not has_display():
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         if not args.screenshot:
             print("view: no display found; rendering offscreen (use --screenshot to save what it draws)",
                   file=sys.stderr)
-    try:
-        import pyqtgraph  # noqa: F401
-    except ImportError as e:
-        print(f"view: needs pyqtgraph and PySide6-Essentials: pip install 'neurocine[view]' ({e})", file=sys.stderr)
+    problem = viewer_problem(offscreen=os.environ.get("QT_QPA_PLATFORM") == "offscreen")
+    if problem:
+        print(f"view: {problem}", file=sys.stderr)
         return 2
     from decoder.viewer_window import ViewerWindow
 
@@ -142,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     t0 = time.monotonic()
     with contextlib.suppress(KeyboardInterrupt):
-        window.exec()
+        window.exec(seconds=args.seconds)
     window.close_streams()
     print(json.dumps({**window.summary(), "seconds": round(time.monotonic() - t0, 1)}))
     return 0

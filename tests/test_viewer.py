@@ -27,19 +27,23 @@ def pattern(seq: int) -> np.ndarray:
     return (140 + 100 * np.sin(2 * np.pi * (x + seq) / 16) * np.cos(2 * np.pi * y / 36)).clip(40, 255).astype(np.uint8)
 
 
-def publish_streams(decoded_ep: str, truth_ep: str, stop: threading.Event, n: int = 400) -> None:
+def publish_streams(decoded_ep: str, truth_ep: str, stop: threading.Event, n: int = 400, rate_hz: float = 60.0) -> None:
+    """Truth frames and their decoded twins at `rate_hz` (absolute deadlines), once the viewer subscribed."""
     with Publisher(decoded_ep) as dec, Publisher(truth_ep) as truth:
-        dec.wait_subscribers(1, 20)
-        truth.wait_subscribers(1, 20)
+        dec.wait_subscribers(1, 30)
+        truth.wait_subscribers(1, 30)
         sid = new_session_id()
         truth.begin(SessionHeader(sid, "replay", "m", 30.0, np.arange(3, dtype=np.int64), stimulus_shape=(36, 64)))
+        t0 = time.monotonic()
         for seq in range(n):
             if stop.is_set():
                 return
             t = time.time_ns()
             truth.send_frame(seq, t, np.zeros(3, np.float32), np.zeros(4, np.float32), pattern(seq))
             dec.send_raw(encode_decoded_frame(DecodedFrame(sid, seq, t, t, t, time.time_ns(), 8, True, pattern(seq))))
-            time.sleep(1 / 60)
+            truth.tick()
+            dec.tick()
+            time.sleep(max(0.0, t0 + (seq + 1) / rate_hz - time.monotonic()))
 
 
 def decoded_panel(grey: np.ndarray) -> np.ndarray:
