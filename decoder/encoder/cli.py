@@ -10,6 +10,7 @@ from pathlib import Path
 TRAIN_EXAMPLE = """example:
   neurocine train --data data/mouse_a data/mouse_b --preset small --out models/small --epochs 20
   neurocine train --data data/mouse_a --preset small --out models/small --epochs 30 --resume
+  neurocine train --inverse --data data/mouse_a --out decoder/models/default   # inverse.onnx for a model folder
 """
 
 EXPORT_EXAMPLE = """example:
@@ -51,10 +52,41 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                    help="learning-rate multiplier of the gaussian readout's neuron positions (default 10)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--inverse", action="store_true",
+                   help="instead of an encoder, fit the inverse decoder (responses -> frames, the optimiser's first "
+                   "guess) on --data's train tier and write MODEL_DIR/inverse.onnx; numpy only, no torch")
     p.set_defaults(func=run_train)
 
 
+def run_train_inverse(args: argparse.Namespace) -> int:
+    """`neurocine train --inverse`: fit and export inverse.onnx into an exported model folder."""
+    from decoder.reconstruct.inverse import InverseDecoder, InverseError, export_inverse, fit_inverse
+    from streams.formats import FormatError
+    from streams.formats.sensorium import read_sensorium
+
+    if len(args.data) != 1:
+        print("neurocine train --inverse: give one --data folder (one mouse)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    graph = out / "graph.json"
+    try:
+        session = read_sensorium(args.data[0], tier="train")
+        ids = json.loads(graph.read_text()).get("neuron_ids") if graph.is_file() else None
+        if ids is not None and [int(i) for i in ids] != [int(i) for i in session.neuron_ids]:
+            raise InverseError(f"{args.data[0]}: its neurons are not those of the model in {out} ({graph})")
+        fit = fit_inverse(session, log=lambda m: print(m, file=sys.stderr, flush=True))
+        path = export_inverse(fit, out)
+        InverseDecoder(path)  # loads back, or says why not
+    except (FormatError, InverseError, OSError, ValueError) as err:
+        print(f"neurocine train --inverse: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"inverse": str(path), "bytes": path.stat().st_size, "fit": fit.report}))
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
+    if args.inverse:
+        return run_train_inverse(args)
     import torch
 
     from decoder.encoder.data import DataError

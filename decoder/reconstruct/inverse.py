@@ -1,0 +1,321 @@
+"""The inverse decoder: responses -> frames in one feed-forward pass, the first guess the optimiser refines.
+
+Why: the gradient inversion needs tens of steps per frame to leave grey, and live on a CPU it affords about one
+step per frame. A direct decoder fitted on the encoder's training tier gives every frame a starting picture
+at once (DESIGN.md, measured while planning: a ridge map from 6 response lags scores 0.244 alone; as the
+offline start, 0.288 after 10 iterations against 0.239 at best from grey).
+
+The model is a reduced-rank ridge regression, i.e. a two-layer linear network, fitted in closed form with
+numpy (no torch, deterministic): features are each neuron's standardised response (and the 4 behaviour
+channels) at a few frame offsets from the target frame; NaN (a neuron not reported, a frame outside the
+trial) becomes the neuron's mean, i.e. no evidence. Two heads share the graph:
+- ``frame`` uses the responses *after* the frame (offsets 0..+10: the indicator and the receptive fields'
+  temporal filters put a frame's evidence there); complete once the frame is 10 frames old;
+- ``frame_causal`` uses the responses *up to* the frame (offsets -10..0): what exists when the frame's own
+  responses arrive, for provisional frames and the warm start of the newest frame.
+The ridge penalty and the rank are chosen on held-out training trials (the last `HOLDOUT` of them); the rank
+is the smallest whose held-out score is within 1 % of full rank (it keeps the shipped files small).
+
+Exported as ``inverse.onnx`` beside the encoder graphs (standard operators; neuron ids, offsets and the fit
+in its metadata) and run with ONNX Runtime (`InverseDecoder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from streams.session import Session
+
+INVERSE_FILE = "inverse.onnx"
+#: Offsets (frames relative to the target frame) of the two heads; the graph's input spans their union.
+OFFSETS_FULL = (0, 2, 4, 6, 8, 10)
+OFFSETS_CAUSAL = (-10, -8, -6, -4, -2, 0)
+SPAN = tuple(range(min(OFFSETS_CAUSAL), max(OFFSETS_FULL) + 1, 2))  # (-10, -8, ..., 10): 11 input frames
+#: Complete evidence for the full head: a frame this many frames old has all its offsets.
+FULL_AGE = max(OFFSETS_FULL)
+LAMBDAS = (1e2, 1e3, 3e3, 1e4, 3e4, 1e5)  # ridge penalties tried (features are standardised, ~T per diagonal)
+RANKS = (8, 16, 32, 48, 64, 96, 128)
+HOLDOUT = 0.1
+FRAME_SHAPE = (36, 64)
+
+
+class InverseError(ValueError):
+    """An inverse decoder cannot be fitted, loaded or applied to these inputs."""
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+@dataclasses.dataclass
+class InverseFit:
+    """A fitted inverse decoder: per head, y = clip(((x - mean) / std) @ a @ b + bias, 0, 255)."""
+
+    neuron_ids: np.ndarray
+    resp_mean: np.ndarray  # (N,)
+    resp_std: np.ndarray  # (N,)
+    beh_mean: np.ndarray  # (4,)
+    beh_std: np.ndarray  # (4,)
+    heads: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> (a (F, r), b (r, P), bias (P,))
+    report: dict[str, dict]  # name -> chosen lambda, rank, held-out scores
+
+
+def _features(resp_z: np.ndarray, beh_z: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
+    """(T, len(offsets) * (N + 4)) features of every frame of one trial; outside the trial: 0 (the mean)."""
+    t_len, n = resp_z.shape
+    out = np.zeros((t_len, len(offsets), n + 4), np.float32)
+    for k, o in enumerate(offsets):
+        lo, hi = max(0, -o), min(t_len, t_len - o)
+        if hi > lo:
+            out[lo:hi, k, :n] = resp_z[lo + o : hi + o]
+            out[lo:hi, k, n:] = beh_z[lo + o : hi + o]
+    return out.reshape(t_len, -1)
+
+
+def _trial_arrays(session: Session) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    if session.stimulus is None:
+        raise InverseError(f"session {session.mouse_id}: the training tier has no videos to fit frames to")
+    return [(session.traces[t.start : t.stop], session.behaviour[t.start : t.stop],
+             session.stimulus[t.start : t.stop].reshape(t.stop - t.start, -1).astype(np.float32))
+            for t in session.trials if t.stop > t.start]
+
+
+def _trial_scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
+    """Mean over trials of the Pearson r over all (frame, pixel) pairs."""
+    from decoder.metrics import _pearson
+
+    return float(np.mean([_pearson(p.ravel(), y.ravel()) for p, y in zip(preds, truths, strict=True)]))
+
+
+def fit_inverse(session: Session, log: callable = lambda msg: None) -> InverseFit:  # type: ignore[valid-type]
+    """Fit both heads on a training session (trials with their stimulus); deterministic."""
+    trials = _trial_arrays(session)
+    if len(trials) < 3:
+        raise InverseError(f"fitting an inverse decoder needs at least 3 training trials, got {len(trials)}")
+    traces = np.concatenate([r for r, _, _ in trials])
+    resp_mean = np.nan_to_num(np.nanmean(traces, axis=0)).astype(np.float32)
+    resp_std = np.maximum(np.nan_to_num(np.nanstd(traces, axis=0), nan=1.0), 1e-3).astype(np.float32)
+    beh = np.concatenate([b for _, b, _ in trials])
+    beh_mean = np.nan_to_num(np.nanmean(beh, axis=0)).astype(np.float32)
+    beh_std = np.maximum(np.nan_to_num(np.nanstd(beh, axis=0), nan=1.0), 1e-3).astype(np.float32)
+
+    def z(r: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.nan_to_num((r - resp_mean) / resp_std).astype(np.float32),
+                np.nan_to_num((b - beh_mean) / beh_std).astype(np.float32))
+
+    zs = [z(r, b) for r, b, _ in trials]
+    ys = [y for _, _, y in trials]
+    n_hold = max(1, round(HOLDOUT * len(trials)))
+    fit_idx, hold_idx = range(len(trials) - n_hold), range(len(trials) - n_hold, len(trials))
+    heads, report = {}, {}
+    for name, offsets in (("frame", OFFSETS_FULL), ("frame_causal", OFFSETS_CAUSAL)):
+        heads[name], report[name] = _fit_head(zs, ys, offsets, fit_idx, hold_idx, log, name)
+    return InverseFit(np.asarray(session.neuron_ids, np.int64), resp_mean, resp_std, beh_mean, beh_std, heads, report)
+
+
+def _fit_head(zs: list[tuple[np.ndarray, np.ndarray]], ys: list[np.ndarray], offsets: Sequence[int],
+              fit_idx: range, hold_idx: range, log: callable, name: str):  # type: ignore[valid-type]
+    """Ridge penalty and rank chosen on the held-out trials, then refitted on every trial."""
+
+    def gram(idx: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        xtx = xty = xs = ysum = None
+        count = 0
+        for i in idx:
+            x = _features(*zs[i], offsets).astype(np.float64)
+            y = ys[i].astype(np.float64)
+            xtx = x.T @ x if xtx is None else xtx + x.T @ x
+            xty = x.T @ y if xty is None else xty + x.T @ y
+            xs = x.sum(0) if xs is None else xs + x.sum(0)
+            ysum = y.sum(0) if ysum is None else ysum + y.sum(0)
+            count += x.shape[0]
+        return xtx, xty, xs, ysum, count
+
+    def solve(stats: tuple, lambdas: Sequence[float], basis: bool = False) -> list[tuple]:
+        """Per penalty: weights (F, P), bias (P,) and, if asked, the output basis (P, k) of the fitted frames."""
+        xtx, xty, xs, ysum, count = stats
+        xm, ym = xs / count, ysum / count
+        c_xx = xtx - count * np.outer(xm, xm)  # centred: the bias is the mean frame
+        c_xy = xty - count * np.outer(xm, ym)
+        evals, evecs = np.linalg.eigh(c_xx)
+        evals = np.maximum(evals, 0)
+        proj = evecs.T @ c_xy
+        out = []
+        for lam in lambdas:
+            coef = proj / (evals + lam)[:, None]  # w in the eigenbasis of the features' covariance
+            # reduced-rank regression: the fitted frames' principal directions are the right singular
+            # vectors of C^(1/2) w = diag(sqrt(evals)) coef (F x P; no P x P eigenproblem needed)
+            w = evecs @ coef
+            if basis:
+                _, _, vt = np.linalg.svd(np.sqrt(evals)[:, None] * coef, full_matrices=False)
+            out.append((w, ym - xm @ w, vt.T if basis else None))
+        return out
+
+    def predict(idx: range, w: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+        return [np.clip(_features(*zs[i], offsets) @ w + bias, 0, 255) for i in idx]
+
+    held_truth = [ys[i] for i in hold_idx]
+    fit_stats = gram(fit_idx)
+    solved = solve(fit_stats, LAMBDAS)
+    scores = []
+    for lam, (w, bias, _) in zip(LAMBDAS, solved, strict=True):
+        scores.append(_trial_scores(predict(hold_idx, w, bias), held_truth))
+        log(f"inverse {name}: lambda {lam:g}: held-out r {scores[-1]:.4f}")
+    best = int(np.argmax(scores))
+    lam = LAMBDAS[best]
+    ((w, bias, basis),) = solve(fit_stats, [lam], basis=True)
+    rank_scores = {}
+    for r in RANKS:
+        v = basis[:, :r]
+        rank_scores[r] = _trial_scores(predict(hold_idx, (w @ v) @ v.T, bias), held_truth)
+        log(f"inverse {name}: rank {r}: held-out r {rank_scores[r]:.4f}")
+    rank = next((r for r in RANKS if rank_scores[r] >= 0.99 * scores[best]), RANKS[-1])
+    # refit on every trial with the chosen penalty and rank
+    hold_stats = gram(hold_idx)
+    all_stats = tuple(a + b for a, b in zip(fit_stats, hold_stats, strict=True))
+    ((w, bias, basis),) = solve(all_stats, [lam], basis=True)
+    v = basis[:, :rank]
+    head = ((w @ v).astype(np.float32), v.T.astype(np.float32), bias.astype(np.float32))
+    report = {"offsets": list(offsets), "lambda": lam, "rank": rank,
+              "heldout_r_by_lambda": {f"{lam_:g}": round(s, 4) for lam_, s in zip(LAMBDAS, scores, strict=True)},
+              "heldout_r_full_rank": round(scores[best], 4),
+              "heldout_r_by_rank": {str(r): round(s, 4) for r, s in rank_scores.items()},
+              "heldout_trials": len(hold_idx), "fit_trials": len(fit_idx)}
+    return head, report
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+def export_inverse(fit: InverseFit, out: str | Path) -> Path:
+    """Write inverse.onnx: inputs responses (B, 11, N) and behaviour (B, 11, 4) at offsets SPAN, outputs
+    `frame` and `frame_causal` (B, 36, 64) float32 0..255. Standard ONNX operators, opset 17."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = fit.neuron_ids.size
+    span = list(SPAN)
+    inits = [numpy_helper.from_array(fit.resp_mean.reshape(1, 1, n), "resp_mean"),
+             numpy_helper.from_array(fit.resp_std.reshape(1, 1, n), "resp_std"),
+             numpy_helper.from_array(fit.beh_mean.reshape(1, 1, 4), "beh_mean"),
+             numpy_helper.from_array(fit.beh_std.reshape(1, 1, 4), "beh_std"),
+             numpy_helper.from_array(np.zeros((1, 1, 1), np.float32), "zero"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "lo"),
+             numpy_helper.from_array(np.array([255.0], np.float32), "hi"),
+             numpy_helper.from_array(np.array([-1, *FRAME_SHAPE], np.int64), "frame_shape")]
+    nodes = [
+        helper.make_node("Sub", ["responses", "resp_mean"], ["r_c"]),
+        helper.make_node("Div", ["r_c", "resp_std"], ["r_z"]),
+        helper.make_node("IsNaN", ["r_z"], ["r_nan"]),
+        helper.make_node("Where", ["r_nan", "zero", "r_z"], ["r_ok"]),
+        helper.make_node("Sub", ["behaviour", "beh_mean"], ["b_c"]),
+        helper.make_node("Div", ["b_c", "beh_std"], ["b_z"]),
+        helper.make_node("IsNaN", ["b_z"], ["b_nan"]),
+        helper.make_node("Where", ["b_nan", "zero", "b_z"], ["b_ok"]),
+        helper.make_node("Concat", ["r_ok", "b_ok"], ["x"], axis=2),  # (B, 11, N + 4)
+    ]
+    for name, offsets in (("frame", OFFSETS_FULL), ("frame_causal", OFFSETS_CAUSAL)):
+        a, b, bias = fit.heads[name]
+        idx = np.array([span.index(o) for o in offsets], np.int64)
+        inits += [numpy_helper.from_array(idx, f"{name}_idx"), numpy_helper.from_array(a, f"{name}_a"),
+                  numpy_helper.from_array(b, f"{name}_b"), numpy_helper.from_array(bias, f"{name}_bias"),
+                  numpy_helper.from_array(np.array([0, a.shape[0]], np.int64), f"{name}_flat")]
+        nodes += [
+            helper.make_node("Gather", ["x", f"{name}_idx"], [f"{name}_x"], axis=1),  # (B, L, N + 4)
+            helper.make_node("Reshape", [f"{name}_x", f"{name}_flat"], [f"{name}_xf"]),  # (B, L * (N + 4))
+            helper.make_node("MatMul", [f"{name}_xf", f"{name}_a"], [f"{name}_h"]),
+            helper.make_node("MatMul", [f"{name}_h", f"{name}_b"], [f"{name}_y"]),
+            helper.make_node("Add", [f"{name}_y", f"{name}_bias"], [f"{name}_yb"]),
+            helper.make_node("Clip", [f"{name}_yb", "lo", "hi"], [f"{name}_yc"]),
+            helper.make_node("Reshape", [f"{name}_yc", "frame_shape"], [name]),
+        ]
+    graph = helper.make_graph(
+        nodes, "neurocine_inverse",
+        [helper.make_tensor_value_info("responses", TensorProto.FLOAT, ["B", len(span), n]),
+         helper.make_tensor_value_info("behaviour", TensorProto.FLOAT, ["B", len(span), 4])],
+        [helper.make_tensor_value_info(h, TensorProto.FLOAT, ["B", *FRAME_SHAPE]) for h in ("frame", "frame_causal")],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="neurocine")
+    model.ir_version = 8
+    meta = {"kind": "neurocine-inverse", "neuron_ids": fit.neuron_ids.tolist(), "span": span,
+            "offsets": {"frame": list(OFFSETS_FULL), "frame_causal": list(OFFSETS_CAUSAL)}, "fit": fit.report}
+    helper.set_model_props(model, {"neurocine": json.dumps(meta)})
+    onnx.checker.check_model(model)
+    out = Path(out)
+    path = out / INVERSE_FILE if out.suffix != ".onnx" else out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    onnx.save(model, tmp)
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- run time
+class InverseDecoder:
+    """inverse.onnx under ONNX Runtime: frames from responses, no torch."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InverseError(f"{self.path}: no such inverse decoder")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            meta = json.loads(self.session.get_modelmeta().custom_metadata_map["neurocine"])
+            self.neuron_ids = np.asarray(meta["neuron_ids"], np.int64)
+            self.span = tuple(int(o) for o in meta["span"])
+            self.fit_report = meta.get("fit", {})
+        except Exception as err:  # a damaged or foreign file: name it
+            raise InverseError(f"{self.path}: not a neurocine inverse decoder ({type(err).__name__}: {err})") from err
+        if self.span != SPAN:
+            raise InverseError(f"{self.path}: input offsets {self.span}, this version expects {SPAN}")
+        self.n_neurons = self.neuron_ids.size
+
+    def check_neurons(self, model_ids: np.ndarray | None, what: str) -> None:
+        """The inverse decoder must read the encoder's neurons in the encoder's order."""
+        if model_ids is not None and not np.array_equal(np.asarray(model_ids, np.int64), self.neuron_ids):
+            raise InverseError(f"{self.path}: its {self.n_neurons} neuron ids differ from {what}'s; "
+                               "refit it for this model (neurocine train --inverse)")
+
+    def run(self, responses: np.ndarray, behaviour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(full, causal) frames (B, 36, 64) from responses (B, 11, N) and behaviour (B, 11, 4) at SPAN."""
+        r = np.ascontiguousarray(responses, np.float32)
+        b = np.ascontiguousarray(behaviour, np.float32)
+        if r.ndim != 3 or r.shape[1:] != (len(SPAN), self.n_neurons) or b.shape != (r.shape[0], len(SPAN), 4):
+            raise InverseError(f"inverse decoder needs responses (B, {len(SPAN)}, {self.n_neurons}) and behaviour "
+                               f"(B, {len(SPAN)}, 4), got {r.shape} and {b.shape}")
+        full, causal = self.session.run(["frame", "frame_causal"], {"responses": r, "behaviour": b})
+        return full, causal
+
+    def movie(self, responses: np.ndarray, behaviour: np.ndarray, head: str = "frame") -> np.ndarray:
+        """The decoder's estimate of every frame of a recording (T, N) / (T, 4): (T, 36, 64)."""
+        r, b = span_windows(np.asarray(responses, np.float32), np.asarray(behaviour, np.float32))
+        out = [self.run(r[i : i + 256], b[i : i + 256]) for i in range(0, r.shape[0], 256)]
+        return np.concatenate([o[0 if head == "frame" else 1] for o in out])
+
+
+def span_windows(responses: np.ndarray, behaviour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every frame t of a recording, the responses and behaviour at t + SPAN (NaN outside it)."""
+    t_len = responses.shape[0]
+    idx = np.arange(t_len)[:, None] + np.asarray(SPAN)[None, :]
+    ok = (idx >= 0) & (idx < t_len)
+    r = np.where(ok[..., None], responses[np.clip(idx, 0, t_len - 1)], np.nan).astype(np.float32)
+    b = np.where(ok[..., None], behaviour[np.clip(idx, 0, t_len - 1)], np.nan).astype(np.float32)
+    return r, b
+
+
+def find_inverse(model_dirs: Sequence[str | Path]) -> Path | None:
+    """The first model folder's inverse.onnx (ensemble members of one mouse share the same fit)."""
+    for d in model_dirs:
+        p = Path(d)
+        if p.is_file():
+            cand = p if p.name == INVERSE_FILE else p.parent / INVERSE_FILE
+        else:
+            cand = p / INVERSE_FILE
+        if cand.is_file():
+            return cand
+    return None
