@@ -312,10 +312,7 @@ def find_inverse(model_dirs: Sequence[str | Path]) -> Path | None:
     """The first model folder's inverse.onnx (ensemble members of one mouse share the same fit)."""
     for d in model_dirs:
         p = Path(d)
-        if p.is_file():
-            cand = p if p.name == INVERSE_FILE else p.parent / INVERSE_FILE
-        else:
-            cand = p / INVERSE_FILE
+        cand = (p if p.name == INVERSE_FILE else p.parent / INVERSE_FILE) if p.is_file() else p / INVERSE_FILE
         if cand.is_file():
             return cand
     return None

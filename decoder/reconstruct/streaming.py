@@ -7,7 +7,9 @@ correction and the lr warm-up). The newest `lag + 1` frames are *active* (still 
 frames with no responses, as the encoder expects at a movie start.
 
 On each arriving frame t (responses (N,), behaviour (4,)):
-1. append a warm-started estimate of frame t (a copy of frame t-1's estimate, or grey);
+1. append a warm-started estimate of frame t: grey + 0.9 x (frame t-1's estimate - grey), or grey; with an
+   inverse decoder (`warm_start="inverse"`, decoder/reconstruct/inverse.py) its causal estimate of frame t
+   instead, and frame t-10, whose responses are now all in, moves toward the decoder's full estimate;
 2. run `steps` optimiser steps on the windows whose responses constrain active frames: windows of 32
    frames ending at t, t-stride, ... down to t-lag (stride 32 by default, see StreamingConfig.stride;
    one batched backend call per encoder per step);
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
+from decoder.reconstruct.inverse import FULL_AGE, SPAN, InverseDecoder
 from decoder.reconstruct.offline import GREY, ReconstructionError, blur_gradient
 from decoder.reconstruct.windows import WINDOW
 
@@ -61,11 +64,16 @@ class StreamingConfig:
     beta: float = 0.9
     clip: float = 1.0
     norm_eps: float = 1e-6
-    warm_start: str = "previous"  # or "grey"
+    warm_start: str = "previous"  # or "grey", or "inverse" (needs an inverse decoder; else "previous")
     #: A new frame starts at grey + warm_decay * (previous estimate - grey). Why below 1: with a plain copy
     #: every frame inherits all earlier frames' updates, so over minutes the contrast random-walks to
     #: saturation (measured live: image std 26 -> 90 and pixel correlation 0.27 -> 0 over 10 minutes).
     warm_decay: float = WARM_DECAY
+    #: With warm_start="inverse": a new frame starts at inverse_weight x the causal estimate + the rest x the
+    #: decayed previous estimate; when a frame is FULL_AGE frames old it moves inverse_refresh of the way to
+    #: the full estimate (its responses are all in by then). Chosen by `neurocine bench quality`.
+    inverse_weight: float = 1.0
+    inverse_refresh: float = 0.5
     provisional: bool = False
     ensemble: str = "gradients"  # or "videos": one optimiser per encoder, emitted frames averaged
     grad_blur: float = 0.0  # spatial Gaussian sigma (px) on each step's gradient (offline.blur_gradient)
@@ -78,8 +86,10 @@ class StreamingConfig:
             )
         if not 0.0 <= self.warm_decay <= 1.0:
             raise ReconstructionError(f"warm_decay must be in [0, 1], got {self.warm_decay}")
-        if self.warm_start not in ("previous", "grey"):
-            raise ReconstructionError(f"warm_start must be 'previous' or 'grey', got {self.warm_start!r}")
+        if self.warm_start not in ("previous", "grey", "inverse"):
+            raise ReconstructionError(f"warm_start must be 'previous', 'grey' or 'inverse', got {self.warm_start!r}")
+        if not (0.0 <= self.inverse_weight <= 1.0 and 0.0 <= self.inverse_refresh <= 1.0):
+            raise ReconstructionError("inverse_weight and inverse_refresh must be in [0, 1]")
         if self.ensemble not in ("gradients", "videos"):
             raise ReconstructionError(f"ensemble must be 'gradients' or 'videos', got {self.ensemble!r}")
 
@@ -105,9 +115,15 @@ class StreamingReconstructor:
         config: StreamingConfig | None = None,
         mask: np.ndarray | None = None,
         weights: np.ndarray | None = None,
+        inverse: InverseDecoder | None = None,
     ) -> None:
         self.ens = as_ensemble(backends)
         self.cfg = config or StreamingConfig()
+        #: the first guess; only used with warm_start="inverse" (without one that mode warm-starts as "previous")
+        self.inverse = inverse if self.cfg.warm_start == "inverse" else None
+        if self.inverse is not None and self.inverse.n_neurons != self.ens.n_neurons:
+            raise ReconstructionError(f"inverse decoder reads {self.inverse.n_neurons} neurons, the encoders "
+                                      f"{self.ens.n_neurons}")
         self.window = self.ens.window or self.cfg.window
         n = self.ens.n_neurons
         self.mask = np.ones((36, 64), np.float32) if mask is None else np.asarray(mask).astype(np.float32)
@@ -191,7 +207,7 @@ class StreamingReconstructor:
         for arr in (self.video, self.m, self.age, self.responses, self.behaviour, self.seqs):
             arr[:-1] = arr[1:]
         first = self.pending == 0
-        if self.cfg.warm_start == "previous" and not first:
+        if self.cfg.warm_start in ("previous", "inverse") and not first:
             d = np.float32(self.cfg.warm_decay)
             self.video[-1] = GREY + d * (self.video[-2] - np.float32(GREY)) if d != 1 else self.video[-2]
         else:
@@ -206,6 +222,27 @@ class StreamingReconstructor:
         self.last_seq = seq
         self.last_behaviour = beh
         self.pending += 1
+        if self.inverse is not None:
+            self._first_guess()
+
+    def _first_guess(self) -> None:
+        """The inverse decoder's estimates: causal for the newest frame, full for the one FULL_AGE old."""
+        c, cfg = self.capacity, self.cfg
+        rows = [c - 1]
+        if self.pending > FULL_AGE and cfg.lag >= FULL_AGE:
+            rows.append(c - 1 - FULL_AGE)
+        idx = np.asarray(rows)[:, None] + np.asarray(SPAN)[None, :]
+        ok = (idx >= 0) & (idx < c)
+        ok[ok] &= self.seqs[idx[ok]] >= 0  # padding before the session holds no evidence
+        safe = np.clip(idx, 0, c - 1)
+        resp = np.where(ok[..., None], self.responses[safe], np.nan).astype(np.float32)
+        beh = np.where(ok[..., None], self.behaviour[safe], np.nan).astype(np.float32)
+        full, causal = self.inverse.run(resp, beh)  # type: ignore[union-attr]
+        w = np.float32(cfg.inverse_weight)
+        self.video[-1] = w * causal[0] + (1 - w) * self.video[-1]
+        if len(rows) > 1:
+            r = np.float32(cfg.inverse_refresh)
+            self.video[rows[1]] = (1 - r) * self.video[rows[1]] + r * full[1]
 
     def _advance(self, seq: int, resp: np.ndarray, beh: np.ndarray, steps: int) -> list[DecodedFrame]:
         self._shift_in(seq, resp, beh)
@@ -221,6 +258,12 @@ class StreamingReconstructor:
         if self.cfg.provisional:
             out += self._provisional()
         return out
+
+    def estimate_at_age(self, age: int) -> np.ndarray | None:
+        """The current estimate of the frame that arrived `age` frames ago (None if not held any more)."""
+        if age >= min(self.pending, self.cfg.lag + 1) or age < 0:
+            return None
+        return self.video[self.capacity - 1 - age].copy()
 
     def _provisional(self) -> list[DecodedFrame]:
         c = self.capacity
@@ -301,8 +344,9 @@ class StreamingEnsemble:
         config: StreamingConfig,
         mask: np.ndarray | None = None,
         weights: np.ndarray | None = None,
+        inverse: InverseDecoder | None = None,
     ) -> None:
-        self.members = [StreamingReconstructor([b], config, mask, weights) for b in backends.members]
+        self.members = [StreamingReconstructor([b], config, mask, weights, inverse) for b in backends.members]
         self.cfg = config
         self.step_seconds: list[float] = []
 
@@ -327,6 +371,10 @@ class StreamingEnsemble:
     def flush(self) -> list[DecodedFrame]:
         return self._merge([m.flush() for m in self.members])
 
+    def estimate_at_age(self, age: int) -> np.ndarray | None:
+        frames = [m.estimate_at_age(age) for m in self.members]
+        return None if frames[0] is None else np.mean(frames, axis=0)
+
     def timing(self) -> dict[str, float]:
         return StreamingReconstructor.timing(self)  # type: ignore[arg-type]
 
@@ -336,13 +384,14 @@ def make_streaming(
     config: StreamingConfig | None = None,
     mask: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    inverse: InverseDecoder | None = None,
 ) -> StreamingReconstructor | StreamingEnsemble:
     """The streaming optimiser for these encoders: one (gradient ensembling) or one per encoder (videos)."""
     cfg = config or StreamingConfig()
     ens = as_ensemble(backends)
     if cfg.ensemble == "videos" and len(ens) > 1:
-        return StreamingEnsemble(ens, cfg, mask, weights)
-    return StreamingReconstructor(ens, cfg, mask, weights)
+        return StreamingEnsemble(ens, cfg, mask, weights, inverse)
+    return StreamingReconstructor(ens, cfg, mask, weights, inverse)
 
 
 def reconstruct_streaming(
@@ -353,6 +402,8 @@ def reconstruct_streaming(
     mask: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     drain: bool = True,
+    inverse: InverseDecoder | None = None,
+    provisional_ages: Sequence[int] = (),
 ) -> tuple[np.ndarray, StreamingReconstructor | StreamingEnsemble]:
     """Stream a whole recording through the optimiser; returns the final movie (T, 36, 64) and the
     optimiser (for its timing).
@@ -360,8 +411,10 @@ def reconstruct_streaming(
     drain: after the last frame, keep the stream going for `lag` more frames without responses (what a
     live session does: the rig keeps sending), so the movie's last frames get their usual optimiser steps
     instead of being flushed early; False flushes them as they are.
+    provisional_ages: also keep, for each age a, every frame's estimate a frames after its responses arrived
+    (after that arrival's steps), as `rec.age_movies[a]` (T, 36, 64): what a closed loop sees before the lag.
     """
-    rec = make_streaming(backends, config, mask, weights)
+    rec = make_streaming(backends, config, mask, weights, inverse)
     responses = np.asarray(responses, np.float32)
     behaviour = np.asarray(behaviour, np.float32)
     if responses.ndim != 2 or behaviour.shape != (responses.shape[0], 4):
@@ -370,16 +423,26 @@ def reconstruct_streaming(
         )
     frames: dict[int, np.ndarray] = {}
     t_len = responses.shape[0]
+    ages = {a: np.full((t_len, 36, 64), np.nan, np.float32) for a in provisional_ages}
+
+    def keep_ages(t: int) -> None:
+        for a, movie in ages.items():
+            if 0 <= t - a < t_len and (est := rec.estimate_at_age(a)) is not None:
+                movie[t - a] = est
+
     for t in range(t_len):
         for f in rec.push(responses[t], behaviour[t], t):
             if f.final:
                 frames[f.seq] = f.frame
+        keep_ages(t)
     nothing = np.full(responses.shape[1], np.nan, np.float32)
     for t in range(t_len, t_len + (rec.cfg.lag if drain and t_len else 0)):
         for f in rec.push(nothing, behaviour[-1], t):
             if f.final and f.seq < t_len:
                 frames[f.seq] = f.frame
+        keep_ages(t)
     for f in rec.flush():
         frames[f.seq] = f.frame
     movie = np.stack([frames[t] for t in range(t_len)])
+    rec.age_movies = ages  # type: ignore[union-attr]
     return movie, rec
