@@ -26,6 +26,7 @@ import numpy as np
 
 
 def register(bench_sub: Any) -> None:
+    from decoder.reconstruct.streaming import add_streaming_args
     from streams.cli import add_verb
 
     p = add_verb(bench_sub, "latency", "end-to-end latency of replay -> decode -> collector (JSON, figure)",
@@ -34,8 +35,8 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--session", help="session to replay (default: the built-in example, looped)")
     p.add_argument("--model", action="append", help="model(s) for the decoder (default: the built-in model)")
     p.add_argument("--frames", type=int, default=600, help="source frames to replay (default 600 = 20 s)")
-    p.add_argument("--lag", type=int, default=32)
-    p.add_argument("--steps", type=int, default=2)
+    add_streaming_args(p)
+    p.add_argument("--provisional", action="store_true", help="the decoder also publishes provisional frames")
     p.add_argument("--threads", type=int, default=None, help="decoder compute threads")
     p.add_argument("--provider", choices=["cuda", "cpu"], default=None)
     p.add_argument("--warmup", type=float, default=3.0, help="seconds at the start left out of the statistics")
@@ -58,6 +59,7 @@ def _cli(*args: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from decoder.messages import as_decoded_frame
+    from decoder.reconstruct.streaming import streaming_argv
     from streams.cli import emit_json
     from streams.example import example_session_path
     from streams.formats import load_session
@@ -67,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     session_path = args.session or str(example_session_path())
     n_source = load_session(session_path).n_frames
     rig, out = f"tcp://127.0.0.1:{args.port}", f"tcp://127.0.0.1:{args.port + 1}"
-    decode_cmd = ["decode", "--connect", rig, "--bind", out, "--lag", str(args.lag), "--steps", str(args.steps)]
+    decode_cmd = ["decode", "--connect", rig, "--bind", out, *streaming_argv(args)]
+    if args.provisional:
+        decode_cmd.append("--provisional")
     for m in args.model or []:
         decode_cmd += ["--model", m]
     if args.threads:

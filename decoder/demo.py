@@ -25,6 +25,7 @@ DEFAULT_PORT = 5555
 
 
 def register(sub: Any) -> None:
+    from decoder.reconstruct.streaming import add_streaming_args
     from streams.cli import add_verb
 
     p = add_verb(sub, "demo", "the live pipeline on built-in defaults: source -> decoder -> viewer / video",
@@ -36,8 +37,7 @@ def register(sub: Any) -> None:
     p.add_argument("--source", choices=["replay", "rig"], default="replay",
                    help="replay the built-in example session (default) or run the live synthetic rig")
     p.add_argument("--model", action="append", help="decoder model(s) (default: the built-in model)")
-    p.add_argument("--lag", type=int, default=32)
-    p.add_argument("--steps", type=int, default=2)
+    add_streaming_args(p)
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="source port; the decoder uses the next one")
     p.add_argument("--out-dir", default=".", help="where the video and summary go (default: here)")
     p.set_defaults(func=run)
@@ -64,6 +64,7 @@ def viewer_or_reason(headless_asked: bool) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from decoder.messages import as_decoded_frame
+    from decoder.reconstruct.streaming import streaming_argv
     from streams.protocol import Decoded, Frame, ProtocolError
     from streams.transport import Subscriber
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     headless = reason is not None
     if headless and reason != "--headless":
         print(f"demo: no viewer window ({reason}); running headless instead", file=sys.stderr)
-    decode_cmd = ["decode", "--connect", src, "--bind", dec, "--lag", str(args.lag), "--steps", str(args.steps)]
+    decode_cmd = ["decode", "--connect", src, "--bind", dec, *streaming_argv(args)]
     for m in args.model or []:
         decode_cmd += ["--model", m]
     procs: dict[str, subprocess.Popen] = {}

@@ -8,6 +8,8 @@ So the backlog stays bounded whatever the model costs, and a model too slow for 
 still gets every step the machine can afford; shed steps are counted in the stats on every message.
 A new session id resets the optimiser; a stream whose neurons the model does not know (matched by id)
 is refused with a message naming the mismatch, and the service waits for the next session.
+With `provisional`, each arriving frame's current estimate is also published at once (final=False): what a
+closed loop acts on without waiting the lag; the final frame follows `lag` frames later.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from decoder.messages import DecodedFrame, encode_decoded_frame
-from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from decoder.reconstruct.streaming import StreamingConfig
 from streams.protocol import End, Frame, ProtocolError, SessionHeader
 from streams.session import Session
 from streams.transport import Publisher, Subscriber
@@ -40,6 +42,7 @@ class ServiceStats:
     refused_sessions: int = 0
     frames_in: int = 0
     decoded_out: int = 0
+    provisional_out: int = 0
     steps_run: int = 0
     steps_shed: int = 0
     backlog_max: int = 0
@@ -87,9 +90,8 @@ class DecodeService:
         sub: Subscriber,
         pub: Publisher,
         *,
-        lag: int = 32,
-        steps: int = 2,
-        grad_blur: float = 0.0,
+        config: StreamingConfig | None = None,
+        provisional: bool = False,
         backend: str = "onnx",
         providers: Sequence[str] | None = None,
         threads: int | None = None,
@@ -98,7 +100,10 @@ class DecodeService:
     ) -> None:
         self.models = list(models or [])
         self.sub, self.pub = sub, pub
-        self.lag, self.steps, self.grad_blur = lag, steps, grad_blur
+        self.config = config or StreamingConfig()
+        self.lag, self.steps = self.config.lag, self.config.steps
+        self.provisional = provisional
+        self._said_no_inverse = False
         self.backend, self.providers, self.threads = backend, providers, threads
         self.min_fraction = min_fraction
         self.log = log or RateLimitedLog()
@@ -134,7 +139,7 @@ class DecodeService:
     def start_session(self, h: SessionHeader) -> None:
         """Check the stream's neurons against the model and reset the optimiser, or refuse."""
         from decoder.reconstruct.backends import BackendError
-        from decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor
+        from decoder.reconstruct.streaming import make_streaming
 
         self.session_id = h.session_id
         self.recon = None
@@ -160,11 +165,17 @@ class DecodeService:
         self.columns = loaded.columns
         self.stats.neurons_matched = matched
         self.provider = ",".join(getattr(m, "provider", "torch") for m in loaded.ensemble.members)
-        self.recon = StreamingReconstructor(loaded.ensemble, StreamingConfig(lag=self.lag, steps=self.steps,
-                                                                            grad_blur=self.grad_blur),
-                                            mask=loaded.opt_mask)
+        if self.config.warm_start == "inverse" and loaded.inverse is None and not self._said_no_inverse:
+            self._said_no_inverse = True
+            self.log("inverse", "the model has no inverse decoder (inverse.onnx): new frames start from the previous "
+                                "estimate")
+        self.recon = make_streaming(loaded.ensemble, self.config, mask=loaded.opt_mask, inverse=loaded.inverse)
+        warm = self.config.warm_start if loaded.inverse is not None or self.config.warm_start != "inverse" \
+            else "previous"
         self.log("session", f"session {h.session_id} mouse {h.mouse_id}: {matched}/{n_model} model neurons "
-                            f"matched; lag {self.lag}, {self.steps} steps/frame on {self.provider}")
+                            f"matched; lag {self.lag}, {self.steps} steps/frame, warm start {warm}, "
+                            f"{len(loaded.ensemble)} encoder(s) ({self.config.ensemble}) on {self.provider}"
+                            f"{', provisional frames' if self.provisional else ''}")
 
     # ------------------------------------------------------------------ frames
     def on_frame(self, f: Frame, recv_ns: int, backlog: int) -> None:
@@ -192,6 +203,8 @@ class DecodeService:
         for out in outs:
             if out.final:
                 self._publish(out, f, queue_ns=t0 - recv_ns, compute_ns=compute, steps=k)
+        if self.provisional and (est := self.recon.estimate_at_age(0)) is not None:
+            self._publish_provisional(est, f, queue_ns=t0 - recv_ns, compute_ns=compute, steps=k)
 
     def _affordable_steps(self, backlog: int, since_s: float) -> int:
         """Steps for this frame: none while others wait behind it, else as many as the credit pays for.
@@ -228,6 +241,18 @@ class DecodeService:
             trigger_t_pub_ns=trigger.t_pub_ns if trigger is not None else t_pub,
             queue_ns=queue_ns, compute_ns=compute_ns, steps=steps, stats=self._wire_stats(),
         )
+        self.pub.send_raw(encode_decoded_frame(d))
+
+    def _publish_provisional(self, frame: np.ndarray, f: Frame, queue_ns: int, compute_ns: int, steps: int) -> None:
+        """The newest frame's estimate right after its own steps (final=False, lag 0)."""
+        t_acq, t_pub, t_recv = self._timing.get(f.seq, (f.t_acq_ns, f.t_pub_ns, 0))
+        d = DecodedFrame(
+            session_id=self.session_id or "", seq=f.seq, t_acq_ns=t_acq, t_pub_ns=t_pub, t_recv_ns=t_recv,
+            t_done_ns=time.time_ns(), lag=0, final=False,
+            frame=np.clip(np.rint(frame), 0, 255).astype(np.uint8), trigger_seq=f.seq, trigger_t_pub_ns=f.t_pub_ns,
+            queue_ns=queue_ns, compute_ns=compute_ns, steps=steps, stats=self._wire_stats(),
+        )
+        self.stats.provisional_out += 1
         self.pub.send_raw(encode_decoded_frame(d))
 
     def _trigger_recv(self, trigger: Frame) -> int:
@@ -288,6 +313,7 @@ class DecodeService:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def register(sub: Any) -> None:
+    from decoder.reconstruct.streaming import add_streaming_args
     from streams.cli import add_verb
 
     p = add_verb(sub, "decode", "decode service: rig traces in, decoded movie frames out (ZeroMQ)",
@@ -297,11 +323,9 @@ def register(sub: Any) -> None:
                    "mouse folder, or 'oracle'; repeat for an ensemble (default: the built-in model)")
     p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="the rig's (or replay's) endpoint")
     p.add_argument("--bind", default="tcp://127.0.0.1:5556", help="where decoded frames are published")
-    p.add_argument("--lag", type=int, default=32, help="frames between a frame's arrival and its final decode")
-    p.add_argument("--steps", type=int, default=2, help="optimiser steps per arriving frame (shed when behind)")
-    p.add_argument("--grad-blur", type=float, default=DEFAULT_GRAD_BLUR, metavar="SIGMA",
-                   help=f"spatial Gaussian blur (px) of each step's gradient (default {DEFAULT_GRAD_BLUR}; "
-                   "0 = none, as the paper)")
+    add_streaming_args(p)
+    p.add_argument("--provisional", action="store_true",
+                   help="also publish each arriving frame's current estimate at once (final=False), for closed loops")
     p.add_argument("--provider", choices=["cuda", "cpu"], default=None,
                    help="ONNX Runtime provider (default: CUDA when available, else CPU)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
@@ -330,6 +354,7 @@ def backend_for(models: Sequence[str]) -> str:
 
 
 def run(args: Any) -> int:
+    from decoder.reconstruct.streaming import streaming_config_from
     from streams.cli import emit_json, stop_on_sigterm
 
     models = args.model or default_models()
@@ -337,7 +362,7 @@ def run(args: Any) -> int:
                  None: None}[args.provider]
     stop_on_sigterm()
     with Subscriber(args.connect) as sub, Publisher(args.bind) as pub:
-        service = DecodeService(models, sub, pub, lag=args.lag, steps=args.steps, grad_blur=args.grad_blur,
+        service = DecodeService(models, sub, pub, config=streaming_config_from(args), provisional=args.provisional,
                                 backend=backend_for(models),
                                 providers=providers, threads=args.threads, min_fraction=args.min_fraction)
         print(f"decode: {args.connect} -> {args.bind}, model {models}, waiting for a session (Ctrl-C stops)",

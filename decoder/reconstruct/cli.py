@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from decoder.reconstruct.streaming import add_streaming_args
 
 OUT_SUFFIXES = (".npy", ".gif", ".mp4")
 
@@ -51,10 +51,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--mode", choices=("offline", "streaming"), default="offline")
     p.add_argument(
-        "--iterations", type=int, default=1000, help="offline iterations (default 1000, the paper's)"
-    )
-    p.add_argument("--lag", type=int, default=None, help="streaming: frames of lag before a frame is final")
-    p.add_argument("--steps", type=int, default=None, help="streaming: optimiser steps per arriving frame")
+        "--iterations", type=_iterations, default="auto",
+        help="offline iterations: a count (1000 is the paper's) or 'auto' (default): stop when a held-out tenth "
+        "of the neurons stops improving, then refit with all of them for that count")
+    p.add_argument("--init", choices=("inverse", "grey"), default="inverse",
+                   help="offline start: the inverse decoder's estimate beside the model (default; grey when the "
+                   "model has none) or grey (the paper's)")
+
+    add_streaming_args(p)  # --lag, --steps, --grad-blur (offline too), --warm-start, --ensemble
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument(
         "--provider",
@@ -63,12 +67,21 @@ def register(subparsers: Any) -> None:
         help="ONNX Runtime provider (auto: CUDA when available)",
     )
     p.add_argument("--no-mask", action="store_true", help="ignore the alpha mask beside the model")
-    p.add_argument("--grad-blur", type=float, default=DEFAULT_GRAD_BLUR, metavar="SIGMA",
-                   help=f"spatial Gaussian blur (px) of each step's gradient (default {DEFAULT_GRAD_BLUR}; "
-                   "0 = the paper's exact method)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
     p.set_defaults(func=run)
+
+
+def _iterations(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--iterations {text!r}: a count or 'auto'") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--iterations must be >= 0, got {n}")
+    return n
 
 
 def write_movie(movie: np.ndarray, out: Path, fps: float = 30.0) -> None:
@@ -125,20 +138,18 @@ def run(args: argparse.Namespace) -> int:
     from decoder.reconstruct.backends import BackendError
     from decoder.reconstruct.models import default_models, load_models, session_arrays
     from decoder.reconstruct.offline import (
+        AutoStop,
         OfflineConfig,
         ReconstructionError,
         predict_movie,
         reconstruct_offline,
     )
-    from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
+    from decoder.reconstruct.streaming import reconstruct_streaming, streaming_config_from
     from streams.formats import FormatError, load_session
 
     out = Path(args.out)
     if out.suffix not in OUT_SUFFIXES:
         print(f"reconstruct: --out {out}: suffix must be one of {OUT_SUFFIXES}", file=sys.stderr)
-        return 2
-    if args.iterations < 0:
-        print(f"reconstruct: --iterations must be >= 0, got {args.iterations}", file=sys.stderr)
         return 2
     try:
         if args.session is None:
@@ -162,28 +173,40 @@ def run(args: argparse.Namespace) -> int:
         f"{'; '.join(models.description)}",
         file=sys.stderr,
     )
+    inverse = models.inverse
+    if inverse is None and ((args.mode == "offline" and args.init == "inverse")
+                            or (args.mode == "streaming" and args.warm_start == "inverse")):
+        print("reconstruct: the model has no inverse decoder (inverse.onnx); starting from "
+              f"{'grey' if args.mode == 'offline' else 'the previous frame'}", file=sys.stderr)
+    auto = AutoStop() if args.iterations == "auto" else None
     start = time.perf_counter()
-    movies, truths, preds, recs = [], [], [], []
+    movies, truths, preds, recs, counts = [], [], [], [], []
     try:
         for k, trial in enumerate(session.trials):
             part = session.select_trials([trial.index]) if len(session.trials) > 1 else session
             responses, behaviour = session_arrays(part, models.columns)
             if args.mode == "offline":
+                init = inverse.movie(responses, behaviour) if inverse is not None and args.init == "inverse" else None
                 rec = reconstruct_offline(
                     models.ensemble,
                     responses,
                     behaviour,
                     opt_mask,
-                    config=OfflineConfig(iterations=args.iterations, grad_blur=args.grad_blur),
+                    config=OfflineConfig(iterations=0 if auto else args.iterations, grad_blur=args.grad_blur,
+                                         ensemble=args.ensemble or "videos"),
                     progress=_progress(f"trial {trial.index} ({k + 1}/{len(session.trials)})"),
+                    init_video=init,
+                    auto_stop=auto,
                 )
                 movie = rec.video
+                counts.append(rec.stopped_at or rec.iterations)
+                if auto:
+                    print(f"reconstruct: trial {trial.index}: stopped at {rec.stopped_at} iterations (held-out "
+                          "neurons' best)", file=sys.stderr)
             else:
-                cfg = StreamingConfig(
-                    grad_blur=args.grad_blur,
-                    **{k2: v for k2, v in (("lag", args.lag), ("steps", args.steps)) if v is not None},
-                )
-                movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask)
+                cfg = streaming_config_from(args)
+                movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask,
+                                                 inverse=inverse)
             movies.append(movie)
             recs.append(responses)
             if part.stimulus is not None:
@@ -210,6 +233,10 @@ def run(args: argparse.Namespace) -> int:
             "per_trial_pixel_correlation": [p["pixel_correlation"] for p in per],
         }
         if args.mode == "offline":
-            result["iterations"] = args.iterations
+            result["iterations"] = counts if auto else args.iterations
+            result["init"] = "inverse" if inverse is not None and args.init == "inverse" else "grey"
+        else:
+            result["warm_start"] = args.warm_start if inverse is not None or args.warm_start != "inverse" \
+                else "previous"
         print(json.dumps(result))
     return 0

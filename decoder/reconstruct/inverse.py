@@ -38,7 +38,7 @@ OFFSETS_CAUSAL = (-10, -8, -6, -4, -2, 0)
 SPAN = tuple(range(min(OFFSETS_CAUSAL), max(OFFSETS_FULL) + 1, 2))  # (-10, -8, ..., 10): 11 input frames
 #: Complete evidence for the full head: a frame this many frames old has all its offsets.
 FULL_AGE = max(OFFSETS_FULL)
-LAMBDAS = (1e2, 1e3, 3e3, 1e4, 3e4, 1e5)  # ridge penalties tried (features are standardised, ~T per diagonal)
+LAMBDAS = (1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)  # ridge penalties tried (features standardised: ~T per diagonal)
 RANKS = (8, 16, 32, 48, 64, 96, 128)
 HOLDOUT = 0.1
 FRAME_SHAPE = (36, 64)

@@ -10,7 +10,8 @@ Accepted today:
 - an exported gradient graph: gradient.onnx, or the folder holding it (from decoder/encoder/export.py):
   ONNX Runtime backend (`--backend onnx`); neuron ids from graph.json.
 The built-in model folder (decoder/models/default) holds both, so it runs on either backend.
-The alpha mask is looked up beside the (first) model: alpha_mask.npy.
+The alpha mask is looked up beside the (first) model: alpha_mask.npy; the inverse decoder (the optimiser's
+first guess, decoder/reconstruct/inverse.py) likewise: inverse.onnx.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from decoder.reconstruct.backends import BackendError, Ensemble
+from decoder.reconstruct.inverse import InverseDecoder, InverseError, find_inverse
 from decoder.reconstruct.offline import load_alpha_mask, masks_from_alpha
 from streams.session import Session
 
@@ -35,6 +37,8 @@ class LoadedModels:
     opt_mask: np.ndarray | None
     eval_mask: np.ndarray | None
     description: list[str]
+    #: the first guess beside the (first) model folder that has one, reading the encoders' neurons in their order
+    inverse: InverseDecoder | None = None
 
 
 def _oracle_for_session(session: Session, session_path: str | Path | None):  # -> OracleEncoder
@@ -168,19 +172,36 @@ def load_models(
     """Backends for `models` (default: the oracle), neurons matched to the session's by id."""
     if backend not in ("torch", "onnx"):
         raise BackendError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-    members, columns, notes = [], [], []
+    members, columns, notes, model_ids = [], [], [], []
     mask_from: Path | None = None
+    folders: list[Path] = []
     for spec in models or ["oracle"]:
         member, ids, note, mask_dir = _load_one(spec, session, session_path, backend, providers, threads)
         columns.append(match_columns(session.neuron_ids, ids, member.n_neurons, spec))
         members.append(member)
         notes.append(note)
+        model_ids.append(ids)
         mask_from = mask_from or mask_dir
+        if mask_dir is not None:
+            folders.append(mask_dir)
     if any(not np.array_equal(columns[0], c) for c in columns[1:]):
         raise BackendError("ensemble members map the session's neurons differently; use models of one mouse")
     alpha = load_alpha_mask(mask_from) if mask_from is not None else None
     opt, ev = masks_from_alpha(alpha) if alpha is not None else (None, None)
-    return LoadedModels(Ensemble(members), columns[0], opt, ev, notes)
+    return LoadedModels(Ensemble(members), columns[0], opt, ev, notes, load_inverse(folders, model_ids[0], threads))
+
+
+def load_inverse(folders: Sequence[Path], model_ids: np.ndarray | None, threads: int | None) -> InverseDecoder | None:
+    """The inverse decoder beside the models (None when there is none); a damaged one is an error naming it."""
+    path = find_inverse(folders)
+    if path is None:
+        return None
+    try:
+        inverse = InverseDecoder(path, threads=1 if threads is None else max(1, threads))
+        inverse.check_neurons(model_ids, "the encoder")
+    except InverseError as err:
+        raise BackendError(str(err)) from err
+    return inverse
 
 
 def _oracle_ids(oracle: object) -> np.ndarray | None:
