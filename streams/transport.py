@@ -19,6 +19,8 @@ import numpy as np
 import zmq
 
 from streams.protocol import (
+    MAX_NEURONS,
+    MAX_STIMULUS_SIDE,
     TOPICS,
     End,
     Heartbeat,
@@ -40,6 +42,9 @@ DEFAULT_LINGER_MS = 1000
 HEADER_INTERVAL_S = 0.5
 HEARTBEAT_INTERVAL_S = 0.5
 HELLO_PREFIX = b"\x00hello:"
+#: Largest message part a socket accepts (ZMQ_MAXMSGSIZE): the largest valid part is a stimulus frame of
+#: MAX_STIMULUS_SIDE^2 bytes (16 MiB); a 8,000-neuron frame is 32 KB. Lower it with --max-message-mb.
+MAX_MESSAGE_BYTES = max(MAX_STIMULUS_SIDE**2, 8 * MAX_NEURONS) + (1 << 20)
 
 
 class TransportError(RuntimeError):
@@ -70,6 +75,7 @@ class Publisher:
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.XPUB_NODROP, int(nodrop))
         self._sock.setsockopt(zmq.SNDTIMEO, 100)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, 1 << 16)  # it only receives (tiny) subscriptions
         try:
             self._sock.bind(bind)
         except zmq.ZMQError as e:
@@ -225,11 +231,15 @@ class Subscriber:
         late_after_s: float = 0.1,
         strict: bool = False,
         on_error: Any = None,
+        in_order: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         context: zmq.Context | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        # A peer sending a larger message part is disconnected by ZeroMQ before it is buffered.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -245,7 +255,7 @@ class Subscriber:
                 self._sock.close(0)
                 raise TransportError(f"cannot connect subscriber to {ep}: {e}") from e
         self.endpoints = endpoints
-        self.tracker = StreamTracker(late_after_s=late_after_s)
+        self.tracker = StreamTracker(late_after_s=late_after_s, in_order=in_order)
         self.strict = strict
         self.on_error = on_error
         self.last_parts: list[Any] = []

@@ -19,6 +19,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -164,14 +165,24 @@ def load_models(
     backend: str = "torch",
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> LoadedModels:
-    """Backends for `models` (default: the oracle), neurons matched to the session's by id."""
+    """Backends for `models` (default: the oracle), neurons matched to the session's by id.
+
+    `cache` (a dict the caller keeps) holds the session-independent members (ONNX graphs): a new session
+    then costs only the id matching, never a reload (see preload_models).
+    """
     if backend not in ("torch", "onnx"):
         raise BackendError(f"backend must be 'torch' or 'onnx', got {backend!r}")
     members, columns, notes = [], [], []
     mask_from: Path | None = None
     for spec in models or ["oracle"]:
-        member, ids, note, mask_dir = _load_one(spec, session, session_path, backend, providers, threads)
+        if cache is not None and backend == "onnx" and spec in cache:
+            member, ids, note, mask_dir = cache[spec]
+        else:
+            member, ids, note, mask_dir = _load_one(spec, session, session_path, backend, providers, threads)
+            if cache is not None and backend == "onnx":
+                cache[spec] = (member, ids, note, mask_dir)
         columns.append(match_columns(session.neuron_ids, ids, member.n_neurons, spec))
         members.append(member)
         notes.append(note)
@@ -181,6 +192,26 @@ def load_models(
     alpha = load_alpha_mask(mask_from) if mask_from is not None else None
     opt, ev = masks_from_alpha(alpha) if alpha is not None else (None, None)
     return LoadedModels(Ensemble(members), columns[0], opt, ev, notes)
+
+
+def preload_models(models: Sequence[str], backend: str, providers: Sequence[str] | None = None,
+                   threads: int | None = None, cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load and check the session-independent models now (a service's start-up), so a damaged
+    gradient.onnx, graph.json or alpha_mask.npy is an error naming the file before any session arrives."""
+    cache = {} if cache is None else cache
+    if backend != "onnx":
+        for spec in models:
+            if spec != "oracle" and not Path(spec).exists():
+                raise BackendError(f"--model {spec}: no such file or folder")
+        return cache
+    empty = Session(np.zeros((0, 0), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64), 30.0, "none")
+    for spec in models:
+        cache[spec] = _load_one(spec, empty, None, backend, providers, threads)
+        mask_dir = cache[spec][3]
+        if mask_dir is not None:
+            load_alpha_mask(mask_dir)
+    return cache
 
 
 def _oracle_ids(oracle: object) -> np.ndarray | None:
