@@ -156,13 +156,20 @@ def _register_record(sub: Any) -> None:
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--seconds", type=float, help="stop after this many seconds")
     p.add_argument("--until-end", action="store_true", help="stop when the first session ends")
+    p.add_argument("--decoded", action="store_true",
+                   help="record a decoder's output (`decoded` messages); by default only the rig's raw topics "
+                   "(session, frame, end) are kept, so nothing injected as `decoded` lands in a raw recording")
+    p.add_argument("--rcvhwm", type=int, default=None,
+                   help="receive queue (messages): what a `kill -9` can lose besides the publisher's queue "
+                   "(default 3000)")
     p.add_argument("--json", help="also write the summary here")
     p.set_defaults(func=_run_record)
 
 
 def _run_record(args: argparse.Namespace) -> int:
+    from streams.protocol import RAW_TOPICS, TOPICS
     from streams.record import record
-    from streams.transport import Subscriber
+    from streams.transport import DEFAULT_RCVHWM, Subscriber
 
     if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
         print(f"record: --out {args.out}: use a .ncr or .nwb file name", file=sys.stderr)
@@ -170,7 +177,8 @@ def _run_record(args: argparse.Namespace) -> int:
     stop_on_sigterm()
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
     print(f"record: {endpoints} -> {args.out} (Ctrl-C stops)", file=sys.stderr)
-    with Subscriber(endpoints) as sub:
+    topics = TOPICS if args.decoded else RAW_TOPICS
+    with Subscriber(endpoints, topics=topics, rcvhwm=args.rcvhwm or DEFAULT_RCVHWM) as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
                          until_end=args.until_end)
     emit_json({"record": summary.as_dict()}, args.json)
@@ -179,7 +187,8 @@ def _run_record(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- inspect
 def _register_inspect(sub: Any) -> None:
-    p = add_verb(sub, "inspect", "summarise a session file or folder (frames, neurons, trials, damage)",
+    p = add_verb(sub, "inspect", "summarise a session file or folder (frames, neurons, trials, damage, holes); "
+                 "exits 1 when a recording is damaged",
                  "neurocine inspect session.ncr")
     p.add_argument("path")
     p.set_defaults(func=_run_inspect)
@@ -197,8 +206,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
         rec = read_recording(args.path)
         info["sessions"] = {sid: len(rec.frames[sid]) for sid in rec.session_ids}
         info["decoded_messages"] = {sid: len(v) for sid, v in rec.decoded.items()}
-        info["damage"] = dict(damaged_at=rec.report.damaged_at, skipped_bytes=rec.report.skipped_bytes,
-                              torn_tail_bytes=rec.report.torn_tail_bytes, undecodable=rec.report.undecodable[:10])
+        info["damage"] = rec.report.as_dict()
+        info["holes"] = {sid: {"missing": rec.report.missing[sid], "ranges": r} for sid, r in rec.report.holes.items()}
     s = load_session(args.path) if info.get("sessions", True) else None
     if s is not None:
         info.update(session_id=s.session_id, mouse_id=s.mouse_id, source=s.source, frames=s.n_frames,
@@ -206,6 +215,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
                     trials=len(s.trials), tiers=sorted({t.tier for t in s.trials}),
                     nan_traces=int(np.isnan(s.traces).sum()))
     emit_json(info)
+    if info.get("damage", {}).get("damaged"):
+        print(f"inspect: {args.path} is damaged (see 'damage'); intact records were salvaged", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -74,3 +74,27 @@ def test_poisons_are_survived_and_nothing_is_published_for_frames_never_received
     assert stats["wire"]["dropped_late"] == 1 and stats["wire"]["rejected"] >= 3
     assert stats["not_published"] >= 1 and stats["sessions"] == 2
     assert np.isfinite([f.t_done_ns for f in frames]).all()
+
+
+@pytest.mark.parametrize("damaged", ["gradient.onnx", "graph.json", "alpha_mask.npy"])
+def test_a_damaged_model_file_is_named_at_start_up(tmp_path: Path, damaged: str) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from tests.conftest import REPO
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("gradient.onnx", "graph.json", "alpha_mask.npy"):
+        shutil.copy(DEFAULT_MODEL_DIR / name, model / name)
+    raw = bytearray((model / damaged).read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64  # a damaged block in the middle
+    (model / damaged).write_bytes(bytes(raw[: max(16, len(raw) - 100)]))
+    # no rig at all: the error must come before any session arrives
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "decode", "--model", str(model), "--provider", "cpu",
+                        "--connect", f"tcp://127.0.0.1:{free_port()}", "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert damaged in r.stderr and "Traceback" not in r.stderr
