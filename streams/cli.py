@@ -159,9 +159,6 @@ def _register_record(sub: Any) -> None:
     p.add_argument("--decoded", action="store_true",
                    help="record a decoder's output (`decoded` messages); by default only the rig's raw topics "
                    "(session, frame, end) are kept, so nothing injected as `decoded` lands in a raw recording")
-    p.add_argument("--rcvhwm", type=int, default=None,
-                   help="receive queue (messages): what a `kill -9` can lose besides the publisher's queue "
-                   "(default 3000)")
     p.add_argument("--json", help="also write the summary here")
     p.set_defaults(func=_run_record)
 
@@ -169,7 +166,7 @@ def _register_record(sub: Any) -> None:
 def _run_record(args: argparse.Namespace) -> int:
     from streams.protocol import RAW_TOPICS, TOPICS
     from streams.record import record
-    from streams.transport import DEFAULT_RCVHWM, Subscriber
+    from streams.transport import Subscriber
 
     if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
         print(f"record: --out {args.out}: use a .ncr or .nwb file name", file=sys.stderr)
@@ -178,7 +175,7 @@ def _run_record(args: argparse.Namespace) -> int:
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
     print(f"record: {endpoints} -> {args.out} (Ctrl-C stops)", file=sys.stderr)
     topics = TOPICS if args.decoded else RAW_TOPICS
-    with Subscriber(endpoints, topics=topics, rcvhwm=args.rcvhwm or DEFAULT_RCVHWM) as sub:
+    with Subscriber(endpoints, topics=topics) as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
                          until_end=args.until_end)
     emit_json({"record": summary.as_dict()}, args.json)
