@@ -98,3 +98,49 @@ def test_a_damaged_model_file_is_named_at_start_up(tmp_path: Path, damaged: str)
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr[-2000:]
     assert damaged in r.stderr and "Traceback" not in r.stderr
+
+
+class _Capture:
+    """A publisher stand-in that keeps what the service publishes."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send_raw(self, parts) -> bool:
+        from streams.protocol import decode
+
+        self.sent.append(decode([bytes(p) for p in parts]))
+        return True
+
+    def tick(self) -> None:
+        pass
+
+
+def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(small_mouse: Path, monkeypatch) -> None:
+    from decoder.reconstruct import models as model_module
+    from decoder.service import DecodeService
+
+    loads = []
+    real = model_module.load_models
+    monkeypatch.setattr(model_module, "load_models", lambda *a, **k: loads.append(1) or real(*a, **k))
+    s = example_slice(20)
+    a = header_of(s)
+    b = dataclasses.replace(a, session_id="b")
+    pub = _Capture()
+    with Subscriber(f"tcp://127.0.0.1:{free_port()}") as sub:
+        svc = DecodeService([str(small_mouse)], sub, pub, lag=4, steps=0, backend="torch")
+        svc.start_session(a)
+        for seq in range(10):
+            svc.on_frame(_frame(s, a.session_id, seq), 0, 1)
+        svc.start_session(b)  # no `end` for a: its last `lag` frames must still come out
+        seqs_a = [m.fields["seq"] for m in pub.sent if m.session_id == a.session_id]
+        assert seqs_a == list(range(10))
+        for h in (a, b, a, b):  # a stranger's header flapping with the rig's: models come from the cache
+            svc.start_session(h)
+        assert len(loads) == 1 and svc.stats.deferred_loads == 0
+
+
+def _frame(s, sid: str, seq: int):
+    from streams.protocol import Frame
+
+    return Frame(sid, seq, seq, seq, s.traces[seq], s.behaviour[seq])
