@@ -232,9 +232,50 @@ def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> Non
         register(bench_sub)
 
 
+# ---------------------------------------------------------------------------------------------- keys
+def _register_keys(sub: Any) -> None:
+    p = add_verb(sub, "keys", "make ZeroMQ CURVE certificates: server, client and the allow-list (see --keys)",
+                 "neurocine keys --out /etc/neurocine/keys\n"
+                 "neurocine decode --keys /etc/neurocine/keys --connect tcp://rig:5555 --bind tcp://0.0.0.0:5556")
+    p.add_argument("--out", required=True, help="folder to create the keys in (refuses to overwrite keys)")
+    p.set_defaults(func=_run_keys)
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    from streams.security import AUTHORIZED, make_keys
+
+    made = make_keys(args.out)
+    emit_json({"keys": {"folder": str(Path(args.out).resolve()), **made,
+                        "authorized": str(Path(args.out, AUTHORIZED).resolve())}})
+    return 0
+
+
+#: Verbs (and benches) that bind or connect ZeroMQ sockets: they take --keys and --insecure.
+NETWORK_VERBS = ("replay", "record", "rig", "decode", "demo", "view")
+NETWORK_BENCHES = ("transport", "latency", "fuzz", "soak")
+
+
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", metavar="DIR", default=None,
+                        help="CURVE key folder (`neurocine keys`): encrypt every stream and accept only "
+                        "allow-listed clients (default: $NEUROCINE_KEYS; none = plaintext)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow binding a non-loopback address without keys (plaintext on the network)")
+
+
+def _security_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    found = [sub.choices[v] for v in NETWORK_VERBS if v in sub.choices]
+    bench = sub.choices.get("bench")
+    if bench is not None:
+        for action in bench._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += [action.choices[b] for b in NETWORK_BENCHES if b in action.choices]
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- main
 def _builtin_registrations() -> list[Callable[[Any], None]]:
-    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect]
+    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect, _register_keys]
     try:
         from streams.synthetic import cli as synthetic_cli
     except ImportError:  # pragma: no cover - the package always ships it
@@ -282,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _builtin_registrations() + _plugins("neurocine.verbs"):
         register(sub)
     _register_bench(sub, _plugins("neurocine.benches"))
+    for p in _security_parsers(sub):
+        _add_security_options(p)
     return parser
 
 
@@ -293,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streams.transport import TransportError
 
     try:
+        if hasattr(args, "keys"):
+            from streams.security import configure
+
+            configure(args.keys, args.insecure)
         return int(args.func(args) or 0)
     except (FormatError, SessionError, TransportError, ValueError) as e:
         print(f"neurocine {args.verb}: error: {e}", file=sys.stderr)

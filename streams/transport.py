@@ -33,6 +33,7 @@ from streams.protocol import (
     encode_heartbeat,
     encode_session,
 )
+from streams.security import Keys, default_keys, insecure_allowed, is_loopback, secure_client, secure_server
 from streams.tracker import StreamStats, StreamTracker
 
 #: ~100 s of 30 Hz frames per subscriber (about 100 MB at 8,000 neurons).
@@ -67,10 +68,20 @@ class Publisher:
         linger_ms: int = DEFAULT_LINGER_MS,
         header_interval_s: float = HEADER_INTERVAL_S,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        keys: Keys | None = None,
+        insecure: bool | None = None,
         context: zmq.Context | None = None,
     ) -> None:
+        keys = keys or default_keys()
+        if keys is None and not is_loopback(bind) and not (insecure_allowed() if insecure is None else insecure):
+            raise TransportError(
+                f"refusing to bind {bind} in plaintext: anyone who can reach it could read the stream and take "
+                "over its subscribers; pass --keys DIR (make one with `neurocine keys --out DIR`) or --insecure")
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB)
+        if keys is not None:
+            secure_server(self._sock, keys)
+        self.secure = keys is not None
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.XPUB_NODROP, int(nodrop))
@@ -228,6 +239,7 @@ class Subscriber:
         topics: Iterable[bytes] = TOPICS,
         rcvhwm: int = DEFAULT_RCVHWM,
         linger_ms: int = 0,
+        keys: Keys | None = None,
         late_after_s: float = 0.1,
         strict: bool = False,
         on_error: Any = None,
@@ -237,6 +249,10 @@ class Subscriber:
     ) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
+        keys = keys or default_keys()
+        if keys is not None:
+            secure_client(self._sock, keys)
+        self.secure = keys is not None
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         # A peer sending a larger message part is disconnected by ZeroMQ before it is buffered.
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
