@@ -119,7 +119,7 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     from streams.example import example_session_path
     from streams.formats import load_session
     from streams.formats.native import header_of, read_recording
-    from streams.protocol import Decoded
+    from streams.protocol import Decoded, Heartbeat
     from streams.transport import Publisher, Subscriber
 
     session = load_session(example_session_path())
@@ -137,16 +137,17 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
         rec = _start("record", "--connect", pub.endpoint, "--out", str(ncr), "--until-end")
         with Subscriber(out_ep) as sub:
 
-            def drain() -> None:
-                m = sub.recv(timeout_s=0)
+            def drain(wait_s: float = 0.0) -> None:
+                m = sub.recv(timeout_s=wait_s)
                 while m is not None:
                     if isinstance(m, Decoded) and m.session_id == h.session_id:
                         decoded.add(int(m.fields["seq"]))
                     m = sub.recv(timeout_s=0)
 
             deadline = time.monotonic() + 120
-            while pub.n_subscribers < 2 and time.monotonic() < deadline:
-                sub.recv(timeout_s=0.05)
+            listening = False  # the decoder's idle heartbeat tells that our output subscriber is connected
+            while not (listening and pub.n_subscribers >= 2) and time.monotonic() < deadline:
+                listening |= isinstance(sub.recv(timeout_s=0.05), Heartbeat)
             pub.begin(h)
             rss_before: dict[str, float | None] = {}
             t0, k = time.monotonic(), 0
@@ -167,8 +168,7 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
             pub.end()
             end = time.monotonic() + 30
             while len(decoded & set(range(n_frames))) < n_frames and time.monotonic() < end:
-                sub.recv(timeout_s=0.1)
-                drain()
+                drain(0.1)
             rss_after["decode"] = _rss_mb(dec.pid)
             crashed = {"decode": dec.poll() is not None, "record": rec.poll() is not None and rec.returncode != 0}
         try:
@@ -190,6 +190,8 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
                    "valid_frames_lost": n_frames - len(decoded & set(range(n_frames))),
                    "lost_seqs": sorted(set(range(n_frames)) - decoded)[:20],
                    "rss_mb_before": rss_before.get("decode"), "rss_mb_after": rss_after["decode"],
+                   "service": {k: dec_stats.get(k) for k in ("frames_in", "decoded_out", "dropped_stale",
+                                                              "not_published", "sessions")},
                    "wire": {k: dec_stats.get("wire", {}).get(k) for k in ("malformed", "rejected", "duplicates",
                                                                            "held_sessions", "errors_by_kind")},
                    "stderr_tail": dec_err[-500:] if crashed["decode"] else ""},
