@@ -25,11 +25,14 @@ import numpy as np
 
 from decoder.messages import DecodedFrame, encode_decoded_frame
 from decoder.reconstruct.streaming import StreamingConfig
-from streams.protocol import End, Frame, ProtocolError, SessionHeader
+from streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
 from streams.session import Session
 from streams.transport import Publisher, Subscriber
 
 MAX_DRAIN = 1000  # messages read from the socket per loop turn (the socket's HWM bounds the rest)
+MAX_DRAIN_BYTES = 256 << 20  # ... and at most this many bytes (a few huge messages cannot pile up)
+RELOAD_MIN_S = 2.0  # a session needing models not loaded yet waits this long after the previous load
+MODEL_CACHE = 4  # loaded model sets kept (a flapping or restarted rig reuses them)
 
 
 class NeuronMismatch(ValueError):
@@ -48,6 +51,9 @@ class ServiceStats:
     backlog_max: int = 0
     compute_ms_last: float = 0.0
     neurons_matched: int = 0
+    dropped_stale: int = 0  # frames not after the last decoded one (late or replayed): dropped, counted
+    not_published: int = 0  # gap frames the optimiser filled in: never published (never received)
+    deferred_loads: int = 0  # sessions whose model load waited for the rate limit
     wire: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -118,8 +124,17 @@ class DecodeService:
         self._credit_s = 0.0
         self._last_recv_ns = 0
         self._step_cost_s: float | None = None  # running average of one optimiser step's time
-        self._loaded: dict[str, Any] = {}
+        self._loaded: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self._members: dict[str, Any] = {}  # session-independent models (ONNX), loaded once
+        self._last_load = -1e9
+        self._deferred: SessionHeader | None = None
         sub.on_error = self._on_wire_error
+
+    def preload(self) -> None:
+        """Load and check the models before any session arrives (errors name the damaged file)."""
+        from decoder.reconstruct.models import preload_models
+
+        preload_models(self.models, self.backend, self.providers, self.threads, cache=self._members)
 
     def _on_wire_error(self, e: ProtocolError) -> None:
         self.log(e.kind, f"rejected message: {e}")
@@ -129,18 +144,32 @@ class DecodeService:
         """Models with the stream's neurons matched by id (cached: a restarted rig reuses them)."""
         from decoder.reconstruct.models import load_models
 
-        key = (h.mouse_id, h.n_neurons, hash(h.neuron_ids.tobytes()))
+        key = self._key(h)
         if key not in self._loaded:
-            self._loaded.clear()  # one stream at a time: keep only the current models
+            self._last_load = time.monotonic()
             self._loaded[key] = load_models(self.models or None, header_session(h), None, backend=self.backend,
-                                            providers=self.providers, threads=self.threads)
+                                            providers=self.providers, threads=self.threads, cache=self._members)
+            while len(self._loaded) > MODEL_CACHE:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(key)
         return self._loaded[key]
+
+    @staticmethod
+    def _key(h: SessionHeader) -> tuple[str, int, int]:
+        return (h.mouse_id, h.n_neurons, hash(h.neuron_ids.tobytes()))
 
     def start_session(self, h: SessionHeader) -> None:
         """Check the stream's neurons against the model and reset the optimiser, or refuse."""
         from decoder.reconstruct.backends import BackendError
         from decoder.reconstruct.streaming import make_streaming
 
+        if self.recon is not None and self.session_id != h.session_id:
+            self._flush()  # the previous session's last `lag` frames are final now
+        self._deferred = None
+        if self._key(h) not in self._loaded and time.monotonic() - self._last_load < RELOAD_MIN_S:
+            self.session_id, self.recon, self._deferred = h.session_id, None, h  # retried by run()
+            self.stats.deferred_loads += 1
+            return
         self.session_id = h.session_id
         self.recon = None
         self._timing.clear()
@@ -182,6 +211,9 @@ class DecodeService:
         """Decode one frame (shedding steps when `backlog` frames wait) and publish what it finalises."""
         if self.recon is None or f.session_id != self.session_id:
             return
+        if f.seq <= getattr(self.recon, "last_seq", -1):
+            self.stats.dropped_stale += 1  # the optimiser only moves forward; a late frame cannot crash it
+            return
         self.stats.frames_in += 1
         self._timing[f.seq] = (f.t_acq_ns, f.t_pub_ns, recv_ns)
         since = (recv_ns - self._last_recv_ns) / 1e9 if self._last_recv_ns else self.period_s
@@ -221,15 +253,21 @@ class DecodeService:
         return int(min(self.steps, max(0.0, self._credit_s) // max(self._step_cost_s, 1e-9)))
 
     def end_session(self, e: End) -> None:
-        """The rig finished: the frames still inside the lag become final now."""
+        """The rig finished: the frames still inside the lag become final now. The optimiser stays: frames
+        after an `end` (a forged one, or a rig resuming) go on being decoded."""
         if self.recon is None or e.session_id != self.session_id:
             return
+        self._flush()
+
+    def _flush(self) -> None:
         for out in self.recon.flush():
             self._publish(out, None, 0, 0, 0)
-        self.recon = None
 
     def _publish(self, out: Any, trigger: Frame | None, queue_ns: int, compute_ns: int, steps: int) -> None:
-        t_acq, t_pub, t_recv = self._timing.pop(out.seq, (0, 0, 0))
+        if out.seq not in self._timing:
+            self.stats.not_published += 1  # a gap frame: nothing is published for a seq never received
+            return
+        t_acq, t_pub, t_recv = self._timing.pop(out.seq)
         while len(self._timing) > 4 * (self.lag + 64):
             self._timing.popitem(last=False)
         self.stats.decoded_out += 1
@@ -284,6 +322,12 @@ class DecodeService:
                         waiting -= 1
                     elif isinstance(m, End):
                         self.end_session(m)
+                d = self._deferred
+                if d is not None and time.monotonic() - self._last_load >= RELOAD_MIN_S:
+                    if self.sub.session is not None and self.sub.session.session_id == d.session_id:
+                        self.start_session(d)
+                    else:
+                        self._deferred = None
                 self.pub.tick()
                 if time.monotonic() - last_status >= status_every_s:
                     last_status = time.monotonic()
@@ -297,10 +341,12 @@ class DecodeService:
 
     def _drain(self) -> list[tuple[Any, int]]:
         out = []
+        size = 0
         msg = self.sub.recv(timeout_s=0.05)
         while msg is not None:
             out.append((msg, self.sub.last_recv_ns))
-            if len(out) >= MAX_DRAIN:
+            size += sum(len(p) for p in self.sub.last_parts)
+            if len(out) >= MAX_DRAIN or size >= MAX_DRAIN_BYTES:
                 break
             msg = self.sub.recv(timeout_s=0)
         return out
@@ -354,6 +400,8 @@ def backend_for(models: Sequence[str]) -> str:
 
 
 def run(args: Any) -> int:
+    from decoder.reconstruct.backends import BackendError
+    from decoder.reconstruct.offline import ReconstructionError
     from decoder.reconstruct.streaming import streaming_config_from
     from streams.cli import emit_json, stop_on_sigterm
 
@@ -361,10 +409,15 @@ def run(args: Any) -> int:
     providers = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"],
                  None: None}[args.provider]
     stop_on_sigterm()
-    with Subscriber(args.connect) as sub, Publisher(args.bind) as pub:
+    with Subscriber(args.connect, topics=RAW_TOPICS, in_order=True) as sub, Publisher(args.bind) as pub:
         service = DecodeService(models, sub, pub, config=streaming_config_from(args), provisional=args.provisional,
                                 backend=backend_for(models),
                                 providers=providers, threads=args.threads, min_fraction=args.min_fraction)
+        try:
+            service.preload()
+        except (BackendError, ReconstructionError) as e:
+            print(f"decode: cannot load the models: {e}", file=sys.stderr, flush=True)
+            return 2
         print(f"decode: {args.connect} -> {args.bind}, model {models}, waiting for a session (Ctrl-C stops)",
               file=sys.stderr, flush=True)
         stats = service.run(max_decoded=args.max_decoded)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -26,6 +28,9 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--flat-frames", type=int, default=18000, help="frames in the flat-out run (10 min at 30 Hz)")
     p.add_argument("--stimulus", action="store_true", help="attach a 36x64 stimulus frame to each message")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free one)")
+    p.add_argument("--curve", action="store_true",
+                   help="measure plaintext and CURVE (encrypted, authenticated) back to back and report the cost; "
+                   "uses --keys / $NEUROCINE_KEYS, or throwaway keys")
     p.add_argument("--json", help="also write the result here")
     p.set_defaults(func=run)
 
@@ -101,10 +106,56 @@ def measure(n_neurons: int, n_frames: int, rate: float, stimulus: bool = False, 
     }
 
 
+def _with_keys(folder: str | None, fn: Any) -> dict:
+    """Run `fn` with NEUROCINE_KEYS set to `folder` (None: plaintext) for this and the spawned process."""
+    from streams.security import ENV_KEYS
+
+    old = os.environ.pop(ENV_KEYS, None)
+    try:
+        if folder:
+            os.environ[ENV_KEYS] = folder
+        return fn()
+    finally:
+        os.environ.pop(ENV_KEYS, None)
+        if old is not None:
+            os.environ[ENV_KEYS] = old
+
+
+def _curve_cost(args: argparse.Namespace, n_live: int) -> dict:
+    from streams.security import ENV_KEYS, make_keys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.environ.get(ENV_KEYS)
+        if not folder:
+            make_keys(tmp)
+            folder = tmp
+        out: dict[str, Any] = {}
+        for name, keys in (("plaintext", None), ("curve", folder)):
+            out[name] = _with_keys(keys, lambda: {
+                "realtime": measure(args.neurons, n_live, args.rate, args.stimulus, args.port),
+                "flat_out": measure(args.neurons, args.flat_frames, 0.0, args.stimulus, args.port)})
+    p, c = out["plaintext"]["flat_out"], out["curve"]["flat_out"]
+    pr, cr = out["plaintext"]["realtime"], out["curve"]["realtime"]
+    out["curve_over_plaintext"] = {
+        "flat_out_messages_per_s": round(c["messages_per_s"] / p["messages_per_s"], 3)
+        if c["messages_per_s"] and p["messages_per_s"] else None,
+        "realtime_latency_p50": round(cr["latency_ms_p50"] / pr["latency_ms_p50"], 3)
+        if cr["latency_ms_p50"] and pr["latency_ms_p50"] else None,
+    }
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from streams.cli import emit_json
 
     n_live = max(1, int(args.seconds * args.rate))
+    if args.curve:
+        result = {"benchmark": "transport", "neurons": args.neurons,
+                  "payload_bytes_per_frame": args.neurons * 4 + 16 + (36 * 64 if args.stimulus else 0),
+                  "transport": "tcp loopback, XPUB(nodrop)->SUB, publisher in a separate process",
+                  **_curve_cost(args, n_live)}
+        emit_json(result, args.json)
+        return 0
     result = {
         "benchmark": "transport",
         "neurons": args.neurons,

@@ -156,11 +156,15 @@ def _register_record(sub: Any) -> None:
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--seconds", type=float, help="stop after this many seconds")
     p.add_argument("--until-end", action="store_true", help="stop when the first session ends")
+    p.add_argument("--decoded", action="store_true",
+                   help="record a decoder's output (`decoded` messages); by default only the rig's raw topics "
+                   "(session, frame, end) are kept, so nothing injected as `decoded` lands in a raw recording")
     p.add_argument("--json", help="also write the summary here")
     p.set_defaults(func=_run_record)
 
 
 def _run_record(args: argparse.Namespace) -> int:
+    from streams.protocol import RAW_TOPICS, TOPICS
     from streams.record import record
     from streams.transport import Subscriber
 
@@ -170,7 +174,8 @@ def _run_record(args: argparse.Namespace) -> int:
     stop_on_sigterm()
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
     print(f"record: {endpoints} -> {args.out} (Ctrl-C stops)", file=sys.stderr)
-    with Subscriber(endpoints) as sub:
+    topics = TOPICS if args.decoded else RAW_TOPICS
+    with Subscriber(endpoints, topics=topics) as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
                          until_end=args.until_end)
     emit_json({"record": summary.as_dict()}, args.json)
@@ -179,7 +184,8 @@ def _run_record(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- inspect
 def _register_inspect(sub: Any) -> None:
-    p = add_verb(sub, "inspect", "summarise a session file or folder (frames, neurons, trials, damage)",
+    p = add_verb(sub, "inspect", "summarise a session file or folder (frames, neurons, trials, damage, holes); "
+                 "exits 1 when a recording is damaged",
                  "neurocine inspect session.ncr")
     p.add_argument("path")
     p.set_defaults(func=_run_inspect)
@@ -197,8 +203,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
         rec = read_recording(args.path)
         info["sessions"] = {sid: len(rec.frames[sid]) for sid in rec.session_ids}
         info["decoded_messages"] = {sid: len(v) for sid, v in rec.decoded.items()}
-        info["damage"] = dict(damaged_at=rec.report.damaged_at, skipped_bytes=rec.report.skipped_bytes,
-                              torn_tail_bytes=rec.report.torn_tail_bytes, undecodable=rec.report.undecodable[:10])
+        info["damage"] = rec.report.as_dict()
+        info["holes"] = {sid: {"missing": rec.report.missing[sid], "ranges": r} for sid, r in rec.report.holes.items()}
     s = load_session(args.path) if info.get("sessions", True) else None
     if s is not None:
         info.update(session_id=s.session_id, mouse_id=s.mouse_id, source=s.source, frames=s.n_frames,
@@ -206,6 +212,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
                     trials=len(s.trials), tiers=sorted({t.tier for t in s.trials}),
                     nan_traces=int(np.isnan(s.traces).sum()))
     emit_json(info)
+    if info.get("damage", {}).get("damaged"):
+        print(f"inspect: {args.path} is damaged (see 'damage'); intact records were salvaged", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -214,18 +223,61 @@ def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> Non
     p = add_verb(sub, "bench", "benchmarks (JSON out): transport, rig, encoder, ...",
                  "neurocine bench transport --json out/transport.json")
     bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    from streams import bench_transport
+    from streams import bench_fuzz, bench_soak, bench_transport
     from streams.synthetic import bench as bench_rig
 
     bench_transport.register(bench_sub)
+    bench_fuzz.register(bench_sub)
+    bench_soak.register(bench_sub)
     bench_rig.register(bench_sub)
     for register in bench_plugins:
         register(bench_sub)
 
 
+# ---------------------------------------------------------------------------------------------- keys
+def _register_keys(sub: Any) -> None:
+    p = add_verb(sub, "keys", "make ZeroMQ CURVE certificates: server, client and the allow-list (see --keys)",
+                 "neurocine keys --out /etc/neurocine/keys\n"
+                 "neurocine decode --keys /etc/neurocine/keys --connect tcp://rig:5555 --bind tcp://0.0.0.0:5556")
+    p.add_argument("--out", required=True, help="folder to create the keys in (refuses to overwrite keys)")
+    p.set_defaults(func=_run_keys)
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    from streams.security import AUTHORIZED, make_keys
+
+    made = make_keys(args.out)
+    emit_json({"keys": {"folder": str(Path(args.out).resolve()), **made,
+                        "authorized": str(Path(args.out, AUTHORIZED).resolve())}})
+    return 0
+
+
+#: Verbs (and benches) that bind or connect ZeroMQ sockets: they take --keys and --insecure.
+NETWORK_VERBS = ("replay", "record", "rig", "decode", "demo", "view")
+NETWORK_BENCHES = ("transport", "latency", "fuzz", "soak")
+
+
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", metavar="DIR", default=None,
+                        help="CURVE key folder (`neurocine keys`): encrypt every stream and accept only "
+                        "allow-listed clients (default: $NEUROCINE_KEYS; none = plaintext)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow binding a non-loopback address without keys (plaintext on the network)")
+
+
+def _security_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    found = [sub.choices[v] for v in NETWORK_VERBS if v in sub.choices]
+    bench = sub.choices.get("bench")
+    if bench is not None:
+        for action in bench._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += [action.choices[b] for b in NETWORK_BENCHES if b in action.choices]
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- main
 def _builtin_registrations() -> list[Callable[[Any], None]]:
-    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect]
+    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect, _register_keys]
     try:
         from streams.synthetic import cli as synthetic_cli
     except ImportError:  # pragma: no cover - the package always ships it
@@ -273,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _builtin_registrations() + _plugins("neurocine.verbs"):
         register(sub)
     _register_bench(sub, _plugins("neurocine.benches"))
+    for p in _security_parsers(sub):
+        _add_security_options(p)
     return parser
 
 
@@ -284,6 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streams.transport import TransportError
 
     try:
+        if hasattr(args, "keys"):
+            from streams.security import configure
+
+            configure(args.keys, args.insecure)
         return int(args.func(args) or 0)
     except (FormatError, SessionError, TransportError, ValueError) as e:
         print(f"neurocine {args.verb}: error: {e}", file=sys.stderr)

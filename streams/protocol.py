@@ -27,6 +27,8 @@ TOPIC_END = b"end"
 TOPIC_HEARTBEAT = b"heartbeat"
 TOPIC_DECODED = b"decoded"  # reserved for the decoder's output; schema defined by the decoder
 TOPICS: tuple[bytes, ...] = (TOPIC_SESSION, TOPIC_FRAME, TOPIC_END, TOPIC_HEARTBEAT, TOPIC_DECODED)
+#: What a rig publishes (a decoder and a raw recording subscribe to these only).
+RAW_TOPICS: tuple[bytes, ...] = (TOPIC_SESSION, TOPIC_FRAME, TOPIC_END, TOPIC_HEARTBEAT)
 
 #: dtypes allowed on the wire, as numpy dtype strings (always explicit little-endian or byte-sized).
 WIRE_DTYPES: frozenset[str] = frozenset({"<f4", "<f8", "<i8", "<i4", "|u1", "<u2"})

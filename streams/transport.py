@@ -19,6 +19,8 @@ import numpy as np
 import zmq
 
 from streams.protocol import (
+    MAX_NEURONS,
+    MAX_STIMULUS_SIDE,
     TOPICS,
     End,
     Heartbeat,
@@ -31,6 +33,7 @@ from streams.protocol import (
     encode_heartbeat,
     encode_session,
 )
+from streams.security import Keys, default_keys, insecure_allowed, is_loopback, secure_client, secure_server
 from streams.tracker import StreamStats, StreamTracker
 
 #: ~100 s of 30 Hz frames per subscriber (about 100 MB at 8,000 neurons).
@@ -40,6 +43,9 @@ DEFAULT_LINGER_MS = 1000
 HEADER_INTERVAL_S = 0.5
 HEARTBEAT_INTERVAL_S = 0.5
 HELLO_PREFIX = b"\x00hello:"
+#: Largest message part a socket accepts (ZMQ_MAXMSGSIZE): the largest valid part is a stimulus frame of
+#: MAX_STIMULUS_SIDE^2 bytes (16 MiB); a 8,000-neuron frame is 32 KB. Lower it with --max-message-mb.
+MAX_MESSAGE_BYTES = max(MAX_STIMULUS_SIDE**2, 8 * MAX_NEURONS) + (1 << 20)
 
 
 class TransportError(RuntimeError):
@@ -62,14 +68,25 @@ class Publisher:
         linger_ms: int = DEFAULT_LINGER_MS,
         header_interval_s: float = HEADER_INTERVAL_S,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        keys: Keys | None = None,
+        insecure: bool | None = None,
         context: zmq.Context | None = None,
     ) -> None:
+        keys = keys or default_keys()
+        if keys is None and not is_loopback(bind) and not (insecure_allowed() if insecure is None else insecure):
+            raise TransportError(
+                f"refusing to bind {bind} in plaintext: anyone who can reach it could read the stream and take "
+                "over its subscribers; pass --keys DIR (make one with `neurocine keys --out DIR`) or --insecure")
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB)
+        if keys is not None:
+            secure_server(self._sock, keys)
+        self.secure = keys is not None
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.XPUB_NODROP, int(nodrop))
         self._sock.setsockopt(zmq.SNDTIMEO, 100)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, 1 << 16)  # it only receives (tiny) subscriptions
         try:
             self._sock.bind(bind)
         except zmq.ZMQError as e:
@@ -222,14 +239,23 @@ class Subscriber:
         topics: Iterable[bytes] = TOPICS,
         rcvhwm: int = DEFAULT_RCVHWM,
         linger_ms: int = 0,
+        keys: Keys | None = None,
         late_after_s: float = 0.1,
         strict: bool = False,
         on_error: Any = None,
+        in_order: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         context: zmq.Context | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
+        keys = keys or default_keys()
+        if keys is not None:
+            secure_client(self._sock, keys)
+        self.secure = keys is not None
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        # A peer sending a larger message part is disconnected by ZeroMQ before it is buffered.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -245,7 +271,7 @@ class Subscriber:
                 self._sock.close(0)
                 raise TransportError(f"cannot connect subscriber to {ep}: {e}") from e
         self.endpoints = endpoints
-        self.tracker = StreamTracker(late_after_s=late_after_s)
+        self.tracker = StreamTracker(late_after_s=late_after_s, in_order=in_order)
         self.strict = strict
         self.on_error = on_error
         self.last_parts: list[Any] = []

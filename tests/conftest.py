@@ -103,8 +103,11 @@ def assert_sessions_equal(a: Session, b: Session, *, timestamps: bool = True) ->
         assert np.array_equal(a.timestamps_ns, b.timestamps_ns)
 
 
-# Fuzz tests must give the same verdict on every run: derive examples from the test, not a clock.
+# Fuzz tests explore new examples on every run (CI included): a fixed seed would re-test the same inputs
+# forever. A failure prints its reproduction blob (@reproduce_failure). HYPOTHESIS_PROFILE=fixed derandomizes
+# (the same examples each run) for local bisecting.
 from hypothesis import settings as _hyp_settings  # noqa: E402
 
-_hyp_settings.register_profile("neurocine", derandomize=True, print_blob=True)
-_hyp_settings.load_profile("neurocine")
+_hyp_settings.register_profile("random", derandomize=False, print_blob=True)
+_hyp_settings.register_profile("fixed", derandomize=True, print_blob=True)
+_hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "random"))

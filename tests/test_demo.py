@@ -26,5 +26,12 @@ def test_headless_demo_writes_a_side_by_side_video_and_a_summary(tmp_path: Path)
         frames = [f.to_ndarray(format="gray") for f in c.decode(video=0)]
     assert len(frames) > 60
     w = frames[0].shape[1]
-    truth_half, decoded_half = frames[-1][:, : w // 2 - 8], frames[-1][:, w // 2 + 8 :]
-    assert truth_half.std() > 5 and np.isfinite(decoded_half).all()
+    movie = np.stack(frames).astype(np.float64)
+    truth_half, decoded_half = movie[:, :, : w // 2 - 8], movie[:, :, w // 2 + 8 :]  # 8 px: the divider, scaled
+    assert truth_half.std() > 5
+    # the decoded half is not a flat grey and it follows the true movie (on a busy CPU the decoder sheds most
+    # steps and its picture stays faint, std ~0.5 grey levels, but still correlates: measured 0.17)
+    assert decoded_half[30:].std() > 0.1, decoded_half[30:].std()
+    assert summary["pixel_correlation_vs_truth"] > 0.05, summary
+    r = np.corrcoef(truth_half[30:].ravel(), decoded_half[30:].ravel())[0, 1]
+    assert r > 0.05, r

@@ -78,3 +78,16 @@ def test_cli_reports_bad_arguments(tmp_path, capsys) -> None:
     args = parser.parse_args(["bench", "encoder", "--presets", "huge"])
     assert args.func(args) == 2
     assert "unknown presets ['huge']" in capsys.readouterr().err
+
+
+def test_export_refuses_a_mouse_name_that_is_a_path(tmp_path, capsys) -> None:
+    torch.set_num_threads(1)
+    evil = str(tmp_path / "escaped")  # an absolute path as a mouse name: Path(out) / name would be it
+    assert "." not in evil  # (the encoder itself refuses dots in mouse names)
+    enc = build_encoder(get_preset("tiny"), {evil: 4}, seed=0)
+    save_checkpoint(tmp_path / "model", enc, {evil: np.arange(4)}, {"validation": None})
+    args = _parser().parse_args(["export", str(tmp_path / "model"), "--out", str(tmp_path / "a" / "b" / "onnx"),
+                                 "--graphs", "forward"])
+    assert args.func(args) == 2
+    assert "cannot be folder names" in capsys.readouterr().err
+    assert not (tmp_path / "escaped").exists()

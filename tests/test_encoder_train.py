@@ -111,6 +111,28 @@ def test_resume_continues_exactly_where_training_stopped(mice, tmp_path) -> None
     assert resumed["history"][-1]["losses"] == straight["history"][-1]["losses"]
 
 
+class _Payload:
+    def __reduce__(self):  # what a hostile state file does: run code when unpickled
+        import os
+
+        return (os.mkdir, (os.environ["NEUROCINE_PWNED_DIR"],))
+
+
+def test_resume_never_runs_code_from_the_state_file(mice, tmp_path, monkeypatch) -> None:
+    import pickle
+
+    from decoder.encoder.train import TRAIN_STATE_FILE
+
+    out = tmp_path / "hostile"
+    out.mkdir()
+    pwned = tmp_path / "pwned"
+    monkeypatch.setenv("NEUROCINE_PWNED_DIR", str(pwned))
+    torch.save({"x": _Payload()}, out / TRAIN_STATE_FILE, pickle_module=pickle)
+    with pytest.raises(ValueError, match="is not a neurocine training state"):
+        train(_opts(mice, out, resume=True))
+    assert not pwned.exists()
+
+
 def test_bad_data_and_model_folders_get_clear_errors(tmp_path) -> None:
     with pytest.raises(DataError, match="cannot read the train tier"):
         train(_opts([tmp_path / "nowhere"], tmp_path / "m"))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streams.formats import FormatError, load_session, save_session
 from streams.formats.native import NativeWriter, iter_records, read_native, read_recording
@@ -110,3 +116,78 @@ def test_kill_9_during_recording_loses_at_most_the_last_second(tmp_path: Path) -
     assert sent >= 50
     assert got.n_frames >= sent - 30  # at most one second (30 frames) lost
     assert got.traces.tobytes() == session.traces[: got.n_frames].tobytes()
+
+
+# ------------------------------------------------------------------------------------- damage (issue 13)
+def _small_recording(path: Path, n: int = 6) -> int:
+    """header, n frames, header again, end (what write_native writes); returns the record count."""
+    save_session(make_session(n_frames=n, n_neurons=4, n_trials=1, stimulus=False), path)
+    return sum(1 for _ in iter_records(path))
+
+
+def test_any_single_corrupted_byte_loses_at_most_the_record_it_hits(tmp_path: Path) -> None:
+    p = tmp_path / "s.ncr"
+    total = _small_recording(p)
+    clean = p.read_bytes()
+    n_frames = read_native(p).n_frames
+    for pos in range(len(clean)):
+        data = bytearray(clean)
+        data[pos] ^= 0x5A
+        p.write_bytes(bytes(data))
+        rec = read_recording(p)
+        (sid,) = rec.session_ids  # the session survives wherever the byte was (its header is repeated)
+        kept = len(rec.frames[sid]) + 1 + len(rec.ends)
+        assert kept >= total - 2, pos  # header copies count once; at most one record lost
+        assert len(rec.frames[sid]) >= n_frames - 1, pos
+        if pos >= len(b"NCREC\x00v1"):
+            assert rec.report.damaged, pos
+
+
+def test_frames_before_a_damaged_first_header_are_salvaged(tmp_path: Path) -> None:
+    p = tmp_path / "s.ncr"
+    _small_recording(p)
+    data = bytearray(p.read_bytes())
+    data[8 + 12 + 20] ^= 0xFF  # inside the first record (the session header)
+    p.write_bytes(bytes(data))
+    assert read_native(p).n_frames == 6
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "inspect", str(p)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "damaged" in r.stderr
+    assert json.loads(r.stdout)["damage"]["damaged_at"] == [8]
+
+
+def test_holes_are_reported_and_a_clean_file_inspects_clean(tmp_path: Path) -> None:
+    p = tmp_path / "h.ncr"
+    w = _write_frames(p, 10)
+    sid = read_native(p).session_id
+    for seq in (15, 16):  # a restarted recorder appending later frames
+        w.write(encode_frame(sid, seq, 0, 0, np.zeros(40, np.float32), np.zeros(4, np.float32),
+                             np.zeros((36, 64), np.uint8)))
+    w.close()
+    rec = read_recording(p)
+    assert rec.report.holes == {sid: [[10, 14]]} and rec.report.missing == {sid: 5} and not rec.report.damaged
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "inspect", str(p)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["holes"][sid]["missing"] == 5
+
+
+@functools.lru_cache(maxsize=1)
+def _clean_bytes() -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        _small_recording(Path(d) / "c.ncr")
+        return (Path(d) / "c.ncr").read_bytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(max_size=400), at=st.integers(0, 10_000), cut=st.integers(0, 400))
+def test_reader_fuzzed_never_raises_anything_but_format_error(tmp_path: Path, junk: bytes, at: int,
+                                                              cut: int) -> None:
+    clean = _clean_bytes()
+    at = at % (len(clean) + 1)
+    p = tmp_path / "f.ncr"
+    p.write_bytes(clean[:at] + junk + clean[at + cut :])
+    try:
+        rec = read_recording(p)
+    except FormatError:
+        return
+    assert sum(len(v) for v in rec.frames.values()) <= 6

@@ -205,6 +205,13 @@ def test_writer_temporary_files_are_ignored(written: tuple[Session, Path]) -> No
     assert_same_session(read_sensorium(folder), session)
 
 
+def test_a_lost_responses_file_is_an_error_naming_it(written: tuple[Session, Path]) -> None:
+    _, folder = written
+    (folder / "data" / "responses" / "1.npy").unlink()  # trial 1 of 3: not a trial still being written
+    with pytest.raises(FormatError, match=r"responses/1\.npy: missing, but .*behavior/1\.npy exists"):
+        read_sensorium(folder)
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 def test_statistics_match_numpy_on_valid_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sensorium, "_MEDIAN_BLOCK_BYTES", 1)  # one neuron per block: exercises the blocking

@@ -95,7 +95,7 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
                                   timestamps_ns=s.timestamps_ns[:n], trials=[])
     rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     rec_path = tmp_path / "decoded.ncr"
-    recorder = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", out, "--out",
+    recorder = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--decoded", "--connect", out, "--out",
                                  str(rec_path), "--frames", str(n)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     dec = start_decoder(None, rig, out, "--lag", "16", "--steps", "2")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streams.protocol import End, Frame, FrameBeforeSession, Heartbeat, SessionHeader, SessionMismatch
-from streams.tracker import StreamTracker
+from streams.tracker import ImplausibleClaim, StreamTracker
 
 N = 8
 
@@ -101,3 +101,67 @@ def test_late_joiner_heartbeat_before_first_frame_is_not_a_gap() -> None:
     t.accept(Heartbeat("a", 0, 99))
     assert feed(t, [100, 101]) == [100, 101]
     assert t.stats.gaps == 0 and t.stats.missing == 0
+
+
+# ---------------------------------------------------------------------------------------- single poisons
+def test_forged_huge_heartbeat_cannot_blind_the_tracker() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    feed(t, [0, 1])
+    with pytest.raises(ImplausibleClaim):
+        t.accept(Heartbeat("a", 0, 1 << 62))
+    assert feed(t, [2, 3]) == [2, 3]  # later frames are not taken for duplicates
+    assert t.stats.rejected == 1 and t.stats.missing == 0 and t.stats.duplicates == 0
+
+
+def test_forged_end_is_checked_against_what_was_received() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    feed(t, [0, 1, 2, 3])
+    with pytest.raises(ImplausibleClaim, match="frame 3 was received"):
+        t.accept(End("a", 2))  # claims fewer frames than were received
+    with pytest.raises(ImplausibleClaim):
+        t.accept(End("a", 1 << 40))
+    assert not t.ended and feed(t, [4]) == [4]
+
+
+def test_a_single_far_jump_is_held_and_cannot_blind_later_frames() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    feed(t, [0, 1])
+    assert feed(t, [1 << 62]) == []  # one forged sequence number: held, not believed
+    assert feed(t, [2, 3]) == [2, 3]
+    assert t.stats.rejected == 1 and t.stats.gaps == 0
+    # a real jump (the next frame continues it) is believed one frame later, as one gap: O(1), not O(jump)
+    assert feed(t, [50_000, 50_001, 50_002]) == [50_001, 50_002]
+    assert t.stats.gap_ranges[-1] == ("a", 4, 50_000)
+
+
+def test_out_of_order_frames_are_dropped_and_counted_when_order_is_needed() -> None:
+    t = StreamTracker(in_order=True)
+    t.accept(hdr())
+    assert feed(t, [0, 2, 1, 3, 3]) == [0, 2, 3]
+    assert t.stats.out_of_order == 1 and t.stats.dropped_late == 1 and t.stats.duplicates == 1
+
+
+def test_many_gaps_keep_memory_bounded_and_late_fill_works() -> None:
+    t = StreamTracker()
+    t.accept(hdr())
+    seqs = list(range(0, 20_000, 2))  # every other frame lost: 9,999 gaps
+    feed(t, seqs)
+    assert len(t._outstanding) <= 1000
+    assert feed(t, [19_997, 19_997, 1]) == [19_997]  # recent late frame fills in; a very old one is a duplicate
+
+
+def test_a_foreign_header_cannot_switch_a_streaming_session() -> None:
+    t = StreamTracker(switch_hold_s=0.5)
+    t.accept(hdr(), recv_ns=0)
+    for s in range(5):
+        t.accept(frame(s), recv_ns=s * 33_000_000)
+    assert t.accept(hdr("intruder"), recv_ns=170_000_000) is None  # held: frames of "a" still flow
+    assert t.accept(frame(5), recv_ns=200_000_000) is not None
+    assert t.stats.held_sessions == 1 and t.session.session_id == "a"
+    # the rig really restarted: "a" went silent; the new session's frame switches over (its header first)
+    new = t.accept(frame(0, "intruder"), recv_ns=900_000_000)
+    assert isinstance(new, SessionHeader) and new.session_id == "intruder"
+    assert t.accept(frame(1, "intruder"), recv_ns=933_000_000).seq == 1

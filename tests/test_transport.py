@@ -144,3 +144,20 @@ def test_wait_subscribers_counts_neurocine_subscribers() -> None:
         assert pub.wait_subscribers(2, timeout_s=5)
         a.close()
         b.close()
+
+
+def test_a_message_over_the_size_ceiling_is_never_buffered_or_delivered() -> None:
+    """ZeroMQ cuts off a peer that sends a part over MAXMSGSIZE before buffering it (and does not reconnect to
+    it: a protocol violation; with --keys only the rig can be that peer). Nothing of it is ever delivered."""
+    from streams.protocol import Decoded, encode_decoded
+    from streams.transport import MAX_MESSAGE_BYTES
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    with Publisher(ep, nodrop=True) as pub, Subscriber(ep) as sub:
+        assert pub.wait_subscribers(1, timeout_s=10)
+        pub.send_raw(encode_decoded("x", {"seq": 0}, [("small", np.zeros(4, np.uint8))]))
+        huge = np.zeros(MAX_MESSAGE_BYTES + 1, np.uint8)  # a valid `decoded` message, just too big
+        pub.send_raw(encode_decoded("x", {"seq": 1}, [("frame", huge)]))
+        got = [m for m in (sub.recv(timeout_s=1.0), sub.recv(timeout_s=1.0)) if m is not None]
+        assert wait_for(lambda: pub.n_subscribers == 0, timeout=5)  # the peer was cut off
+    assert [m.fields["seq"] for m in got if isinstance(m, Decoded)] == [0]

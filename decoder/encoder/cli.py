@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,9 @@ EXPORT_EXAMPLE = """example:
 writes DIR/<mouse>/forward.onnx, gradient.onnx, step.onnx and graph.json (inputs, outputs) per mouse.
 """
 
+
+#: A name from a file that becomes a folder name: no separators, no "..", no leading dot or dash.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -161,6 +165,11 @@ def run_export(args: argparse.Namespace) -> int:
     unknown = sorted(set(mice) - set(encoder.neurons))
     if unknown:
         print(f"neurocine export: unknown mice {unknown}; the model has {sorted(encoder.neurons)}", file=sys.stderr)
+        return 2
+    bad = [m for m in mice if not _SAFE_NAME.fullmatch(m) or m in (".", "..")]
+    if bad:  # names come from the model's files: never let one become a path outside --out
+        print(f"neurocine export: mouse names {bad!r} cannot be folder names (letters, digits, '.', '_', '-' "
+              "only); rename them in the model's config.json", file=sys.stderr)
         return 2
     written = {}
     for mouse in mice:

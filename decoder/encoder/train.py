@@ -227,7 +227,11 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     mix_rng = np.random.default_rng(opts.seed + 1)
     epoch, step, history = 0, 0, []
     if opts.resume:
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        # weights_only: a state file is data, never code (an unpickled file could run anything)
+        try:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+        except Exception as e:  # UnpicklingError for anything but tensors and plain containers
+            raise ValueError(f"--resume: {state_path} is not a neurocine training state ({str(e)[:300]})") from e
         if state["preset"] != opts.preset or state["mice"] != [m.mouse for m in mice]:
             raise ValueError(
                 f"--resume: {out} was trained with preset {state['preset']!r} on mice {state['mice']}, "

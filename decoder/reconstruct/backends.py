@@ -211,6 +211,21 @@ def available_providers(
     return [p for p in wanted if p in have]
 
 
+def _read_graph_meta(path: Path) -> dict[str, Any]:
+    """graph.json beside an exported graph, checked: a damaged file is named, never a bare traceback."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BackendError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise BackendError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
+    ids = meta.get("neuron_ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                             for i in ids)):
+        raise BackendError(f"{path}: 'neuron_ids' must be a list of integers")
+    return meta
+
+
 class OrtBackend:
     """The exported gradient graph (gradient.onnx) under ONNX Runtime; forward.onnx beside it for predict."""
 
@@ -233,7 +248,10 @@ class OrtBackend:
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self._options = options
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types for a damaged file
+            raise BackendError(f"{path}: not a loadable ONNX graph ({type(e).__name__}: {str(e)[:200]})") from e
         self.provider = self.session.get_providers()[0]
         inputs = {i.name: i for i in self.session.get_inputs()}
         for name in ("video", "behaviour", "responses", "weights"):
@@ -247,7 +265,7 @@ class OrtBackend:
         if outputs[:2] != ["loss", "grad_video"]:
             raise BackendError(f"{path}: graph outputs {outputs}, expected ['loss', 'grad_video']")
         meta_path = path.with_name("graph.json")
-        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.meta = _read_graph_meta(meta_path) if meta_path.is_file() else {}
         self.name = f"onnx:{path.parent.name}/{path.name}"
         self._forward: Any = None
 

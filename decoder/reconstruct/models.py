@@ -20,6 +20,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -168,15 +169,25 @@ def load_models(
     backend: str = "torch",
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> LoadedModels:
-    """Backends for `models` (default: the oracle), neurons matched to the session's by id."""
+    """Backends for `models` (default: the oracle), neurons matched to the session's by id.
+
+    `cache` (a dict the caller keeps) holds the session-independent members (ONNX graphs): a new session
+    then costs only the id matching, never a reload (see preload_models).
+    """
     if backend not in ("torch", "onnx"):
         raise BackendError(f"backend must be 'torch' or 'onnx', got {backend!r}")
     members, columns, notes, model_ids = [], [], [], []
     mask_from: Path | None = None
     folders: list[Path] = []
     for spec in models or ["oracle"]:
-        member, ids, note, mask_dir = _load_one(spec, session, session_path, backend, providers, threads)
+        if cache is not None and backend == "onnx" and spec in cache:
+            member, ids, note, mask_dir = cache[spec]
+        else:
+            member, ids, note, mask_dir = _load_one(spec, session, session_path, backend, providers, threads)
+            if cache is not None and backend == "onnx":
+                cache[spec] = (member, ids, note, mask_dir)
         columns.append(match_columns(session.neuron_ids, ids, member.n_neurons, spec))
         members.append(member)
         notes.append(note)
@@ -202,6 +213,28 @@ def load_inverse(folders: Sequence[Path], model_ids: np.ndarray | None, threads:
     except InverseError as err:
         raise BackendError(str(err)) from err
     return inverse
+
+
+def preload_models(models: Sequence[str], backend: str, providers: Sequence[str] | None = None,
+                   threads: int | None = None, cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load and check the session-independent models now (a service's start-up), so a damaged
+    gradient.onnx, graph.json, alpha_mask.npy or inverse.onnx is an error naming the file before any session
+    arrives."""
+    cache = {} if cache is None else cache
+    if backend != "onnx":
+        for spec in models:
+            if spec != "oracle" and not Path(spec).exists():
+                raise BackendError(f"--model {spec}: no such file or folder")
+        return cache
+    empty = Session(np.zeros((0, 0), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64), 30.0, "none")
+    for spec in models:
+        cache[spec] = _load_one(spec, empty, None, backend, providers, threads)
+        mask_dir = cache[spec][3]
+        if mask_dir is not None:
+            load_alpha_mask(mask_dir)
+            load_inverse([mask_dir], cache[spec][1], threads)  # a damaged inverse.onnx: named now
+    return cache
 
 
 def _oracle_ids(oracle: object) -> np.ndarray | None:

@@ -417,8 +417,12 @@ def load_alpha_mask(model_path: str | Path) -> np.ndarray | None:
     p = Path(model_path)
     for cand in (p / MASK_FILE, p.parent / MASK_FILE):
         if cand.is_file():
-            alpha = np.load(cand)
-            if alpha.shape != (36, 64):
-                raise ReconstructionError(f"{cand}: alpha mask must be (36, 64), got {alpha.shape}")
+            try:
+                alpha = np.load(cand, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise ReconstructionError(f"{cand}: not a readable .npy alpha mask ({e})") from e
+            if not (alpha.shape == (36, 64) and alpha.dtype.kind in "fiu" and np.isfinite(alpha).all()):
+                raise ReconstructionError(
+                    f"{cand}: alpha mask must be finite numbers of shape (36, 64), got {alpha.dtype} {alpha.shape}")
             return alpha
     return None

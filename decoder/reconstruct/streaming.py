@@ -225,7 +225,11 @@ class StreamingReconstructor:
         steps = self.cfg.steps if steps is None else max(0, int(steps))
         gap_steps = steps if seq - self.last_seq - 1 <= self.cfg.lag else 0
         out: list[DecodedFrame] = []
-        for missing in range(self.last_seq + 1, seq):  # a gap: frames without responses
+        # A first frame starts the movie where it is (a late joiner inserts nothing); a longer gap than the
+        # buffer inserts only the last `capacity` missing frames: the earlier ones would leave it unseen.
+        # So a jump costs O(lag + window), never O(jump).
+        first_missing = seq if self.last_seq < 0 else max(self.last_seq + 1, seq - self.capacity)
+        for missing in range(first_missing, seq):  # a gap: frames without responses
             out += self._advance(
                 missing, np.full(n, np.nan, np.float32), self._held_behaviour(None), gap_steps
             )

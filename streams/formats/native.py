@@ -8,14 +8,22 @@ Layout (all integers little-endian)::
 
 Each part is the exact bytes that travelled on the wire, so a recording is bit-identical to what
 was received and replays through the same protocol decoder. A record is written with one
-``write`` call and the file is fsync'ed at least once a second, so ``kill -9`` loses at most the
-last second. Readers stop cleanly at a torn tail (a recording still being written, or a crash) and
-skip a damaged record in the middle by searching for the next SYNC marker with a valid CRC.
+``write`` call (so ``kill -9`` of the writer loses no written record: the OS holds it) and the file is
+fsync'ed at least once a second (a power cut loses at most the last second). What ``kill -9`` of a
+*recorder* loses is what still waited in ZeroMQ's queues: see streams/record.py.
+
+Damage costs at most the record it hits: readers skip a damaged record by searching for the next SYNC
+marker with a valid CRC, stop cleanly at a torn tail (a recording still being written, or a crash),
+accept a damaged magic when intact records follow, and the session header is repeated (the recorder
+writes it again every second, write_native every HEADER_EVERY frames) so losing one copy loses no
+session; frames are matched to their header by session id wherever in the file it is. The report lists
+damage, a torn tail and holes (missing sequence numbers, e.g. where a restarted recorder appended).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import struct
 import time
@@ -44,6 +52,8 @@ SYNC = b"NCR\x1e"
 _REC = struct.Struct("<4sII")  # sync, body length, crc32
 _BODY = struct.Struct("<QH")  # recv_ns, n_parts
 MAX_BODY = 1 << 30
+HEADER_EVERY = 300  # write_native repeats the session header every this many frames (~10 s at 30 Hz)
+MAX_HOLES = 100  # holes listed per session (all are counted)
 
 
 def _format_error(msg: str) -> Exception:
@@ -61,6 +71,22 @@ class ReadReport:
     damaged_at: list[int] = dataclasses.field(default_factory=list)
     torn_tail_bytes: int = 0
     undecodable: list[str] = dataclasses.field(default_factory=list)
+    bad_magic: bool = False
+    orphan_frames: dict[str, int] = dataclasses.field(default_factory=dict)  # frames whose header is lost
+    holes: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict)  # session -> [first, last]
+    missing: dict[str, int] = dataclasses.field(default_factory=dict)  # session -> frames inside holes
+
+    @property
+    def damaged(self) -> bool:
+        """The file itself is damaged (not merely holes from a lossy stream)."""
+        return bool(self.damaged_at or self.torn_tail_bytes or self.undecodable or self.bad_magic
+                    or self.orphan_frames)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["undecodable"] = self.undecodable[:10]
+        d["damaged"] = self.damaged
+        return d
 
 
 class NativeWriter:
@@ -125,10 +151,14 @@ def iter_records(path: str | Path, report: ReadReport | None = None) -> Iterator
         data = p.read_bytes()
     except OSError as e:
         raise _format_error(f"{p}: cannot read ({e})") from e
-    if not data.startswith(MAGIC):
-        raise _format_error(f"{p}: not a neurocine recording (bad magic {data[:8]!r})")
     pos, end = len(MAGIC), len(data)
     mv = memoryview(data)
+    if not data.startswith(MAGIC):
+        # One damaged byte in the magic must not lose the file: go on when an intact record follows.
+        wrong = sum(a != b for a, b in zip(data[: len(MAGIC)].ljust(len(MAGIC), b"\0"), MAGIC, strict=True))
+        if wrong > 2 or _parse_record(mv, pos, end) is None:
+            raise _format_error(f"{p}: not a neurocine recording (bad magic {data[:8]!r})")
+        report.bad_magic = True
     while pos < end:
         parsed = _parse_record(mv, pos, end)
         if parsed is None:
@@ -199,6 +229,7 @@ def read_recording(path: str | Path) -> Recording:
     """Decode every record; invalid messages are listed in the report, never fatal."""
     report = ReadReport()
     rec = Recording({}, {}, {}, {}, report)
+    frames: dict[str, list[Frame]] = {}
     for _, parts in iter_records(path, report):
         try:
             msg = decode(parts)
@@ -207,15 +238,26 @@ def read_recording(path: str | Path) -> Recording:
             continue
         if isinstance(msg, SessionHeader):
             rec.headers.setdefault(msg.session_id, msg)
-            rec.frames.setdefault(msg.session_id, [])
         elif isinstance(msg, Frame):
-            if msg.session_id in rec.headers:
-                rec.frames[msg.session_id].append(msg)
+            frames.setdefault(msg.session_id, []).append(msg)  # its header may come later (a repeat)
         elif isinstance(msg, End):
             rec.ends[msg.session_id] = msg
         elif isinstance(msg, Decoded):
             rec.decoded.setdefault(msg.session_id, []).append(msg)
+    for sid in rec.headers:
+        rec.frames[sid] = [f for f in frames.get(sid, []) if f.traces.shape[0] == rec.headers[sid].n_neurons]
+        holes = _holes(f.seq for f in rec.frames[sid])
+        if holes:
+            report.holes[sid] = holes[:MAX_HOLES]
+            report.missing[sid] = sum(b - a + 1 for a, b in holes)
+    report.orphan_frames = {sid: len(v) for sid, v in frames.items() if sid not in rec.headers}
     return rec
+
+
+def _holes(seqs: Iterator[int]) -> list[list[int]]:
+    """[first, last] runs of sequence numbers missing between the lowest and the highest present."""
+    s = sorted(set(seqs))
+    return [[a + 1, b - 1] for a, b in itertools.pairwise(s) if b - a > 1]
 
 
 def session_from_messages(header: SessionHeader, frames: Sequence[Frame]) -> Session:
@@ -304,8 +346,12 @@ def write_native(session: Session, path: str | Path) -> None:
     tmp.unlink(missing_ok=True)
     trial_of = frame_trials(session)
     with NativeWriter(tmp, fsync_interval_s=3600) as w:
-        w.write(encode_session(header_of(session)), 0)
+        head = encode_session(header_of(session))
+        w.write(head, 0)
         for seq, t_acq, traces, behaviour, stim in session.iter_frames():
+            if seq and seq % HEADER_EVERY == 0:
+                w.write(head, 0)  # repeated: one damaged copy loses no session
             w.write(encode_frame(session.session_id, seq, t_acq, 0, traces, behaviour, stim, int(trial_of[seq])), 0)
+        w.write(head, 0)  # and once more at the end: at least two copies, whatever the length
         w.write(encode_end(End(session.session_id, session.n_frames, "complete", 0)), 0)
     os.replace(tmp, p)

@@ -74,6 +74,7 @@ def read_sensorium(folder: str | Path, trials: Sequence[int] | None = None, tier
     has_video = (data / "videos").is_dir()
 
     available = _trial_files(data / "responses")
+    _check_no_lost_responses(data, available)
     tiers = _read_tiers(root / "meta" / "trials" / "tiers.npy", max(available))
     n_frames_hint = _read_n_frames(root / "meta" / "trials" / "n_frames.npy", max(available))
     chosen = _choose_trials(root, available, tiers, trials, tier)
@@ -189,6 +190,19 @@ def _trial_files(responses_dir: Path) -> dict[int, Path]:
     if not found:
         raise FormatError(f"{responses_dir}: no trial files (<index>.npy)")
     return dict(sorted(found.items()))
+
+
+def _check_no_lost_responses(data: Path, available: dict[int, Path]) -> None:
+    """A trial with behaviour but no responses file before the last trial is a lost file, not a trial still
+    being written (the writer writes responses last, so only the newest trial may lack them): an error."""
+    last = max(available)
+    for name in ("behavior", "pupil_center"):
+        for path in (data / name).glob("*.npy"):
+            stem = path.stem
+            if stem.isdigit() and int(stem) < last and int(stem) not in available:
+                raise FormatError(
+                    f"{data / 'responses' / path.name}: missing, but {path} exists and later trials are complete "
+                    "(a lost or deleted responses file; restore it or remove the trial's other files)")
 
 
 def _read_tiers(path: Path, max_index: int) -> list[str]:

@@ -1,0 +1,146 @@
+"""One well-aimed message cannot crash, stall or blind a real `neurocine decode` process (issue 13)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.formats.native import header_of
+from streams.protocol import End, Heartbeat, encode_end, encode_frame, encode_heartbeat
+from streams.transport import Publisher, Subscriber
+from tests.conftest import free_port
+from tests.test_service import collect, example_slice, start_decoder, stop
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def small_mouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from streams.synthetic.mouse import make_mouse
+
+    folder = tmp_path_factory.mktemp("mouse") / "mouse"
+    make_mouse(0, 1000).subset(N).save(folder)
+    return folder
+
+
+def test_poisons_are_survived_and_nothing_is_published_for_frames_never_received(small_mouse: Path) -> None:
+    s = example_slice(40)
+    rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    dec = start_decoder(small_mouse, rig, out, "--lag", "4", "--steps", "0")
+    try:
+        with Subscriber(out) as sub, Publisher(rig, nodrop=True) as pub:
+            assert pub.wait_subscribers(1, timeout_s=60)
+            h = header_of(s)
+            pub.begin(h)
+
+            def send(seq: int, k: int | None = None) -> None:
+                k = seq % 40 if k is None else k
+                pub.send_frame(seq, seq, s.traces[k], s.behaviour[k])
+
+            for seq in [*range(10), 11, 10]:  # 10 arrives after 11: dropped, counted, no crash
+                send(seq)
+            # one forged far-ahead seq (sent raw: our publisher's own count stays honest): held, never believed
+            pub.send_raw(encode_frame(h.session_id, 1 << 62, 0, 0, s.traces[0], s.behaviour[0]))
+            pub.send_raw(encode_heartbeat(Heartbeat(h.session_id, 0, 1 << 62)))  # cannot blind the tracker
+            pub.send_raw(encode_end(End(h.session_id, 3, "forged", 0)))  # fewer frames than received: refused
+            for seq in range(12, 30):
+                send(seq)
+            for seq in range(100_000, 100_010):  # a real jump: one frame lost to confirm it, O(lag) work
+                send(seq)
+            pub.end()
+            time.sleep(0.2)
+            # a decoder joining a long session late: starts at its first real frame
+            late = dataclasses.replace(header_of(s), session_id="joined-late")
+            pub.begin(late)
+            for seq in range(1_000_000, 1_000_010):
+                send(seq, seq % 40)
+            pub.end()
+            frames = collect(sub, time.monotonic() + 60, want=48)  # 38 + 10
+            time.sleep(0.5)
+            frames += collect(sub, time.monotonic() + 0.5)
+    finally:
+        out_text, err = stop(dec)
+    assert dec.returncode == 0, err
+    first = [f.seq for f in frames if f.session_id == h.session_id]
+    assert first == [*range(10), *range(11, 30), *range(100_001, 100_010)], err
+    second = [f.seq for f in frames if f.session_id == late.session_id]
+    assert second == list(range(1_000_000, 1_000_010))
+    stats = json.loads(out_text)["decode"]
+    assert stats["wire"]["dropped_late"] == 1 and stats["wire"]["rejected"] >= 3
+    assert stats["not_published"] >= 1 and stats["sessions"] == 2
+    assert np.isfinite([f.t_done_ns for f in frames]).all()
+
+
+@pytest.mark.parametrize("damaged", ["gradient.onnx", "graph.json", "alpha_mask.npy"])
+def test_a_damaged_model_file_is_named_at_start_up(tmp_path: Path, damaged: str) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from tests.conftest import REPO
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("gradient.onnx", "graph.json", "alpha_mask.npy"):
+        shutil.copy(DEFAULT_MODEL_DIR / name, model / name)
+    raw = bytearray((model / damaged).read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64  # a damaged block in the middle
+    (model / damaged).write_bytes(bytes(raw[: max(16, len(raw) - 100)]))
+    # no rig at all: the error must come before any session arrives
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "decode", "--model", str(model), "--provider", "cpu",
+                        "--connect", f"tcp://127.0.0.1:{free_port()}", "--bind", f"tcp://127.0.0.1:{free_port()}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert damaged in r.stderr and "Traceback" not in r.stderr
+
+
+class _Capture:
+    """A publisher stand-in that keeps what the service publishes."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send_raw(self, parts) -> bool:
+        from streams.protocol import decode
+
+        self.sent.append(decode([bytes(p) for p in parts]))
+        return True
+
+    def tick(self) -> None:
+        pass
+
+
+def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(small_mouse: Path, monkeypatch) -> None:
+    from decoder.reconstruct import models as model_module
+    from decoder.service import DecodeService
+
+    loads = []
+    real = model_module.load_models
+    monkeypatch.setattr(model_module, "load_models", lambda *a, **k: loads.append(1) or real(*a, **k))
+    s = example_slice(20)
+    a = header_of(s)
+    b = dataclasses.replace(a, session_id="b")
+    pub = _Capture()
+    with Subscriber(f"tcp://127.0.0.1:{free_port()}") as sub:
+        svc = DecodeService([str(small_mouse)], sub, pub, lag=4, steps=0, backend="torch")
+        svc.start_session(a)
+        for seq in range(10):
+            svc.on_frame(_frame(s, a.session_id, seq), 0, 1)
+        svc.start_session(b)  # no `end` for a: its last `lag` frames must still come out
+        seqs_a = [m.fields["seq"] for m in pub.sent if m.session_id == a.session_id]
+        assert seqs_a == list(range(10))
+        for h in (a, b, a, b):  # a stranger's header flapping with the rig's: models come from the cache
+            svc.start_session(h)
+        assert len(loads) == 1 and svc.stats.deferred_loads == 0
+
+
+def _frame(s, sid: str, seq: int):
+    from streams.protocol import Frame
+
+    return Frame(sid, seq, seq, seq, s.traces[seq], s.behaviour[seq])
