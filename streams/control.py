@@ -203,3 +203,37 @@ class ControlServer:
 
     def close(self) -> None:
         self._sock.close(0)
+
+
+class AsyncRigControl:
+    """Non-blocking client (DEALER): `send` returns at once, `replies()` collects acknowledgements as they
+    come, so a closed-loop program never stops reading the decoded stream while the rig waits for its frame."""
+
+    def __init__(self, connect: str, context: zmq.Context | None = None) -> None:
+        self._sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(connect)
+        self._next_id = 0
+        self.sent_ns: dict[int, int] = {}
+
+    def send(self, cmd: str, **fields: Any) -> int:
+        """Queue one command; returns its id (echoed in the reply)."""
+        self._next_id += 1
+        self.sent_ns[self._next_id] = time.time_ns()
+        self._sock.send_multipart([b"", json.dumps({"cmd": cmd, "id": self._next_id, **fields}).encode()])
+        return self._next_id
+
+    def replies(self, timeout_s: float = 0.0) -> list[dict[str, Any]]:
+        """Replies that have arrived (waiting up to timeout_s for the first), each with t_reply_ns added."""
+        out: list[dict[str, Any]] = []
+        timeout_ms = int(timeout_s * 1000)
+        while self._sock.poll(timeout_ms if not out else 0):
+            parts = self._sock.recv_multipart()
+            reply = json.loads(parts[-1])
+            reply["t_reply_ns"] = time.time_ns()
+            reply["t_sent_ns"] = self.sent_ns.pop(reply.get("id"), 0)
+            out.append(reply)
+        return out
+
+    def close(self) -> None:
+        self._sock.close(0)

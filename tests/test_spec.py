@@ -1,5 +1,5 @@
 """The spec is enough: a publisher written only from docs/protocol.md (tests/spec_publisher.py, no neurocine
-import) is decoded by the real decode service with the built-in model."""
+import) is decoded by the real decode service with the built-in model, and read with the client API."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder.messages import as_decoded_frame
+from decoder.client import DecodedStream
 from streams.example import example_session_path
 from streams.formats import load_session
-from streams.protocol import Decoded
-from streams.transport import Subscriber
 from tests.conftest import REPO, free_port
 from tests.test_service import start_decoder, stop
 
@@ -43,21 +41,22 @@ def test_a_publisher_written_from_the_spec_is_decoded(tmp_path: Path) -> None:
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     frames = []
     try:
-        with Subscriber(out) as sub:
+        with DecodedStream(out) as stream:  # final frames (the service's default output)
             session_id = pub.stdout.readline().strip()
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and len(frames) < n:
-                m = sub.recv(timeout_s=0.2)
-                if isinstance(m, Decoded):
-                    frames.append(as_decoded_frame(m))
+                f = stream.recv(timeout_s=0.2)
+                if f is not None:
+                    frames.append(f)
         _, pub_err = pub.communicate(timeout=30)
     finally:
         pub.kill()
         _, err = stop(dec)
     assert pub.returncode == 0, pub_err
     assert [f.seq for f in frames] == list(range(n)), err  # every frame, in order, incl. the lag flushed by `end`
-    assert {f.session_id for f in frames} == {session_id}
-    assert frames[-1].stats["malformed"] == 0 and frames[-1].stats["frames_in"] == n
+    assert {f.session_id for f in frames} == {session_id} and frames[0].new_session
+    assert all(f.final and f.t_acq_ns <= f.t_pub_ns <= f.t_done_ns <= f.t_recv_ns for f in frames)
+    assert frames[-1].decoded.stats["malformed"] == 0 and frames[-1].decoded.stats["frames_in"] == n
     movie = np.stack([f.frame for f in frames]).astype(np.float64)[30:]
     r = np.corrcoef(movie.ravel(), s.stimulus[30:n].astype(np.float64).ravel())[0, 1]
     assert r > 0.1, r  # a picture of the stimulus, not noise
