@@ -38,7 +38,8 @@ def register(bench_sub: Any) -> None:
                  "neurocine bench loop --events 20 --json out/loop.json --figure out/loop.png\n"
                  "neurocine bench loop --provisional   # act on provisional frames (needs decode --provisional)")
     p.add_argument("--events", type=int, default=20, help="events, half target and half catch (default 20)")
-    p.add_argument("--window", type=float, default=2.0, help="seconds a target stays up if not found (default 2)")
+    p.add_argument("--window", type=float, default=3.0,
+                   help="seconds a target stays up if not found (default 3: the biology's ~1 s, the lag, margin)")
     p.add_argument("--iti", type=float, nargs=2, default=(2.5, 3.5), metavar=("MIN", "MAX"),
                    help="seconds of movie between events, uniform (default 2.5 3.5)")
     p.add_argument("--target", default="bar", help="built-in target image (streams.control.TARGETS)")
@@ -123,7 +124,8 @@ class Loop:
         fired = det.update(f.seq, f.frame)
         t_decision = time.time_ns()
         self.frames.append((kind, f.seq, f.t_acq_ns, f.t_pub_ns, f.decoded.trigger_seq, f.trigger_t_pub_ns,
-                            f.t_done_ns, f.t_recv_ns, det.last_mean))
+                            f.t_done_ns, f.t_recv_ns, det.last_mean, f.decoded.t_recv_ns, f.decoded.queue_ns,
+                            f.decoded.compute_ns, det.last_score))
         if not fired:
             return
         fire = {"seq": f.seq, "t_decision_ns": t_decision, "t_recv_ns": f.t_recv_ns, "t_done_ns": f.t_done_ns,
@@ -180,13 +182,16 @@ def summarise(loop: Loop, args: argparse.Namespace, provisional_seen: bool) -> d
         r = [x for x in rows if x[0] == kind]
         if not r:
             continue
-        arr = np.array([x[1:8] for x in r], np.float64)
-        seq, t_acq, _, trig_seq, trig_pub, t_done, t_recv = arr.T
+        arr = np.array([x[1:8] + x[9:12] for x in r], np.float64)
+        seq, t_acq, _, trig_seq, trig_pub, t_done, t_recv, dec_recv, queue, compute = arr.T
         trig_acq = t_acq + (trig_seq - seq) * PERIOD_NS
         per_frame[kind] = {
             "frames": len(r),
             "rig_publish_ms": _pct((trig_pub - trig_acq) / 1e6),  # trigger frame shown (acquired) -> published
-            "decoder_ms": _pct((t_done - trig_pub) / 1e6),  # trigger published -> decoded frame published
+            "decoder_ms": _pct((t_done - trig_pub) / 1e6),  # trigger published -> decoded frame published, of which
+            "to_decoder_ms": _pct((dec_recv - trig_pub) / 1e6),  # wire + waiting in the decoder's socket
+            "decoder_queue_ms": _pct(queue / 1e6),  # behind other frames read in the same batch
+            "decoder_compute_ms": _pct(compute / 1e6),  # the optimiser steps run on the trigger frame
             "delivery_ms": _pct((t_recv - t_done) / 1e6),  # decoder -> client
             "shown_to_client_ms": _pct((t_recv - t_acq) / 1e6),  # includes the lag for final frames
         }
@@ -222,6 +227,7 @@ def summarise(loop: Loop, args: argparse.Namespace, provisional_seen: bool) -> d
             "max_score_catch": [round(v, 3) for v in scores["catch"]],
         }
     out["detection"] = res
+    out["detector_sweep"] = sweep(loop, window_frames)
     # ---- closed events: our overhead on the deciding frame and the next change
     stages: dict[str, list[float]] = {k: [] for k in ("rig_publish_ms", "decoder_ms", "delivery_ms", "client_ms",
                                                       "command_ms", "frame_clock_ms", "ack_ms", "overhead_ms",
@@ -252,6 +258,40 @@ def summarise(loop: Loop, args: argparse.Namespace, provisional_seen: bool) -> d
         seq, t_acq, _, trig_seq, trig_pub, _, t_recv = arr.T
         out["overhead_per_frame_ms"] = _pct((t_recv - (t_acq + (trig_seq - seq) * PERIOD_NS)) / 1e6)
     out["events"] = [{k: v for k, v in e.items()} for e in loop.events]
+    return out
+
+
+def _windows(loop: Loop, window_frames: int) -> list[tuple[str, int, int]]:
+    return [(e["kind"], e["on"]["seq"], e["off"]["seq"] if e["kind"] == "target" and "off" in e
+             else e["on"]["seq"] + window_frames) for e in loop.events if "on" in e]
+
+
+def sweep(loop: Loop, window_frames: int) -> dict[str, Any]:
+    """Hit and false-alarm rates the detector would have had at other settings, replayed from the per-frame
+    correlations recorded in this run (action frames). Approximate: in closed loop a detection takes the
+    target off early, so target windows are shorter than a stricter setting would have left them."""
+    r = [x for x in loop.frames if x[0] == loop.action_kind]
+    if not r:
+        return {}
+    seqs = np.array([x[1] for x in r])
+    raw = np.array([x[12] for x in r])
+    order = np.argsort(seqs, kind="stable")
+    seqs, raw = seqs[order], raw[order]
+    windows = _windows(loop, window_frames)
+    out: dict[str, Any] = {}
+    for n in (1, 2, 4, 8):
+        mean = np.convolve(raw, np.ones(n) / n, mode="full")[: raw.size]  # causal mean of the last n frames
+        mean[: n - 1] = -np.inf
+        best = {}
+        for kind in ("target", "catch"):
+            best[kind] = np.array([mean[(seqs >= lo) & (seqs < hi)].max(initial=-np.inf)
+                                   for k, lo, hi in windows if k == kind])
+        rows = []
+        for th in np.round(np.arange(0.15, 0.51, 0.05), 2):
+            hit = float(np.mean(best["target"] >= th)) if best["target"].size else None
+            fa = float(np.mean(best["catch"] >= th)) if best["catch"].size else None
+            rows.append({"threshold": float(th), "hit_rate": hit, "false_alarm_rate": fa})
+        out[f"frames_{n}"] = rows
     return out
 
 

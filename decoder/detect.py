@@ -47,6 +47,7 @@ class TargetDetector:
         self._scores: collections.deque[tuple[int, float]] = collections.deque(maxlen=config.frames)
         self._quiet_until = -1
         self.last_mean = 0.0
+        self.last_score = 0.0  # this frame's correlation alone
 
     def reset(self) -> None:
         """Forget the history (a new session: sequence numbers restart)."""
@@ -58,7 +59,8 @@ class TargetDetector:
             return False  # not newer than what was seen (a repeat): ignore
         if self._scores and seq != self._scores[-1][0] + 1:
             self._scores.clear()  # a gap: start the average again
-        self._scores.append((seq, correlation(frame[self._roi], self.target)))
+        self.last_score = correlation(frame[self._roi], self.target)
+        self._scores.append((seq, self.last_score))
         self.last_mean = float(np.mean([s for _, s in self._scores]))
         if len(self._scores) < self.config.frames or seq < self._quiet_until:
             return False
