@@ -97,7 +97,9 @@ class Loop:
         self.plan = list(self.rng.permutation(kinds))
         self.events: list[dict[str, Any]] = []
         self.fires: dict[str, list[dict[str, Any]]] = {"final": [], "provisional": []}
-        self.frames: list[tuple] = []  # (kind, seq, t_acq, t_pub, trigger_seq, trigger_t_pub, t_done, t_recv, score)
+        # (kind, seq, t_acq, t_pub, trigger_seq, trigger_t_pub, t_done, t_recv, mean score, decoder's t_recv,
+        #  queue_ns, compute_ns, this frame's score) per decoded frame
+        self.frames: list[tuple] = []
         self.pending: dict[int, tuple[dict[str, Any], str]] = {}  # command id -> (event, role)
         self.movie = 0
 
@@ -123,13 +125,13 @@ class Loop:
             det.reset()
         fired = det.update(f.seq, f.frame)
         t_decision = time.time_ns()
-        self.frames.append((kind, f.seq, f.t_acq_ns, f.t_pub_ns, f.decoded.trigger_seq, f.trigger_t_pub_ns,
+        self.frames.append((kind, f.seq, f.t_acq_ns, f.t_pub_ns, f.trigger_seq, f.trigger_t_pub_ns,
                             f.t_done_ns, f.t_recv_ns, det.last_mean, f.decoded.t_recv_ns, f.decoded.queue_ns,
                             f.decoded.compute_ns, det.last_score))
         if not fired:
             return
         fire = {"seq": f.seq, "t_decision_ns": t_decision, "t_recv_ns": f.t_recv_ns, "t_done_ns": f.t_done_ns,
-                "t_acq_ns": f.t_acq_ns, "t_pub_ns": f.t_pub_ns, "trigger_seq": f.decoded.trigger_seq,
+                "t_acq_ns": f.t_acq_ns, "t_pub_ns": f.t_pub_ns, "trigger_seq": f.trigger_seq,
                 "trigger_t_pub_ns": f.trigger_t_pub_ns}
         self.fires[kind].append(fire)
         ev = self.events[-1] if self.events else None

@@ -41,7 +41,8 @@ class LiveFrame:
     t_pub_ns: int  # source frame published by the rig
     t_done_ns: int  # decoder published this estimate
     t_recv_ns: int  # this client received it
-    trigger_t_pub_ns: int  # the rig published the frame whose arrival produced this estimate
+    trigger_seq: int  # the source frame whose arrival produced this estimate (seq + lag; seq if not given)
+    trigger_t_pub_ns: int  # when the rig published that frame
     lag: int  # frames between seq and the newest frame the decoder had (0 for provisional frames)
     new_session: bool  # the first frame of a new source session (reset per-session state)
     decoded: DecodedFrame  # everything the decoder sent (queue and compute times, steps, stats)
@@ -104,8 +105,9 @@ class DecodedStream:
             self.stats.final += 1
         else:
             self.stats.provisional += 1
+        trigger = d.trigger_seq if d.trigger_seq >= 0 else d.seq
         return LiveFrame(d.session_id, d.seq, d.final, d.frame, d.t_acq_ns, d.t_pub_ns, d.t_done_ns, recv_ns,
-                         d.trigger_t_pub_ns or d.t_pub_ns, d.lag, new, d)
+                         trigger, d.trigger_t_pub_ns or d.t_pub_ns, d.lag, new, d)
 
     def recv(self, timeout_s: float | None = 1.0) -> LiveFrame | None:
         """The next frame of the kinds asked for (the newest waiting one with newest_only), or None on timeout."""
