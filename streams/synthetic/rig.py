@@ -5,6 +5,9 @@ Frames go out on absolute deadlines start + seq / fps (no drift: a late frame do
 ones back; a frame is never skipped, so a rig that falls behind catches up by sending at once and
 counts the late frames). While waiting for a deadline the publisher's `tick()` keeps heartbeats and
 header re-sends flowing.
+
+Steerable (`control=`, streams/control.py): a closed-loop client switches the screen between movies, a
+target image and grey; the rig shows the change at the next frame and acknowledges it with that frame.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from streams.control import GREY, TARGETS, Command, ControlServer
+from streams.control import FRAME_SHAPE, GREY, TARGETS, Command, ControlServer
 from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
 from streams.synthetic.simulate import DEFAULT_MOVIE_SEED, MouseStream, SimFrame
 from streams.synthetic.stimuli import NaturalMovie
@@ -40,7 +43,7 @@ class Screen:
         elif cmd.cmd == "target":
             self._still = TARGETS[cmd.name]
         elif cmd.cmd == "grey":
-            self._still = np.full(TARGETS[next(iter(TARGETS))].shape, GREY, np.uint8)
+            self._still = np.full(FRAME_SHAPE, GREY, np.uint8)
         self.showing = cmd.describe()
 
     def next(self) -> np.ndarray:
