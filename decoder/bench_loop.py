@@ -20,6 +20,8 @@ reported apart. Hit rate and false alarms of the detector come from the known st
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
@@ -352,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
         decode_cmd += ["--provider", args.provider]
     if args.provisional:
         decode_cmd.append("--provisional")
-    procs = [subprocess.Popen(_cli(*decode_cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)]
+    load_start = os.getloadavg()
+    procs = [subprocess.Popen(_cli(*decode_cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     procs.append(subprocess.Popen(_cli("rig", "--synthetic", "--neurons", str(args.neurons), "--bind", rig_ep,
                                        "--control", ctl_ep, "--wait-subscribers", "1"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
@@ -379,8 +382,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for p in procs:
             p.terminate()
-        errs = [p.communicate(timeout=30)[1] for p in procs]
+        outs = [p.communicate(timeout=30) for p in procs]
+    errs = [e for _, e in outs]
     result = summarise(loop, args, provisional_seen)
+    result["machine"] = {"cpus": os.cpu_count(), "load_avg_1min_start": round(load_start[0], 2),
+                         "load_avg_1min_end": round(os.getloadavg()[0], 2)}
+    try:
+        stats = json.loads(outs[0][0])["decode"]
+        asked = stats["steps_run"] + stats["steps_shed"]
+        result["decoder"] = {"steps_run": stats["steps_run"], "steps_asked": asked,
+                             "steps_afforded_fraction": round(stats["steps_run"] / asked, 3) if asked else None,
+                             "backlog_max": stats["backlog_max"], "provider": json.loads(outs[0][0]).get("provider")}
+    except (ValueError, KeyError, TypeError):
+        result["decoder"] = {"error": "no final stats from the decoder"}
     result["rig_log_tail"] = errs[1].strip().splitlines()[-1:] if errs[1] else []
     result["decoder_log_tail"] = errs[0].strip().splitlines()[-2:] if errs[0] else []
     emit_json(result, args.json)
