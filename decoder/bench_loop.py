@@ -291,7 +291,7 @@ def sweep(loop: Loop, window_frames: int) -> dict[str, Any]:
             best[kind] = np.array([mean[(seqs >= lo) & (seqs < hi)].max(initial=-np.inf)
                                    for k, lo, hi in windows if k == kind])
         rows = []
-        for th in np.round(np.arange(0.15, 0.51, 0.05), 2):
+        for th in np.round(np.arange(0.15, 0.501, 0.025), 3):
             hit = float(np.mean(best["target"] >= th)) if best["target"].size else None
             fa = float(np.mean(best["catch"] >= th)) if best["catch"].size else None
             rows.append({"threshold": float(th), "hit_rate": hit, "false_alarm_rate": fa})
