@@ -229,6 +229,8 @@ def summarise(loop: Loop, args: argparse.Namespace, provisional_seen: bool) -> d
             "decision_after_shown_ms": _pct(decision_ms),  # the whole loop, lag and biology included
             "max_score_target": [round(v, 3) for v in scores["target"]],
             "max_score_catch": [round(v, 3) for v in scores["catch"]],
+            **_background_fires(loop, kind, window_frames),
+            "fired_at_seq": [f["seq"] for f in fires],
         }
     out["detection"] = res
     out["detector_sweep"] = sweep(loop, window_frames)
@@ -263,6 +265,27 @@ def summarise(loop: Loop, args: argparse.Namespace, provisional_seen: bool) -> d
         out["overhead_per_frame_ms"] = _pct((t_recv - (t_acq + (trig_seq - seq) * PERIOD_NS)) / 1e6)
     out["events"] = [{k: v for k, v in e.items()} for e in loop.events]
     return out
+
+
+#: Frames after a target goes off during which the decoded movie may still show it (lag 16 + ~1 s of
+#: responses); firings there are not counted as background false alarms.
+TRAILING_FRAMES = 45
+
+
+def _background_fires(loop: Loop, kind: str, window_frames: int) -> dict[str, Any]:
+    """Firings during the movie between events (outside every target/catch window and the trailing frames
+    after a target), per minute of such movie: false alarms the catch windows do not sample."""
+    seqs = np.array(sorted({x[1] for x in loop.frames if x[0] == kind}))
+    if seqs.size == 0:
+        return {}
+    busy = np.zeros(seqs.size, bool)
+    for k, lo, hi in _windows(loop, window_frames):
+        busy |= (seqs >= lo) & (seqs < hi + (TRAILING_FRAMES if k == "target" else 0))
+    background = set(seqs[~busy].tolist())
+    n = sum(1 for f in loop.fires[kind] if f["seq"] in background)
+    minutes = len(background) / 30 / 60
+    return {"background_fires": n, "background_minutes": round(minutes, 2),
+            "background_fires_per_minute": round(n / minutes, 2) if minutes else None}
 
 
 def _windows(loop: Loop, window_frames: int) -> list[tuple[str, int, int]]:

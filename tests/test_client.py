@@ -190,6 +190,8 @@ def test_bench_loop_scores_hits_false_alarms_and_overhead_from_what_it_recorded(
     det = out["detection"]["final"]
     assert (det["targets"], det["hits"], det["catch"], det["false_alarms"]) == (2, 1, 2, 1)
     assert det["detection_delay_frames"]["p50"] == 10
+    assert det["background_fires"] == 0 and det["fired_at_seq"] == [110, 710]
+    assert det["background_minutes"] == pytest.approx((670 - (31 + 45) - 30 - (30 + 45) - 30) / 30 / 60, abs=0.01)
     assert det["decision_after_shown_ms"]["p50"] == pytest.approx((26 * PERIOD_NS + 57 * ms) / 1e6, abs=0.01)
     ce = out["closed_events"]
     assert ce["n"] == 1  # the missed target was taken off by the schedule: no loop closed
