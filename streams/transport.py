@@ -163,10 +163,19 @@ class Publisher:
         self.last_seq = -1
         self._send_header()
 
+    def resend_header(self) -> None:
+        """Send the current header now (e.g. once new subscribers are in, so they can read frame 0)."""
+        if self.header is not None:
+            self._send_header()
+
     def _send_header(self) -> None:
         assert self.header is not None
+        last_send = self._last_send_ns
         self._send(encode_session(self.header))
         self._last_header_ns = _now_ns()
+        # A header re-send is not news: keep the heartbeat timer, so an idle session still gets heartbeats
+        # (their last_seq is how a subscriber notices frames lost at the end of a burst).
+        self._last_send_ns = last_send
 
     def _maybe_resend_header(self, now: int) -> None:
         if self.header is not None and now - self._last_header_ns >= self.header_interval_ns:

@@ -10,7 +10,8 @@ neurocine simulate --out data/synthetic-0 --neurons 1000 --minutes 60
 neurocine simulate --out data/new-movies --movie-seed 7 --trials 40 --format native"""
 RIG_EXAMPLE = """\
 neurocine rig --synthetic --neurons 8000 --bind tcp://127.0.0.1:5555
-neurocine rig --synthetic --seconds 30   # then, elsewhere: neurocine record --out s.ncr"""
+neurocine rig --synthetic --seconds 30   # then, elsewhere: neurocine record --out s.ncr
+neurocine rig --synthetic --control tcp://127.0.0.1:5557   # steerable: see streams/control.py"""
 
 
 def _add(sub: Any, name: str, help: str, example: str, description: str) -> argparse.ArgumentParser:
@@ -71,6 +72,10 @@ def register_rig(subparsers: Any) -> None:
     p.add_argument("--bind", default=DEFAULT_PUB, help=f"ZeroMQ endpoint to publish on (default {DEFAULT_PUB})")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="K",
                    help="wait for K subscribers before the first frame (default: start at once)")
+    p.add_argument("--control", metavar="ENDPOINT",
+                   help="accept commands here (ZeroMQ REP, JSON): {\"cmd\": \"movie\", \"k\": K}, "
+                        "{\"cmd\": \"target\", \"name\": \"bar\"|\"checker\"}, {\"cmd\": \"grey\"}, "
+                        "{\"cmd\": \"status\"}; the reply says which frame showed the change and when")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--frames", type=int, metavar="N", help="stop after N frames")
     stop.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
@@ -93,5 +98,5 @@ def run_rig_verb(args: argparse.Namespace) -> int:
             raise ValueError(f"--seconds must be >= 0, got {args.seconds}")
         frames = round(args.seconds * 30.0)
     run_rig(args.bind, n_neurons=args.neurons, seed=args.seed, movie_seed=args.movie_seed, max_frames=frames,
-            wait_subscribers=args.wait_subscribers)
+            wait_subscribers=args.wait_subscribers, control=args.control)
     return 0

@@ -5,23 +5,49 @@ Frames go out on absolute deadlines start + seq / fps (no drift: a late frame do
 ones back; a frame is never skipped, so a rig that falls behind catches up by sending at once and
 counts the late frames). While waiting for a deadline the publisher's `tick()` keeps heartbeats and
 header re-sends flowing.
+
+Steerable (`control=`, streams/control.py): a closed-loop client switches the screen between movies, a
+target image and grey; the rig shows the change at the next frame and acknowledges it with that frame.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import sys
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
+from streams.control import FRAME_SHAPE, GREY, TARGETS, Command, ControlServer
 from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
 from streams.synthetic.simulate import DEFAULT_MOVIE_SEED, MouseStream, SimFrame
 from streams.synthetic.stimuli import NaturalMovie
 
 LATE_TOLERANCE_S = 0.010
+
+
+class Screen:
+    """What the mouse sees: movie K (NaturalMovie(movie_seed + K), from its start), a target image or grey.
+    Movie 0 is the rig's default movie, so an unsteered rig shows what `live_frames` gives."""
+
+    def __init__(self, movie_seed: int = DEFAULT_MOVIE_SEED, split: str = "test") -> None:
+        self.movie_seed, self.split = movie_seed, split
+        self._still: np.ndarray | None = None
+        self.showing = "movie 0"
+        self._movie: Iterator[np.ndarray] = iter(NaturalMovie(movie_seed, split))
+
+    def apply(self, cmd: Command) -> None:
+        if cmd.cmd == "movie":
+            self._movie, self._still = iter(NaturalMovie(self.movie_seed + cmd.k, self.split)), None
+        elif cmd.cmd == "target":
+            self._still = TARGETS[cmd.name]
+        elif cmd.cmd == "grey":
+            self._still = np.full(FRAME_SHAPE, GREY, np.uint8)
+        self.showing = cmd.describe()
+
+    def next(self) -> np.ndarray:
+        return next(self._movie) if self._still is None else self._still
 
 
 def live_frames(mouse: Mouse, movie_seed: int = DEFAULT_MOVIE_SEED, split: str = "test") -> Iterator[SimFrame]:
@@ -35,6 +61,8 @@ def live_frames(mouse: Mouse, movie_seed: int = DEFAULT_MOVIE_SEED, split: str =
 class RigReport:
     frames: int = 0
     late: int = 0
+    commands: int = 0  # control commands shown
+    refused: int = 0  # malformed control commands (answered with an error; publishing went on)
     max_lateness_ms: float = 0.0
     seconds: float = 0.0
 
@@ -49,9 +77,14 @@ def run_rig(
     verbose: bool = True,
     wait_subscribers: int = 0,
     wait_timeout_s: float | None = None,
+    control: str | None = None,
 ) -> RigReport:
     """Publish the synthetic mouse on `bind` until max_frames (None: until interrupted); first wait
-    (up to wait_timeout_s) for `wait_subscribers` subscribers so that they see frame 0."""
+    (up to wait_timeout_s) for `wait_subscribers` subscribers so that they see frame 0.
+
+    With `control` (an endpoint), the rig is steerable (streams/control.py): a change received before a
+    frame's deadline is shown in that frame, which is then generated at its deadline (a few ms late, on
+    purpose: without control each frame is computed ahead and sent on time)."""
     from streams.protocol import SessionHeader
     from streams.session import new_session_id
     from streams.transport import Publisher
@@ -60,8 +93,10 @@ def run_rig(
         raise ValueError(f"number of frames must be >= 0, got {max_frames}")
     mouse = make_mouse(seed, n_neurons)
     mouse.spatial_filters()  # build before the clock starts
-    frames = live_frames(mouse, movie_seed, split)
-    frames = itertools.chain([next(frames)], frames)  # load the photographs before the clock starts
+    screen = Screen(movie_seed, split)  # loads the photographs before the clock starts
+    stream = MouseStream(mouse, movie_seed)
+    ctl = None if control is None else ControlServer(control, status=lambda: {"showing": screen.showing})
+    sim = None if ctl else stream.step(screen.next())  # unsteered: each frame is computed ahead
     period_ns = round(1e9 / mouse.fps)
     report = RigReport()
     with Publisher(bind) as pub:
@@ -76,24 +111,39 @@ def run_rig(
         if verbose:
             print(f"rig: publishing {mouse.mouse_id} ({mouse.n_neurons} neurons, movie seed {movie_seed}) "
                   f"on {pub.endpoint} at {mouse.fps:g} Hz; Ctrl-C stops", file=sys.stderr, flush=True)
+            if ctl is not None:
+                print(f"rig: commands on {ctl.endpoint} (movie K, target NAME, grey, status)", file=sys.stderr,
+                      flush=True)
         start = time.monotonic_ns()
         reason = "complete"
         try:
             seq = 0
             while max_frames is None or seq < max_frames:
-                sim = next(frames)
                 deadline = start + seq * period_ns
                 while True:
                     left = deadline - time.monotonic_ns()
                     if left <= 0:
                         break
                     pub.tick()
-                    time.sleep(min(left / 1e9, 0.005))
+                    if ctl is None:
+                        time.sleep(min(left / 1e9, 0.005))
+                    else:
+                        ctl.poll(min(left / 1e9, 0.005))
                 lateness = (time.monotonic_ns() - deadline) / 1e9
                 if lateness > LATE_TOLERANCE_S:
                     report.late += 1
                 report.max_lateness_ms = max(report.max_lateness_ms, lateness * 1e3)
-                pub.send_frame(seq, start_wall + seq * period_ns, sim.traces, sim.behaviour, sim.stimulus)
+                change = None if ctl is None else ctl.take()
+                if ctl is not None:
+                    if change is not None:
+                        screen.apply(change)
+                    sim = stream.step(screen.next())
+                t_shown = start_wall + seq * period_ns
+                t_pub = pub.send_frame(seq, t_shown, sim.traces, sim.behaviour, sim.stimulus)
+                if change is not None:
+                    ctl.shown(seq, t_shown, t_pub)
+                if ctl is None and (max_frames is None or seq + 1 < max_frames):
+                    sim = stream.step(screen.next())
                 seq += 1
                 report.frames = seq
                 if verbose and seq % int(10 * mouse.fps) == 0:
@@ -103,9 +153,13 @@ def run_rig(
         finally:
             report.seconds = (time.monotonic_ns() - start) / 1e9
             pub.end(reason)
+            if ctl is not None:
+                report.commands, report.refused = ctl.accepted, ctl.refused
+                ctl.close()
     if verbose:
         print(f"\nrig: sent {report.frames} frames in {report.seconds:.1f} s, {report.late} late "
-              f"(max {report.max_lateness_ms:.1f} ms)", file=sys.stderr)
+              f"(max {report.max_lateness_ms:.1f} ms); {report.commands} commands shown, {report.refused} refused",
+              file=sys.stderr)
     return report
 
 

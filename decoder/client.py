@@ -1,0 +1,142 @@
+"""Closed-loop clients: receive the decoded movie as numpy frames with their source seq and timing.
+
+Lives in `decoder/` because the `decoded` message's fields are defined here (decoder/messages.py) and
+`streams` never imports `decoder`; like messages.py it imports no torch or onnxruntime, so a client
+machine with the light install (numpy, pyzmq, msgpack) can use it (tests/test_client.py checks it).
+
+    from decoder.client import DecodedStream
+    with DecodedStream("tcp://decoder:5556", provisional=True) as stream:
+        for f in stream:                       # LiveFrame: f.frame (36, 64) uint8, f.seq, f.final, ...
+            if looks_like_target(f.frame):
+                act()
+
+A decoder publishes a `final` frame for source frame `seq` once `lag` newer frames have refined it, and,
+when asked to (`neurocine decode --provisional`), a provisional estimate of each frame as soon as it
+arrives (final=False; the same seq comes again later, better). `final` / `provisional` choose which kinds
+are handed over; `newest_only` drops all but the newest waiting frame, for a client slower than 30 Hz.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from decoder.messages import DecodedFrame, as_decoded_frame
+from streams.protocol import TOPIC_DECODED, Decoded, ProtocolError
+from streams.transport import Subscriber
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveFrame:
+    """One decoded frame as a client sees it."""
+
+    session_id: str  # the source (rig) session
+    seq: int  # source frame: the stimulus shown at that frame is what this frame estimates
+    final: bool  # False: a provisional estimate that a later message for the same seq will replace
+    frame: np.ndarray  # (36, 64) uint8, read-only
+    t_acq_ns: int  # source frame acquired (rig clock)
+    t_pub_ns: int  # source frame published by the rig
+    t_done_ns: int  # decoder published this estimate
+    t_recv_ns: int  # this client received it
+    trigger_seq: int  # the source frame whose arrival produced this estimate (seq + lag; seq if not given)
+    trigger_t_pub_ns: int  # when the rig published that frame
+    lag: int  # frames between seq and the newest frame the decoder had (0 for provisional frames)
+    new_session: bool  # the first frame of a new source session (reset per-session state)
+    decoded: DecodedFrame  # everything the decoder sent (queue and compute times, steps, stats)
+
+    @property
+    def latency_ms(self) -> float:
+        """Source frame published -> this client has its estimate (includes the decoder's lag)."""
+        return (self.t_recv_ns - self.t_pub_ns) / 1e6
+
+    @property
+    def overhead_ms(self) -> float:
+        """Trigger frame published -> client has the estimate: transport + queue + compute, without the lag."""
+        return (self.t_recv_ns - self.trigger_t_pub_ns) / 1e6
+
+
+@dataclasses.dataclass
+class ClientStats:
+    final: int = 0
+    provisional: int = 0
+    filtered: int = 0  # received but of a kind not asked for
+    skipped_stale: int = 0  # dropped by newest_only
+    malformed: int = 0  # decoded messages that are not decoded frames (counted, never fatal)
+    sessions: int = 0
+    last_error: str = ""
+
+
+class DecodedStream:
+    """Subscriber to a decode service's `decoded` stream that hands over LiveFrames."""
+
+    def __init__(self, connect: str, *, final: bool = True, provisional: bool = False, newest_only: bool = False,
+                 rcvhwm: int = 1000) -> None:
+        if not (final or provisional):
+            raise ValueError("ask for final frames, provisional frames, or both")
+        self.want_final, self.want_provisional, self.newest_only = final, provisional, newest_only
+        self._sub = Subscriber(connect, topics=(TOPIC_DECODED,), rcvhwm=rcvhwm)
+        self.stats = ClientStats()
+        self._session: str | None = None
+
+    def __enter__(self) -> DecodedStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _convert(self, msg: Decoded, recv_ns: int) -> LiveFrame | None:
+        try:
+            d = as_decoded_frame(msg)
+        except ProtocolError as e:
+            self.stats.malformed += 1
+            self.stats.last_error = str(e)
+            return None
+        if not (self.want_final if d.final else self.want_provisional):
+            self.stats.filtered += 1
+            return None
+        new = d.session_id != self._session
+        if new:
+            self._session = d.session_id
+            self.stats.sessions += 1
+        if d.final:
+            self.stats.final += 1
+        else:
+            self.stats.provisional += 1
+        trigger = d.trigger_seq if d.trigger_seq >= 0 else d.seq
+        return LiveFrame(d.session_id, d.seq, d.final, d.frame, d.t_acq_ns, d.t_pub_ns, d.t_done_ns, recv_ns,
+                         trigger, d.trigger_t_pub_ns or d.t_pub_ns, d.lag, new, d)
+
+    def recv(self, timeout_s: float | None = 1.0) -> LiveFrame | None:
+        """The next frame of the kinds asked for (the newest waiting one with newest_only), or None on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            msg = self._sub.recv(timeout_s=left)
+            if msg is None:
+                return None
+            out = self._convert(msg, self._sub.last_recv_ns) if isinstance(msg, Decoded) else None
+            if out is not None and self.newest_only:
+                while (nxt := self._sub.recv(timeout_s=0)) is not None:
+                    newer = self._convert(nxt, self._sub.last_recv_ns) if isinstance(nxt, Decoded) else None
+                    if newer is not None:
+                        self.stats.skipped_stale += 1
+                        if out.new_session and not newer.new_session and newer.session_id == out.session_id:
+                            newer = dataclasses.replace(newer, new_session=True)
+                        out = newer
+            if out is not None:
+                return out
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def __iter__(self) -> Iterator[LiveFrame]:
+        """Frames until closed (timeouts are skipped)."""
+        while not self._sub._sock.closed:
+            f = self.recv(timeout_s=0.5)
+            if f is not None:
+                yield f
+
+    def close(self) -> None:
+        self._sub.close()
