@@ -33,6 +33,13 @@ def register(subparsers: Any) -> None:
         "--lag 32 --out s.npy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_reconstruct_options(p)
+    p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
+    p.set_defaults(func=run)
+
+
+def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
+    """Every option of a reconstruction but --out (shared with `neurocine batch`)."""
     p.add_argument(
         "--model",
         action="append",
@@ -67,8 +74,6 @@ def register(subparsers: Any) -> None:
                    help=f"spatial Gaussian blur (px) of each step's gradient (default {DEFAULT_GRAD_BLUR}; "
                    "0 = the paper's exact method)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
-    p.set_defaults(func=run)
 
 
 def write_movie(movie: np.ndarray, out: Path, fps: float = 30.0) -> None:
@@ -120,18 +125,58 @@ def _progress(prefix: str):
     return report
 
 
+#: --provider -> ONNX Runtime providers (None: CUDA when available)
+PROVIDERS = {"auto": None, "cuda": ["CUDAExecutionProvider"], "cpu": ["CPUExecutionProvider"]}
+
+
+def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -> (Session, LoadedModels)
+    """The session (args.session, args.trial; default: the built-in example) and its encoders (`models`,
+    default args.model, else the built-in model). Raises FormatError/BackendError/OSError/ValueError."""
+    from decoder.reconstruct.models import default_models, load_models
+    from streams.formats import load_session
+
+    if args.session is None:
+        from streams.example import example_session_path
+
+        args.session = str(example_session_path())
+    session = load_session(args.session, trials=args.trial)
+    specs = models or args.model or default_models()
+    loaded = load_models(specs, session, args.session, args.backend, PROVIDERS[args.provider], args.threads)
+    return session, loaded
+
+
+def reconstruct_part(models, part, args: argparse.Namespace, progress=None) -> np.ndarray:
+    """Float32 movie (T, 36, 64) of one trial `part` (a Session) with `models` (LoadedModels), offline or
+    streaming as args say. One definition, used by `reconstruct` and by `batch`'s tasks."""
+    from decoder.reconstruct.models import session_arrays
+    from decoder.reconstruct.offline import OfflineConfig, reconstruct_offline
+    from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
+
+    opt_mask = None if args.no_mask else models.opt_mask
+    responses, behaviour = session_arrays(part, models.columns)
+    if args.mode == "offline":
+        cfg = OfflineConfig(iterations=args.iterations, grad_blur=args.grad_blur)
+        return reconstruct_offline(models.ensemble, responses, behaviour, opt_mask, config=cfg,
+                                   progress=progress).video
+    cfg = StreamingConfig(
+        grad_blur=args.grad_blur,
+        **{k: v for k, v in (("lag", args.lag), ("steps", args.steps)) if v is not None},
+    )
+    movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask)
+    return movie
+
+
+def as_uint8(movie: np.ndarray) -> np.ndarray:
+    """The written movie: rounded, clipped to 0..255."""
+    return np.clip(np.rint(movie), 0, 255).astype(np.uint8)
+
+
 def run(args: argparse.Namespace) -> int:
     from decoder.metrics import movie_metrics, response_correlation
     from decoder.reconstruct.backends import BackendError
-    from decoder.reconstruct.models import default_models, load_models, session_arrays
-    from decoder.reconstruct.offline import (
-        OfflineConfig,
-        ReconstructionError,
-        predict_movie,
-        reconstruct_offline,
-    )
-    from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
-    from streams.formats import FormatError, load_session
+    from decoder.reconstruct.models import session_arrays
+    from decoder.reconstruct.offline import ReconstructionError, predict_movie
+    from streams.formats import FormatError
 
     out = Path(args.out)
     if out.suffix not in OUT_SUFFIXES:
@@ -141,21 +186,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"reconstruct: --iterations must be >= 0, got {args.iterations}", file=sys.stderr)
         return 2
     try:
-        if args.session is None:
-            from streams.example import example_session_path
-
-            args.session = str(example_session_path())
-        session = load_session(args.session, trials=args.trial)
-        providers = {"auto": None, "cuda": ["CUDAExecutionProvider"], "cpu": ["CPUExecutionProvider"]}[
-            args.provider
-        ]
-        models = load_models(
-            args.model or default_models(), session, args.session, args.backend, providers, args.threads
-        )
+        session, models = load_inputs(args)
     except (FormatError, BackendError, FileNotFoundError, ValueError) as e:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
-    opt_mask = None if args.no_mask else models.opt_mask
     eval_mask = None if args.no_mask else models.eval_mask
     print(
         f"reconstruct: {session.n_frames} frames, {len(session.trials)} trial(s), models: "
@@ -167,23 +201,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         for k, trial in enumerate(session.trials):
             part = session.select_trials([trial.index]) if len(session.trials) > 1 else session
+            progress = _progress(f"trial {trial.index} ({k + 1}/{len(session.trials)})")
+            movie = reconstruct_part(models, part, args, progress)
             responses, behaviour = session_arrays(part, models.columns)
-            if args.mode == "offline":
-                rec = reconstruct_offline(
-                    models.ensemble,
-                    responses,
-                    behaviour,
-                    opt_mask,
-                    config=OfflineConfig(iterations=args.iterations, grad_blur=args.grad_blur),
-                    progress=_progress(f"trial {trial.index} ({k + 1}/{len(session.trials)})"),
-                )
-                movie = rec.video
-            else:
-                cfg = StreamingConfig(
-                    grad_blur=args.grad_blur,
-                    **{k2: v for k2, v in (("lag", args.lag), ("steps", args.steps)) if v is not None},
-                )
-                movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask)
             movies.append(movie)
             recs.append(responses)
             if part.stimulus is not None:
@@ -193,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    movie_u8 = np.clip(np.rint(np.concatenate(movies)), 0, 255).astype(np.uint8)
+    movie_u8 = as_uint8(np.concatenate(movies))
     write_movie(movie_u8, out, session.frame_rate)
     print(f"reconstruct: wrote {out} ({movie_u8.shape[0]} frames) in {seconds:.1f} s", file=sys.stderr)
     if truths:
