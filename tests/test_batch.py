@@ -181,3 +181,33 @@ def test_bad_sessions_and_encoders_fail_their_tasks_and_the_rest_completes(data,
     # a resumed batch with other settings is refused, not mixed with these outputs
     code = _parse(batch_cli.register, "batch", "--session", str(session), "--iterations", "3", "--out", str(out))
     assert code.func(code) == 2 and "other settings" in capsys.readouterr().err
+
+
+def test_train_seeds_fans_out_one_model_folder_per_seed_each_exported(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from decoder.encoder import cli as encoder_cli
+    from decoder.encoder.train import train
+    from tests.test_encoder_train import write_mouse
+
+    mouse = write_mouse(tmp_path / "mouse_a", 1)
+    tiny = ["--data", str(mouse), "--preset", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
+            "--threads", "1"]
+    args = _parse(encoder_cli.register_train, "train", *tiny, "--out", str(tmp_path / "ens"), "--seeds", "0,1",
+                  "--export-graphs", "forward")
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["done"] == 2 and [r["name"] for r in summary["rows"]] == ["seed0", "seed1"]
+    for seed in (0, 1):
+        assert (tmp_path / "ens" / f"seed{seed}" / "onnx" / "mouse_a" / "forward.onnx").is_file()
+    a, b = (load_file(tmp_path / "ens" / f"seed{s}" / "model.safetensors") for s in (0, 1))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different members
+    # each member is the serial `neurocine train --seed k`, bit for bit
+    serial = _parse(encoder_cli.register_train, "train", *tiny, "--out", str(tmp_path / "one"), "--seed", "1",
+                    "--no-progress")
+    train(encoder_cli.train_options(serial))
+    c = load_file(tmp_path / "one" / "model.safetensors")
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    bad = _parse(encoder_cli.register_train, "train", *tiny, "--out", str(tmp_path / "x"), "--seeds", "0,0")
+    assert bad.func(bad) == 2 and "distinct" in capsys.readouterr().err
