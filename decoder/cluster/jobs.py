@@ -167,12 +167,13 @@ def _load(unit: Unit, settings: dict[str, Any]):
 def run_unit(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
     """Run one unit in this process and write its outputs; returns its summary row. Bad input is
     returned as status 'failed' (retrying cannot help); anything else raises (the scheduler retries)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         row = _merge(unit, settings) if unit.kind == "merge" else _reconstruct(unit, settings)
     except UnitError as e:
         return {"name": unit.name, "status": "failed", "error": str(e)}
-    row.update(name=unit.name, status="done", seconds=round(time.perf_counter() - start, 3))
+    row.update(name=unit.name, status="done", seconds=round(time.perf_counter() - start, 3),
+               cpu_seconds=round(time.process_time() - cpu, 3))
     return row
 
 
