@@ -211,3 +211,13 @@ def test_train_seeds_fans_out_one_model_folder_per_seed_each_exported(tmp_path, 
     assert all(torch.equal(b[k], c[k]) for k in b)
     bad = _parse(encoder_cli.register_train, "train", *tiny, "--out", str(tmp_path / "x"), "--seeds", "0,0")
     assert bad.func(bad) == 2 and "distinct" in capsys.readouterr().err
+
+
+def test_extrapolation_counts_waves_of_member_tasks_per_gpu_and_merges_per_cpu():
+    from decoder.bench_batch import extrapolate
+
+    rows = extrapolate(100.0, 10.0, 1.0, sessions=10, trials=4, encoders=7, gpus_per_node=8, cpus_per_node=32,
+                       nodes=(1, 2, 35))
+    # 280 member tasks: 35 waves on 8 GPUs, 18 on 16, 1 on 280; 40 merges: 2 waves on 32 CPUs, then 1
+    assert [r["hours"] for r in rows] == [round((35 * 101 + 2 * 11) / 3600, 3), round((18 * 101 + 11) / 3600, 3),
+                                          round((101 + 11) / 3600, 3)]
