@@ -67,9 +67,9 @@ def _batch(*argv: str, capsys) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def _serial(tmp_path: Path, session: Path, trial: int, models: list[str], capsys) -> tuple[np.ndarray, dict]:
+def _serial(tmp_path: Path, session: Path, trial: int, models: list[str], capsys, mode=()) -> tuple[np.ndarray, dict]:
     out = tmp_path / f"serial{trial}.npy"
-    argv = ["--session", str(session), "--trial", str(trial), *SETTINGS, "--out", str(out)]
+    argv = ["--session", str(session), "--trial", str(trial), *SETTINGS, *mode, "--out", str(out)]
     for m in models:
         argv += ["--model", m]
     args = _parse(reconstruct_cli.register, "reconstruct", *argv)
@@ -77,18 +77,22 @@ def _serial(tmp_path: Path, session: Path, trial: int, models: list[str], capsys
     return np.load(out), json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("n_models", [1, 2])
-def test_batch_equals_serial_reconstruct_bit_for_bit(data, tmp_path, capsys, n_models):
+STREAMING = ["--mode", "streaming", "--lag", "4", "--steps", "1"]
+
+
+@pytest.mark.parametrize(("n_models", "mode"), [(1, []), (2, []), (1, STREAMING)])
+def test_batch_equals_serial_reconstruct_bit_for_bit(data, tmp_path, capsys, n_models, mode):
     session, models = data
     models = models[:n_models]
-    argv = ["--session", str(session), *SETTINGS, "--out", str(tmp_path / "b")]
+    argv = ["--session", str(session), *SETTINGS, *mode, "--out", str(tmp_path / "b")]
     for m in models:
         argv += ["--model", m]
     code, summary = _batch(*argv, capsys=capsys)
     assert code == 0 and summary["failed"] == 0
-    assert summary["done"] == (2 if n_models == 1 else 2 * 3)  # per trial: its members and their average
+    # per trial: one task, or offline with several encoders one per encoder and their average
+    assert summary["done"] == (2 * 3 if n_models == 2 else 2)
     for trial in (0, 1):
-        movie, metrics = _serial(tmp_path, session, trial, models, capsys)
+        movie, metrics = _serial(tmp_path, session, trial, models, capsys, mode)
         batch_movie = np.load(tmp_path / "b" / "s" / f"trial{trial}.npy")
         assert batch_movie.dtype == np.uint8 and np.array_equal(batch_movie, movie)
         written = json.loads((tmp_path / "b" / "s" / f"trial{trial}.json").read_text())
