@@ -191,12 +191,17 @@ def run(args: argparse.Namespace) -> int:
         run_["noop_task_ms"].append(round(1e3 * statistics.median(trips), 2))
         run_["wall_s"].append(round(wall, 2))
         # CPU the tasks got / (wall x workers): 1 on a quiet machine, less when others take the cores
-        run_["cpu_share"].append(round(sum(r["cpu_seconds"] for r in rows) / (wall * w), 3))
+        run_.setdefault("task_cpu_s", []).append(round(sum(r["cpu_seconds"] for r in rows), 2))
+        run_["cpu_share"].append(round(run_["task_cpu_s"][-1] / (wall * w), 3))
     runs = result["ray"]
     if "1" in runs and "2" in runs:
         result["speedup_2_vs_1_median"] = round(statistics.median(runs["1"]["wall_s"]) /
                                                 statistics.median(runs["2"]["wall_s"]), 3)
         result["speedup_2_vs_1_best"] = round(min(runs["1"]["wall_s"]) / min(runs["2"]["wall_s"]), 3)
+        # what an idle machine would show: the same tasks' CPU seconds with 1 and with 2 workers, each
+        # worker given a whole core (cpu_share 1); it drops to < 2 when parallel tasks slow each other down
+        cpu1, cpu2 = (statistics.median(runs[k]["task_cpu_s"]) for k in ("1", "2"))
+        result["speedup_2_vs_1_idle_projection"] = round(2 * cpu1 / cpu2, 3)
     if "1" in runs:
         overhead = (min(runs["1"]["wall_s"]) - sum(serial)) / len(trials)
         result["ray_overhead_per_task_s"] = round(overhead, 3)
