@@ -225,3 +225,19 @@ def test_extrapolation_counts_waves_of_member_tasks_per_gpu_and_merges_per_cpu()
     # 280 member tasks: 35 waves on 8 GPUs, 18 on 16, 1 on 280; 40 merges: 2 waves on 32 CPUs, then 1
     assert [r["hours"] for r in rows] == [round((35 * 101 + 2 * 11) / 3600, 3), round((18 * 101 + 11) / 3600, 3),
                                           round((101 + 11) / 3600, 3)]
+
+
+def test_the_cli_joins_an_existing_cluster_with_address(data, tmp_path):
+    """`neurocine batch --address` as a user runs it: a second driver on the running cluster, nothing started."""
+    from tests.conftest import neurocine
+
+    session, models = data
+    address = ray.get_runtime_context().gcs_address
+    proc = neurocine("batch", "--address", address, "--session", str(session), "--trial", "1", "--model", models[0],
+                     "--iterations", "1", "--no-progress", "--out", str(tmp_path / "c"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["done"] == 1 and summary["rows"][0]["name"] == "s/trial1"
+    assert np.load(tmp_path / "c" / "s" / "trial1.npy").shape == (40, 36, 64)
+    assert "Started a local Ray instance" not in err
