@@ -10,6 +10,7 @@ encoders run one task per trial (the streaming ensemble averages gradients, it c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -107,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"batch: {e}", file=sys.stderr)
         return 2
     try:
-        gpus = gpus_per_task(args.backend, args.provider, args.num_gpus)
-        rows += run_plan(plan, settings, max_retries=args.max_retries, num_gpus=gpus, progress=not args.no_progress)
+        # Ray prints retried tasks' tracebacks on stdout: keep stdout for the summary JSON alone
+        with contextlib.redirect_stdout(sys.stderr):
+            gpus = gpus_per_task(args.backend, args.provider, args.num_gpus)
+            rows += run_plan(plan, settings, max_retries=args.max_retries, num_gpus=gpus,
+                             progress=not args.no_progress)
     finally:
         if started:
             import ray

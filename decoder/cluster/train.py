@@ -8,6 +8,7 @@ their code (decoder/encoder/cli.py), with one torch thread per CPU the task hold
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -68,7 +69,8 @@ def run_seeds(args: argparse.Namespace) -> int:
     try:
         for ref, seed in refs.items():
             try:
-                rows.append(ray.get(ref))
+                with contextlib.redirect_stdout(sys.stderr):  # Ray prints retried tasks' errors on stdout
+                    rows.append(ray.get(ref))
             except Exception as e:  # a crash or an error past its retry: report it, keep the others
                 rows.append({"name": f"seed{seed}", "status": "failed", "error": f"{type(e).__name__}: {e}"[:500]})
             print(f"neurocine train: seed {seed}: {rows[-1]['status']}", file=sys.stderr)
