@@ -56,6 +56,8 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--gpu-iteration-ms", type=float, default=None,
                    help="one iteration of a 300-frame trial on a GPU node (bench this with --provider cuda "
                    "there); default: this machine's measured time")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="only redo the extrapolation from an earlier run's JSON (e.g. with --gpu-iteration-ms)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the JSON here")
     p.set_defaults(func=run)
 
@@ -100,19 +102,47 @@ def _same(dirs: list[Path], plan) -> bool:
 
 
 def extrapolate(task_s: float, merge_s: float, overhead_s: float, sessions: int, trials: int, encoders: int,
-                gpus_per_node: int, cpus_per_node: int, nodes=(1, 2, 4, 8, 16)) -> list[dict[str, Any]]:
-    """Hours of a job on n GPU nodes: waves of member tasks, one per GPU, then the merges (CPU)."""
+                gpus_per_node: int, cpus_per_node: int, nodes=(1, 2, 4, 8, 16),
+                startup_s: float = 0.0) -> list[dict[str, Any]]:
+    """Hours of a job on n GPU nodes: Ray's start-up (once, nodes in parallel), then waves of member tasks,
+    one per GPU, each its task time plus Ray's per-task cost, then the merges in waves of the CPUs."""
     members, merges = sessions * trials * encoders, sessions * trials
     rows = []
     for n in nodes:
         member_waves = math.ceil(members / (n * gpus_per_node))
         merge_waves = math.ceil(merges / (n * cpus_per_node))
-        seconds = member_waves * (task_s + overhead_s) + merge_waves * (merge_s + overhead_s)
+        seconds = startup_s + member_waves * (task_s + overhead_s) + merge_waves * (merge_s + overhead_s)
         rows.append({"nodes": n, "gpus": n * gpus_per_node, "hours": round(seconds / 3600, 3)})
     return rows
 
 
+def extrapolation(result: dict[str, Any], args: argparse.Namespace, session_trials: int) -> dict[str, Any]:
+    """The job's hours per node count from a run's measured costs (see the module docstring, item 4)."""
+    frames = result["frames_per_trial"]
+    it_s = result["iteration_s"] * 300 / frames if args.gpu_iteration_ms is None else args.gpu_iteration_ms / 1e3
+    task_s = result["task_fixed_s"] + 1000 * it_s
+    one = result["ray"].get("1", {})
+    noop_s = statistics.median(one.get("noop_task_ms", [0.0])) / 1e3
+    overhead_s = max(result.get("ray_overhead_per_task_s", 0.0), noop_s)  # the wall difference is noisy here
+    startup_s = max(one.get("start_s", [0.0])) + max(one.get("worker_warmup_s", [0.0]))
+    trials = args.job_trials or session_trials
+    return {
+        "job": f"{args.job_sessions} sessions x {trials} trials x {args.job_encoders} encoders, 1000 iterations",
+        "task_s": round(task_s, 1),
+        "iteration_source": "this machine" if args.gpu_iteration_ms is None else "--gpu-iteration-ms",
+        "overhead_per_task_s": round(overhead_s, 4),
+        "startup_s": round(startup_s, 2),
+        "per_nodes": extrapolate(task_s, result["task_fixed_s"], overhead_s, args.job_sessions, trials,
+                                 args.job_encoders, args.gpus_per_node, args.cpus_per_node, startup_s=startup_s),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        result["extrapolation"] = extrapolation(result, args, args.job_trials or result["trials"])
+        print(json.dumps(result["extrapolation"]))
+        return 0
     from decoder.cluster.jobs import plan_units
     from decoder.cluster.runner import gpus_per_task, import_ray, run_plan, start_ray
     from decoder.reconstruct.models import default_models
@@ -211,17 +241,7 @@ def run(args: argparse.Namespace) -> int:
         result["worker_start_fraction_of_300f_1000it"] = round(max(runs["1"]["worker_warmup_s"]) / recon_1000_s, 6)
     result["same_outputs_bit_for_bit"] = _same(dirs, plan("serial"))
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    it_s = iteration_s * 300 / frames if args.gpu_iteration_ms is None else args.gpu_iteration_ms / 1e3
-    task_s = fixed_s + 1000 * it_s
-    job_trials = args.job_trials or len(session.trials)
-    result["extrapolation"] = {
-        "job": f"{args.job_sessions} sessions x {job_trials} trials x {args.job_encoders} encoders, 1000 iterations",
-        "task_s": round(task_s, 1),
-        "iteration_source": "this machine" if args.gpu_iteration_ms is None else "--gpu-iteration-ms",
-        "per_nodes": extrapolate(task_s, fixed_s, max(result.get("ray_overhead_per_task_s", 0.0), 0.0),
-                                 args.job_sessions, job_trials, args.job_encoders, args.gpus_per_node,
-                                 args.cpus_per_node),
-    }
+    result["extrapolation"] = extrapolation(result, args, len(session.trials))
     text = json.dumps(result)
     print(text)
     if args.json:

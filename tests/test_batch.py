@@ -237,7 +237,7 @@ def test_the_cli_joins_an_existing_cluster_with_address(data, tmp_path):
                      "--iterations", "1", "--no-progress", "--out", str(tmp_path / "c"))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(out)  # stdout holds the summary alone; logs and progress go to stderr
     assert summary["done"] == 1 and summary["rows"][0]["name"] == "s/trial1"
     assert np.load(tmp_path / "c" / "s" / "trial1.npy").shape == (40, 36, 64)
     assert "Started a local Ray instance" not in err
