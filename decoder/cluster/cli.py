@@ -120,8 +120,18 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
     summary = summarise(rows, time.perf_counter() - start)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-    for r in rows:
-        if r["status"] == "failed":
-            print(f"batch: FAILED {r['name']}: {r.get('error')}", file=sys.stderr)
+    print_table(rows)
     print(json.dumps(summary))
     return 1 if summary["failed"] else 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The summary as a table on stderr: one line per task; failures with their reason."""
+    width = max([len(r["name"]) for r in rows] + [4])
+    print(f"{'task':<{width}}  status   seconds  pixel_r", file=sys.stderr)
+    for r in rows:
+        secs = f"{r['seconds']:8.1f}" if "seconds" in r else " " * 8
+        corr = f"{r['pixel_correlation']:8.4f}" if "pixel_correlation" in r else ""
+        print(f"{r['name']:<{width}}  {r['status']:<7} {secs} {corr}", file=sys.stderr)
+        if r["status"] == "failed":
+            print(f"  -> {r.get('error')}", file=sys.stderr)
