@@ -76,22 +76,24 @@ def run(args: argparse.Namespace) -> int:
     if args.iterations < 0 or args.max_retries < 0:
         print("batch: --iterations and --max-retries must be >= 0", file=sys.stderr)
         return 2
+    grain = args.grain if args.grain != "auto" else ("member" if args.mode == "offline" else "trial")
+    if grain == "member" and args.mode == "streaming":
+        print("batch: --grain member is for offline mode (streaming ensembles average gradients)", file=sys.stderr)
+        return 2
     sessions = ([args.session] if args.session else []) + list(args.sessions)
     if not sessions:
         from streams.example import example_session_path
 
         sessions = [str(example_session_path())]
-    models = args.model or default_models()
-    out = Path(args.out)
+    # absolute paths: tasks run in other processes (other machines), not in this working directory
+    sessions = [str(Path(s).resolve()) for s in sessions]
+    models = [str(Path(m).resolve()) if Path(m).exists() else m for m in args.model or default_models()]
+    out = Path(args.out).resolve()
     settings = settings_of(args)
     try:
         check_batch_file(out, settings, models)
     except UnitError as e:
         print(f"batch: {e}", file=sys.stderr)
-        return 2
-    grain = args.grain if args.grain != "auto" else ("member" if args.mode == "offline" else "trial")
-    if grain == "member" and args.mode == "streaming":
-        print("batch: --grain member is for offline mode (streaming ensembles average gradients)", file=sys.stderr)
         return 2
     start = time.perf_counter()
     names, plan, rows = session_names(sessions), [], []

@@ -61,6 +61,9 @@ def run_seeds(args: argparse.Namespace) -> int:
         return 2
     ray = import_ray()
     start = time.perf_counter()
+    # absolute paths: tasks run in other processes (other machines), not in this working directory
+    args.out = str(Path(args.out).resolve())
+    args.data = [str(Path(d).resolve()) for d in args.data]
     args.no_progress = True  # K interleaved bars help nobody; the summary says what finished
     cpus = max(1, args.threads or 1)
     task = ray.remote(num_cpus=cpus, num_gpus=1 if args.device == "cuda" else 0, max_retries=1)(train_seed)
