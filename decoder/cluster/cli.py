@@ -109,12 +109,19 @@ def run(args: argparse.Namespace) -> int:
     except ClusterError as e:
         print(f"batch: {e}", file=sys.stderr)
         return 2
+    from streams.cli import stop_on_sigterm
+
+    stop_on_sigterm()  # after ray.init, which installs its own: scancel / systemctl stop act like Ctrl-C
     try:
         # Ray prints retried tasks' tracebacks on stdout: keep stdout for the summary JSON alone
         with contextlib.redirect_stdout(sys.stderr):
             gpus = gpus_per_task(args.backend, args.provider, args.num_gpus)
             rows += run_plan(plan, settings, max_retries=args.max_retries, num_gpus=gpus,
                              progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\nbatch: interrupted; finished trials are kept in {out}, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     finally:
         if started:
             import ray

@@ -122,8 +122,11 @@ def run_plan(
             pending[task.remote(final, settings)] = final
     bar = Progress(total, progress)
     while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        unit = pending.pop(ref)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets signals through
+        if not ready:
+            continue
+        unit = pending.pop(ready[0])
+        ref = ready[0]
         try:
             row = ray.get(ref)
         except Exception as e:  # a crash or an exception that outlived its retries
