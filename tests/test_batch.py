@@ -241,3 +241,23 @@ def test_the_cli_joins_an_existing_cluster_with_address(data, tmp_path):
     assert summary["done"] == 1 and summary["rows"][0]["name"] == "s/trial1"
     assert np.load(tmp_path / "c" / "s" / "trial1.npy").shape == (40, 36, 64)
     assert "Started a local Ray instance" not in err
+
+
+def test_sigterm_stops_the_batch_cleanly_with_a_resume_hint(data, tmp_path):
+    """scancel / systemctl stop send SIGTERM: the driver stops like Ctrl-C (exit 130), not killed by Ray."""
+    import signal
+
+    from tests.conftest import neurocine
+
+    session, models = data
+    proc = neurocine("batch", "--address", ray.get_runtime_context().gcs_address, "--session", str(session),
+                     "--trial", "0", "--model", models[0], "--iterations", "100000", "--out", str(tmp_path / "t"))
+    seen = ""
+    while "batch:" not in seen:  # the progress bar starts once the handler is in place
+        seen += proc.stderr.read(1) or "EOF"
+        assert not seen.endswith("EOF"), seen
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "rerun the same command to resume" in err and out == ""
+    assert not (tmp_path / "t" / "s" / "trial0.json").exists()
