@@ -178,14 +178,11 @@ def run_unit(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reconstruct(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
-    from decoder.reconstruct.backends import BackendError, Ensemble
+    from decoder.reconstruct.backends import BackendError
     from decoder.reconstruct.cli import reconstruct_part
     from decoder.reconstruct.offline import ReconstructionError
 
-    args, session, models = _load(unit, settings)
-    if unit.member is not None:
-        # all encoders are loaded so that the mask and neuron matching are the ensemble's, as in `reconstruct`
-        models = dataclasses.replace(models, ensemble=Ensemble([models.ensemble.members[unit.member]]))
+    args, session, models = _member_models(unit, settings) if unit.member is not None else _load(unit, settings)
     try:
         movie = reconstruct_part(models, session, args)
     except (ReconstructionError, BackendError) as e:
@@ -194,6 +191,21 @@ def _reconstruct(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
         atomic_save(unit.movie_path, movie.astype(np.float32))
         return {"frames": int(movie.shape[0])}
     return _finish(unit, args, session, models, movie)
+
+
+def _member_models(unit: Unit, settings: dict[str, Any]):
+    """Encoder j alone, with the ensemble's alpha mask: `load_models` takes it beside the first model that is
+    not the oracle, so load that one too (2 encoders per task, not all of them); the merge task, which loads
+    them all, checks the rest of the ensemble."""
+    spec = unit.models[unit.member]
+    args, session, mine = _load(dataclasses.replace(unit, models=(spec,)), settings)
+    first = next((m for m in unit.models if m != "oracle"), None)
+    if first is None or first == spec:
+        return args, session, mine
+    _, _, ref = _load(dataclasses.replace(unit, models=(first,)), settings)
+    if not np.array_equal(ref.columns, mine.columns):
+        raise UnitError(f"{unit.name}: ensemble members map the session's neurons differently; use models of one mouse")
+    return args, session, dataclasses.replace(mine, opt_mask=ref.opt_mask, eval_mask=ref.eval_mask)
 
 
 def _merge(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
