@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 EXAMPLE = """example:
-  neurocine bench batch --trials 4 --iterations 3 --json bench_batch.json
+  neurocine bench batch --trials 4 --iterations 2 --repeats 2 --json bench_batch.json
+  neurocine bench batch --from-json bench_batch.json --gpu-iteration-ms 858 --gpus-per-node 8
   neurocine bench batch --backend onnx --provider cuda --job-sessions 10 --job-encoders 7 --gpus-per-node 8
 """
 
@@ -242,8 +243,7 @@ def run(args: argparse.Namespace) -> int:
     result["same_outputs_bit_for_bit"] = _same(dirs, plan("serial"))
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["extrapolation"] = extrapolation(result, args, len(session.trials))
-    text = json.dumps(result)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    from streams.cli import emit_json
+
+    emit_json(result, args.json)
     return 0
