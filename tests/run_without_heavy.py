@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.abc
 import sys
 
-BLOCKED = ("torch", "onnxruntime", "onnx", "onnxscript")
+BLOCKED = ("torch", "onnxruntime", "onnx", "onnxscript", "ray")
 
 
 class _Block(importlib.abc.MetaPathFinder):

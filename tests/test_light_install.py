@@ -18,7 +18,7 @@ def run(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_blocker_really_blocks() -> None:
-    for module in ("torch", "onnxruntime"):
+    for module in ("torch", "onnxruntime", "ray"):
         r = run("--try-import", module)
         assert r.returncode == 1 and "blocked" in r.stderr
     assert run("--try-import", "zmq").returncode == 0

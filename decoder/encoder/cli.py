@@ -11,6 +11,8 @@ from pathlib import Path
 TRAIN_EXAMPLE = """example:
   neurocine train --data data/mouse_a data/mouse_b --preset small --out models/small --epochs 20
   neurocine train --data data/mouse_a --preset small --out models/small --epochs 30 --resume
+  neurocine train --data data/mouse_a --preset small --out models/ens --seeds 0,1,2 --num-cpus 3
+    (an ensemble: one Ray task per seed -> models/ens/seed<k>/ and its ONNX export models/ens/seed<k>/onnx/)
   neurocine train --inverse --data data/mouse_a --out decoder/models/default   # inverse.onnx for a model folder
 """
 
@@ -59,6 +61,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inverse", action="store_true",
                    help="instead of an encoder, fit the inverse decoder (responses -> frames, the optimiser's first "
                    "guess) on --data's train tier and write MODEL_DIR/inverse.onnx; numpy only, no torch")
+    p.add_argument("--seeds", default=None, metavar="S0,S1,..",
+                   help="train one model per seed as Ray tasks (OUT/seed<k>/), each then exported to ONNX "
+                   "(OUT/seed<k>/onnx/); needs the cluster extra")
+    p.add_argument("--address", default=None, help="--seeds: an existing Ray cluster (default: a local one)")
+    p.add_argument("--num-cpus", type=int, default=None, help="--seeds: CPUs of the local Ray cluster")
+    p.add_argument("--no-export", action="store_true", help="--seeds: skip the ONNX export")
+    p.add_argument("--export-graphs", default="forward,gradient,step", help="--seeds: graphs to export")
     p.set_defaults(func=run_train)
 
 
@@ -88,23 +97,17 @@ def run_train_inverse(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    if args.inverse:
-        return run_train_inverse(args)
-    import torch
+def train_options(args: argparse.Namespace, seed: int | None = None, out: str | None = None):  # -> TrainOptions
+    """TrainOptions from the command line (seed and out overridable: one per ensemble member)."""
+    from decoder.encoder.train import TrainOptions
 
-    from decoder.encoder.data import DataError
-    from decoder.encoder.train import TrainOptions, train
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    opts = TrainOptions(
+    return TrainOptions(
         data=list(args.data),
         preset=args.preset,
-        out=args.out,
+        out=args.out if out is None else out,
         epochs=args.epochs,
         device=args.device,
-        seed=args.seed,
+        seed=args.seed if seed is None else seed,
         resume=args.resume,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -119,6 +122,23 @@ def run_train(args: argparse.Namespace) -> int:
         position_lr_scale=args.position_lr_scale,
         progress=not args.no_progress,
     )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.inverse:
+        return run_train_inverse(args)
+    if args.seeds is not None:
+        from decoder.cluster.train import run_seeds
+
+        return run_seeds(args)
+    import torch
+
+    from decoder.encoder.data import DataError
+    from decoder.encoder.train import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opts = train_options(args)
     try:
         summary = train(opts)
     except (DataError, ValueError) as err:
@@ -149,42 +169,53 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from decoder.encoder.checkpoint import CheckpointError, load_encoder
-    from decoder.encoder.export import ExportError, export_mouse
+    from decoder.encoder.checkpoint import CheckpointError
+    from decoder.encoder.export import ExportError
 
     if args.window is not None and (args.window < 2 or args.window % 2):
         print(f"neurocine export: --window must be even and >= 2, got {args.window}", file=sys.stderr)
         return 2
+    graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
     try:
-        encoder, config = load_encoder(args.model_dir, None if args.window is None else args.window // 2)
-    except CheckpointError as err:
+        written = export_model(args.model_dir, args.out, args.mouse, args.window, args.batch, graphs)
+    except ExportError as err:
+        print(f"neurocine export: {err}", file=sys.stderr)
+        return 1
+    except (CheckpointError, ValueError) as err:
         print(f"neurocine export: {err}", file=sys.stderr)
         return 2
-    graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
-    mice = args.mouse or list(encoder.neurons)
+    print(json.dumps(written))
+    return 0
+
+
+def export_model(model_dir: str | Path, out: str | Path, mice: list[str] | None = None, window: int | None = None,
+                 batch: int = 1, graphs: tuple[str, ...] = ("forward", "gradient", "step")) -> dict:
+    """Export every (or each named) mouse of a trained model to OUT/<mouse>/; {mouse: {graph: path}}.
+    Raises CheckpointError, ValueError (unknown mouse) or ExportError (naming the mouse)."""
+    from decoder.encoder.checkpoint import load_encoder
+    from decoder.encoder.export import ExportError, export_mouse
+
+    encoder, config = load_encoder(model_dir, None if window is None else window // 2)
+    mice = mice or list(encoder.neurons)
     unknown = sorted(set(mice) - set(encoder.neurons))
     if unknown:
-        print(f"neurocine export: unknown mice {unknown}; the model has {sorted(encoder.neurons)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown mice {unknown}; the model has {sorted(encoder.neurons)}")
     bad = [m for m in mice if not _SAFE_NAME.fullmatch(m) or m in (".", "..")]
     if bad:  # names come from the model's files: never let one become a path outside --out
-        print(f"neurocine export: mouse names {bad!r} cannot be folder names (letters, digits, '.', '_', '-' "
-              "only); rename them in the model's config.json", file=sys.stderr)
-        return 2
+        raise ValueError(f"mouse names {bad!r} cannot be folder names (letters, digits, '.', '_', '-' only); "
+                         "rename them in the model's config.json")
     written = {}
     for mouse in mice:
         meta = {
-            "model_dir": str(Path(args.model_dir).resolve()),
+            "model_dir": str(Path(model_dir).resolve()),
             "neuron_ids": config["neuron_ids"][mouse],
             "statistics": config["statistics"]["mice"][mouse],
             "validation": config.get("validation"),
         }
         try:
-            paths = export_mouse(encoder, mouse, Path(args.out) / mouse, batch=args.batch, metadata=meta, graphs=graphs)
+            paths = export_mouse(encoder, mouse, Path(out) / mouse, batch=batch, metadata=meta, graphs=graphs)
         except (ExportError, ValueError) as err:
-            print(f"neurocine export: mouse {mouse}: {err}", file=sys.stderr)
-            return 1
+            raise ExportError(f"mouse {mouse}: {err}") from err
         written[mouse] = {k: str(v) for k, v in paths.items()}
-        print(f"exported {mouse} -> {Path(args.out) / mouse}", file=sys.stderr)
-    print(json.dumps(written))
-    return 0
+        print(f"exported {mouse} -> {Path(out) / mouse}", file=sys.stderr)
+    return written

@@ -33,6 +33,13 @@ def register(subparsers: Any) -> None:
         "--lag 32 --out s.npy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_reconstruct_options(p)
+    p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
+    p.set_defaults(func=run)
+
+
+def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
+    """Every option of a reconstruction but --out (shared with `neurocine batch`)."""
     p.add_argument(
         "--model",
         action="append",
@@ -57,7 +64,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--init", choices=("inverse", "grey"), default="inverse",
                    help="offline start: the inverse decoder's estimate beside the model (default; grey when the "
                    "model has none) or grey (the paper's)")
-
     add_streaming_args(p)  # --lag, --steps, --grad-blur (offline too), --warm-start, --ensemble
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument(
@@ -68,8 +74,6 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-mask", action="store_true", help="ignore the alpha mask beside the model")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
-    p.set_defaults(func=run)
 
 
 def _iterations(text: str) -> int | str:
@@ -133,80 +137,99 @@ def _progress(prefix: str):
     return report
 
 
+#: --provider -> ONNX Runtime providers (None: CUDA when available)
+PROVIDERS = {"auto": None, "cuda": ["CUDAExecutionProvider"], "cpu": ["CPUExecutionProvider"]}
+
+
+def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -> (Session, LoadedModels)
+    """The session (args.session, args.trial; default: the built-in example) and its encoders (`models`,
+    default args.model, else the built-in model). Raises FormatError/BackendError/OSError/ValueError."""
+    from decoder.reconstruct.models import default_models, load_models
+    from streams.formats import load_session
+
+    if args.session is None:
+        from streams.example import example_session_path
+
+        args.session = str(example_session_path())
+    session = load_session(args.session, trials=args.trial)
+    specs = models or args.model or default_models()
+    loaded = load_models(specs, session, args.session, args.backend, PROVIDERS[args.provider], args.threads)
+    return session, loaded
+
+
+def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info: dict | None = None) -> np.ndarray:
+    """Float32 movie (T, 36, 64) of one trial `part` (a Session) with `models` (LoadedModels), offline or
+    streaming as args say. One definition, used by `reconstruct` and by `batch`'s tasks. `info` (a dict)
+    receives what was chosen on the way: the start, and the iteration count per encoder with --iterations auto."""
+    from decoder.reconstruct.models import session_arrays
+    from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
+    from decoder.reconstruct.streaming import reconstruct_streaming, streaming_config_from
+
+    info = {} if info is None else info
+    opt_mask = None if args.no_mask else models.opt_mask
+    responses, behaviour = session_arrays(part, models.columns)
+    inverse = models.inverse
+    if args.mode == "offline":
+        auto = getattr(args, "iterations", "auto") == "auto"
+        use_inverse = inverse is not None and getattr(args, "init", "inverse") == "inverse"
+        cfg = OfflineConfig(iterations=0 if auto else args.iterations, grad_blur=args.grad_blur,
+                            ensemble=getattr(args, "ensemble", None) or "videos")
+        rec = reconstruct_offline(models.ensemble, responses, behaviour, opt_mask, config=cfg, progress=progress,
+                                  init_video=inverse.movie(responses, behaviour) if use_inverse else None,
+                                  auto_stop=AutoStop() if auto else None)
+        info.update(init="inverse" if use_inverse else "grey",
+                    iterations=rec.stopped_at if auto else args.iterations)
+        return rec.video
+    cfg = streaming_config_from(args)
+    info["warm_start"] = "previous" if cfg.warm_start == "inverse" and inverse is None else cfg.warm_start
+    movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask, inverse=inverse)
+    return movie
+
+
+def as_uint8(movie: np.ndarray) -> np.ndarray:
+    """The written movie: rounded, clipped to 0..255."""
+    return np.clip(np.rint(movie), 0, 255).astype(np.uint8)
+
+
 def run(args: argparse.Namespace) -> int:
     from decoder.metrics import movie_metrics, response_correlation
     from decoder.reconstruct.backends import BackendError
-    from decoder.reconstruct.models import default_models, load_models, session_arrays
-    from decoder.reconstruct.offline import (
-        AutoStop,
-        OfflineConfig,
-        ReconstructionError,
-        predict_movie,
-        reconstruct_offline,
-    )
-    from decoder.reconstruct.streaming import reconstruct_streaming, streaming_config_from
-    from streams.formats import FormatError, load_session
+    from decoder.reconstruct.models import session_arrays
+    from decoder.reconstruct.offline import ReconstructionError, predict_movie
+    from streams.formats import FormatError
 
     out = Path(args.out)
     if out.suffix not in OUT_SUFFIXES:
         print(f"reconstruct: --out {out}: suffix must be one of {OUT_SUFFIXES}", file=sys.stderr)
         return 2
     try:
-        if args.session is None:
-            from streams.example import example_session_path
-
-            args.session = str(example_session_path())
-        session = load_session(args.session, trials=args.trial)
-        providers = {"auto": None, "cuda": ["CUDAExecutionProvider"], "cpu": ["CPUExecutionProvider"]}[
-            args.provider
-        ]
-        models = load_models(
-            args.model or default_models(), session, args.session, args.backend, providers, args.threads
-        )
+        session, models = load_inputs(args)
     except (FormatError, BackendError, FileNotFoundError, ValueError) as e:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
-    opt_mask = None if args.no_mask else models.opt_mask
     eval_mask = None if args.no_mask else models.eval_mask
     print(
         f"reconstruct: {session.n_frames} frames, {len(session.trials)} trial(s), models: "
         f"{'; '.join(models.description)}",
         file=sys.stderr,
     )
-    inverse = models.inverse
-    if inverse is None and ((args.mode == "offline" and args.init == "inverse")
-                            or (args.mode == "streaming" and args.warm_start == "inverse")):
+    if models.inverse is None and ((args.mode == "offline" and args.init == "inverse")
+                                   or (args.mode == "streaming" and args.warm_start == "inverse")):
         print("reconstruct: the model has no inverse decoder (inverse.onnx); starting from "
               f"{'grey' if args.mode == 'offline' else 'the previous frame'}", file=sys.stderr)
-    auto = AutoStop() if args.iterations == "auto" else None
     start = time.perf_counter()
-    movies, truths, preds, recs, counts = [], [], [], [], []
+    movies, truths, preds, recs, infos = [], [], [], [], []
     try:
         for k, trial in enumerate(session.trials):
             part = session.select_trials([trial.index]) if len(session.trials) > 1 else session
+            progress = _progress(f"trial {trial.index} ({k + 1}/{len(session.trials)})")
+            info: dict[str, Any] = {}
+            movie = reconstruct_part(models, part, args, progress, info)
+            infos.append(info)
+            if args.mode == "offline" and args.iterations == "auto":
+                print(f"reconstruct: trial {trial.index}: stopped at {info['iterations']} iterations (the held-out "
+                      "neurons' best)", file=sys.stderr)
             responses, behaviour = session_arrays(part, models.columns)
-            if args.mode == "offline":
-                init = inverse.movie(responses, behaviour) if inverse is not None and args.init == "inverse" else None
-                rec = reconstruct_offline(
-                    models.ensemble,
-                    responses,
-                    behaviour,
-                    opt_mask,
-                    config=OfflineConfig(iterations=0 if auto else args.iterations, grad_blur=args.grad_blur,
-                                         ensemble=args.ensemble or "videos"),
-                    progress=_progress(f"trial {trial.index} ({k + 1}/{len(session.trials)})"),
-                    init_video=init,
-                    auto_stop=auto,
-                )
-                movie = rec.video
-                counts.append(rec.stopped_at or rec.iterations)
-                if auto:
-                    print(f"reconstruct: trial {trial.index}: stopped at {rec.stopped_at} iterations (held-out "
-                          "neurons' best)", file=sys.stderr)
-            else:
-                cfg = streaming_config_from(args)
-                movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask,
-                                                 inverse=inverse)
             movies.append(movie)
             recs.append(responses)
             if part.stimulus is not None:
@@ -216,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    movie_u8 = np.clip(np.rint(np.concatenate(movies)), 0, 255).astype(np.uint8)
+    movie_u8 = as_uint8(np.concatenate(movies))
     write_movie(movie_u8, out, session.frame_rate)
     print(f"reconstruct: wrote {out} ({movie_u8.shape[0]} frames) in {seconds:.1f} s", file=sys.stderr)
     if truths:
@@ -233,10 +256,9 @@ def run(args: argparse.Namespace) -> int:
             "per_trial_pixel_correlation": [p["pixel_correlation"] for p in per],
         }
         if args.mode == "offline":
-            result["iterations"] = counts if auto else args.iterations
-            result["init"] = "inverse" if inverse is not None and args.init == "inverse" else "grey"
+            result["iterations"] = [i["iterations"] for i in infos] if args.iterations == "auto" else args.iterations
+            result["init"] = infos[0]["init"]
         else:
-            result["warm_start"] = args.warm_start if inverse is not None or args.warm_start != "inverse" \
-                else "previous"
+            result["warm_start"] = infos[0]["warm_start"]
         print(json.dumps(result))
     return 0

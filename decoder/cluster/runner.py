@@ -1,0 +1,160 @@
+"""Run units as Ray tasks: an embedded local cluster or an existing one, retries, progress, a summary.
+
+Ray is imported here only (the `cluster` extra); nothing in `streams/` or the rig's decode path imports it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from decoder.cluster.jobs import Unit, merge_unit, run_unit
+
+
+class ClusterError(RuntimeError):
+    """Ray is missing or the cluster cannot be reached."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ClusterError(f"this needs Ray: pip install 'neurocine[cluster]' ({e})") from e
+    return ray
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to `address`, or start an embedded local cluster of `num_cpus` (no dashboard). Returns whether
+    this call started it (then the caller shuts it down); an already initialised Ray is reused."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(f"cannot start or reach the Ray cluster {address or '(local)'}: {e}") from e
+    return True
+
+
+def gpus_per_task(backend: str, provider: str, requested: float | None = None) -> float:
+    """GPUs a task asks for: `requested`, else 1 with --provider cuda, or with 'auto' when the backend is ONNX
+    and the cluster has GPUs (torch runs on the CPU here)."""
+    if requested is not None:
+        return requested
+    if provider == "cuda":
+        return 1.0
+    if provider == "auto" and backend == "onnx":
+        return 1.0 if import_ray().cluster_resources().get("GPU", 0) > 0 else 0.0
+    return 0.0
+
+
+class Progress:
+    """tqdm on stderr when installed (the train extra has it), else a line every few seconds."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total, self.done, self.enabled, self._last = total, 0, enabled, 0.0
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, file=sys.stderr, unit="task", desc="batch")
+            except ImportError:
+                pass
+
+    def update(self, name: str, status: str) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{status}: {name}", refresh=False)
+            self._bar.update(1)
+        elif self.enabled and (time.monotonic() - self._last > 2 or self.done == self.total):
+            self._last = time.monotonic()
+            print(f"batch: {self.done}/{self.total} tasks ({status}: {name})", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _error_text(err: BaseException) -> str:
+    """The last line of a task's traceback, or the kind of crash."""
+    text = str(err).strip().splitlines()
+    return (text[-1] if text else type(err).__name__)[:500]
+
+
+def run_plan(
+    trials: Iterable[list[Unit]],
+    settings: dict[str, Any],
+    *,
+    max_retries: int = 2,
+    num_gpus: float = 0.0,
+    progress: bool = True,
+    unit_fn: Callable[[Unit, dict[str, Any]], dict[str, Any]] = run_unit,
+) -> list[dict[str, Any]]:
+    """Run every unfinished unit of `trials` (per trial: its units; several = ensemble members, merged when
+    all are done) on the connected Ray cluster; one row per unit, failures included, nothing raised."""
+    ray = import_ray()
+    task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=max_retries, retry_exceptions=True)(unit_fn)
+    rows: list[dict[str, Any]] = []
+    pending: dict[Any, Unit] = {}
+    waiting: dict[str, list[Unit]] = {}  # merge name -> members not yet finished
+    merges: dict[str, Unit] = {}
+    total = 0
+    for members in trials:
+        final = members[0] if len(members) == 1 else merge_unit(members)
+        if final.finished():
+            rows.append({"name": final.name, "status": "skipped"})
+            continue
+        todo = [m for m in members if not m.finished()]
+        rows += [{"name": m.name, "status": "skipped"} for m in members if m not in todo]
+        if len(members) > 1:
+            merges[final.name], waiting[final.name] = final, list(todo)
+            total += 1
+        for m in todo:
+            pending[task.remote(m, settings)] = m
+        total += len(todo)
+        if len(members) > 1 and not todo:
+            pending[task.remote(final, settings)] = final
+    bar = Progress(total, progress)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets signals through
+        if not ready:
+            continue
+        unit = pending.pop(ready[0])
+        ref = ready[0]
+        try:
+            row = ray.get(ref)
+        except Exception as e:  # a crash or an exception that outlived its retries
+            row = {"name": unit.name, "status": "failed", "error": f"{type(e).__name__}: {_error_text(e)}"}
+        rows.append(row)
+        bar.update(unit.name, row["status"])
+        parent = next((k for k, v in waiting.items() if unit in v), None)
+        if parent is None:
+            continue
+        if row["status"] != "done":
+            del waiting[parent]
+            rows.append({"name": parent, "status": "failed", "error": f"member {unit.name} failed"})
+            bar.update(parent, "failed")
+            continue
+        waiting[parent].remove(unit)
+        if not waiting[parent]:
+            del waiting[parent]
+            pending[task.remote(merges[parent], settings)] = merges[parent]
+    bar.close()
+    return rows
+
+
+def summarise(rows: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    count = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    return {
+        "tasks": len(rows),
+        **count,
+        "seconds": round(seconds, 2),
+        "failed_names": [r["name"] for r in rows if r["status"] == "failed"],
+        "rows": list(rows),
+    }
