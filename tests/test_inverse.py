@@ -59,7 +59,7 @@ def test_fit_recovers_a_planted_linear_map_and_onnx_matches_numpy(tmp_path: Path
     bz = (beh - fit.beh_mean) / fit.beh_std
     a, b, bias = fit.heads["frame"]
     ref = np.clip(_features(z, bz, fit.report["frame"]["offsets"]) @ a @ b + bias, 0, 255).reshape(-1, 36, 64)
-    np.testing.assert_allclose(movie, ref, atol=1e-2)
+    np.testing.assert_allclose(movie, ref, atol=0.1)  # the graph stores the factors in float16
     truth = session.stimulus[t0.start : t0.stop].astype(np.float64)
     assert np.corrcoef(movie[:-10].ravel(), truth[:-10].ravel())[0, 1] > 0.9
     # NaN (neurons not reported) is no evidence, not a NaN frame

@@ -125,7 +125,10 @@ def test_bridge_publishes_trials_as_the_pipeline_writes_them(tmp_path: Path) -> 
     assert "2.npy: 5 neurons per frame, the session has 6" in summary["skipped"]["2.npy"]
     frames = [m for m in got if isinstance(m, Frame)]
     assert [f.seq for f in frames] == list(range(21))
-    sent = np.concatenate([trials[0].T, trials[2].T, trials[1].T])
-    assert np.array_equal(np.stack([f.traces for f in frames]), sent)
+    # 3.npy appeared after 10.npy was being published, so it normally comes after it; a scan that is slow enough
+    # (a loaded machine) sees both finished and publishes them in number order: either way whole trials, in order
+    got_traces = np.stack([f.traces for f in frames])
+    orders = ([trials[0].T, trials[2].T, trials[1].T], [trials[0].T, trials[1].T, trials[2].T])
+    assert any(np.array_equal(got_traces, np.concatenate(o)) for o in orders)
     header = next(m for m in got if isinstance(m, SessionHeader))
     assert header.mouse_id == "M7" and header.neuron_ids.tolist() == ids.tolist()

@@ -118,6 +118,7 @@ class _Capture:
 
 def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(small_mouse: Path, monkeypatch) -> None:
     from decoder.reconstruct import models as model_module
+    from decoder.reconstruct.streaming import StreamingConfig
     from decoder.service import DecodeService
 
     loads = []
@@ -128,7 +129,7 @@ def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(smal
     b = dataclasses.replace(a, session_id="b")
     pub = _Capture()
     with Subscriber(f"tcp://127.0.0.1:{free_port()}") as sub:
-        svc = DecodeService([str(small_mouse)], sub, pub, lag=4, steps=0, backend="torch")
+        svc = DecodeService([str(small_mouse)], sub, pub, config=StreamingConfig(lag=4, steps=0), backend="torch")
         svc.start_session(a)
         for seq in range(10):
             svc.on_frame(_frame(s, a.session_id, seq), 0, 1)

@@ -188,7 +188,8 @@ def _fit_head(zs: list[tuple[np.ndarray, np.ndarray]], ys: list[np.ndarray], off
 # ---------------------------------------------------------------------------------------------- ONNX
 def export_inverse(fit: InverseFit, out: str | Path) -> Path:
     """Write inverse.onnx: inputs responses (B, 11, N) and behaviour (B, 11, 4) at offsets SPAN, outputs
-    `frame` and `frame_causal` (B, 36, 64) float32 0..255. Standard ONNX operators, opset 17."""
+    `frame` and `frame_causal` (B, 36, 64) float32 0..255. Standard ONNX operators, opset 17; the weight
+    factors in float16 (rounding moves a frame by < 0.1 grey level, checked in tests/test_inverse.py)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -216,10 +217,15 @@ def export_inverse(fit: InverseFit, out: str | Path) -> Path:
     for name, offsets in (("frame", OFFSETS_FULL), ("frame_causal", OFFSETS_CAUSAL)):
         a, b, bias = fit.heads[name]
         idx = np.array([span.index(o) for o in offsets], np.int64)
-        inits += [numpy_helper.from_array(idx, f"{name}_idx"), numpy_helper.from_array(a, f"{name}_a"),
-                  numpy_helper.from_array(b, f"{name}_b"), numpy_helper.from_array(bias, f"{name}_bias"),
+        # the two factors are stored in half precision (half the shipped bytes; ORT folds the Cast at load)
+        inits += [numpy_helper.from_array(idx, f"{name}_idx"),
+                  numpy_helper.from_array(a.astype(np.float16), f"{name}_a16"),
+                  numpy_helper.from_array(b.astype(np.float16), f"{name}_b16"),
+                  numpy_helper.from_array(bias, f"{name}_bias"),
                   numpy_helper.from_array(np.array([0, a.shape[0]], np.int64), f"{name}_flat")]
         nodes += [
+            helper.make_node("Cast", [f"{name}_a16"], [f"{name}_a"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", [f"{name}_b16"], [f"{name}_b"], to=TensorProto.FLOAT),
             helper.make_node("Gather", ["x", f"{name}_idx"], [f"{name}_x"], axis=1),  # (B, L, N + 4)
             helper.make_node("Reshape", [f"{name}_x", f"{name}_flat"], [f"{name}_xf"]),  # (B, L * (N + 4))
             helper.make_node("MatMul", [f"{name}_xf", f"{name}_a"], [f"{name}_h"]),
