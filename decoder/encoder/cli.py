@@ -14,8 +14,9 @@ TRAIN_EXAMPLE = """example:
 
 EXPORT_EXAMPLE = """example:
   neurocine export models/small --out models/small/onnx
-  neurocine export models/small --out /tmp/onnx --mouse mouse_a --window 32 --batch 4
-writes DIR/<mouse>/forward.onnx, gradient.onnx, step.onnx and graph.json (inputs, outputs) per mouse.
+  neurocine export models/small --out /tmp/onnx --mouse mouse_a --window 32
+writes DIR/<mouse>/forward.onnx, gradient.onnx and graph.json (inputs, outputs) per mouse; every graph
+takes any number of windows per call.
 """
 
 
@@ -107,8 +108,7 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--mouse", action="append", default=None, metavar="ID", help="only this mouse (repeatable)")
     p.add_argument("--window", type=int, default=None, help="frames per window (even; default: the model's)")
-    p.add_argument("--batch", type=int, default=1, help="windows per call, fixed in the graphs (default 1)")
-    p.add_argument("--graphs", default="forward,gradient,step", help="which graphs (default forward,gradient,step)")
+    p.add_argument("--graphs", default="forward,gradient", help="which graphs (default forward,gradient)")
     p.set_defaults(func=run_export)
 
 
@@ -139,7 +139,7 @@ def run_export(args: argparse.Namespace) -> int:
             "validation": config.get("validation"),
         }
         try:
-            paths = export_mouse(encoder, mouse, Path(args.out) / mouse, batch=args.batch, metadata=meta, graphs=graphs)
+            paths = export_mouse(encoder, mouse, Path(args.out) / mouse, metadata=meta, graphs=graphs)
         except (ExportError, ValueError) as err:
             print(f"neurocine export: mouse {mouse}: {err}", file=sys.stderr)
             return 1
