@@ -1,0 +1,45 @@
+"""The shipped models' ONNX graphs (decoder/models/*) equal torch on their own checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+
+MODELS = DEFAULT_MODEL_DIR.parent
+SHIPPED = ["default", "seed1", "seed2"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_graph_equals_torch_on_its_checkpoint(name: str) -> None:
+    from decoder.encoder.checkpoint import load_encoder
+    from decoder.encoder.export import GRAPH_VERSION
+    from decoder.encoder.samples import behaviour, smooth_movie
+    from decoder.reconstruct.backends import OrtBackend, TorchBackend
+
+    folder = MODELS / name
+    meta = json.loads((folder / "graph.json").read_text())
+    assert meta["graph_version"] == GRAPH_VERSION and meta["batch"] == "dynamic"
+    assert not (folder / "step.onnx").exists()
+    encoder, _ = load_encoder(folder / "checkpoint")
+    mouse = meta["mouse"]
+    tb = TorchBackend.from_encoder(encoder, mouse, threads=1)
+    ob = OrtBackend(folder, providers=["CPUExecutionProvider"], threads=1)
+    assert ob.n_neurons == tb.n_neurons == len(meta["neuron_ids"])
+    video = smooth_movie(2, 32, seed=3)
+    beh_raw = behaviour(2, 32, seed=3)
+    stats = meta["statistics"]
+    beh = (np.asarray(stats["behaviour_mean"], np.float32) + beh_raw * np.asarray(stats["behaviour_std"], np.float32))
+    pred = tb.predict(video, beh)
+    np.testing.assert_allclose(ob.predict(video, beh), pred, rtol=1e-4, atol=1e-4 * float(pred.max()))
+    rng = np.random.default_rng(4)
+    resp = rng.poisson(pred).astype(np.float32)  # responses as the model would have them recorded
+    resp[1, :10, 5:9] = np.nan
+    loss_t, grad_t = tb.loss_and_grad(video, beh, resp)
+    loss_o, grad_o = ob.loss_and_grad(video, beh, resp)
+    np.testing.assert_allclose(loss_o, loss_t, rtol=1e-5)
+    for b in range(2):  # each window's gradient (the readout's dropped blob tails: < 1e-5 relative)
+        assert np.linalg.norm(grad_o[b] - grad_t[b]) <= 1e-4 * np.linalg.norm(grad_t[b])
