@@ -211,7 +211,8 @@ def stage_live(args: argparse.Namespace, ens: Any) -> dict[str, Any]:
     n, frames = ens.n_neurons, 64 + args.frames
     resp = rng.gamma(1.0, 1.0, (frames, n)).astype(np.float32)
     beh = rng.normal(0.0, 1.0, (frames, 4)).astype(np.float32)
-    out: dict[str, Any] = {"members": len(ens), "neurons": n, "lag": 32, "steps_per_frame": 2,
+    out: dict[str, Any] = {"what": "StreamingReconstructor.push compute per frame (no sockets)",
+                           "members": len(ens), "neurons": n, "lag": 32, "steps_per_frame": 2,
                            "budget_ms_at_30hz": 33.3}  # fmt: skip
     for mode in ENSEMBLING:
         rec = make_streaming(ens, StreamingConfig(lag=32, steps=2, ensemble=mode))
@@ -237,7 +238,8 @@ def stage_offline(args: argparse.Namespace, ens: Any) -> dict[str, Any]:
     t_len = args.movie_frames
     responses = rng.gamma(1.0, 1.0, (t_len, ens.n_neurons)).astype(np.float32)
     behaviour = rng.normal(0.0, 1.0, (t_len, 4)).astype(np.float32)
-    out: dict[str, Any] = {"members": len(ens), "movie_frames": t_len, "windows_per_iteration": (t_len - 32) // 8 + 1,
+    out: dict[str, Any] = {"what": "reconstruct_offline, iterations timed and scaled to 1,000",
+                           "members": len(ens), "movie_frames": t_len, "windows_per_iteration": (t_len - 32) // 8 + 1,
                            "iterations_timed": args.iterations, "target_s": 60}  # fmt: skip
     for mode in ENSEMBLING:
         cfg = OfflineConfig(iterations=args.iterations, stride=8, ensemble=mode)
@@ -270,6 +272,8 @@ def main() -> int:
     args.movie_frames, args.iterations = (64, 2) if dry else (300, 20)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
         "bench": "gpu", "device": device, "dry_run": dry, "weights": "random (timing only)",
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
