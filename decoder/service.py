@@ -335,10 +335,19 @@ def run(args: Any) -> int:
     models = args.model or default_models()
     providers = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"],
                  None: None}[args.provider]
+    backend = backend_for(models)
+    if backend == "onnx":  # a graph that cannot load, batch or run on --provider: say so now, not per session
+        from decoder.reconstruct.backends import BackendError, check_graphs
+
+        try:
+            check_graphs(models, providers, args.threads or 0)
+        except BackendError as err:
+            print(f"neurocine decode: {err}", file=sys.stderr)
+            return 2
     stop_on_sigterm()
     with Subscriber(args.connect) as sub, Publisher(args.bind) as pub:
         service = DecodeService(models, sub, pub, lag=args.lag, steps=args.steps, grad_blur=args.grad_blur,
-                                backend=backend_for(models),
+                                backend=backend,
                                 providers=providers, threads=args.threads, min_fraction=args.min_fraction)
         print(f"decode: {args.connect} -> {args.bind}, model {models}, waiting for a session (Ctrl-C stops)",
               file=sys.stderr, flush=True)

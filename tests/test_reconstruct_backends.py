@@ -230,3 +230,28 @@ def test_onnx_and_torch_give_the_same_gradient_and_reconstruction(exported):
     rec_o = reconstruct_offline(ob, responses, behaviour, config=cfg)
     assert movie_correlation(rec_t.video, rec_o.video, sigma=0, skip=0) > 0.99
     assert rec_o.provider == ob.provider
+
+
+def test_decode_refuses_at_start_up_a_graph_it_cannot_use(tmp_path):
+    """`neurocine decode` names the bad graph and exits before listening (here: an old fixed-batch graph,
+    and --provider cuda where CUDA cannot load)."""
+    import shutil
+
+    from decoder.reconstruct.backends import OrtBackend
+    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from tests.conftest import free_port, neurocine
+
+    bad = tmp_path / "model"
+    bad.mkdir()
+    (bad / "gradient.onnx").write_bytes(b"\x08\x07garbage")
+    endpoints = ["--connect", f"tcp://127.0.0.1:{free_port()}", "--bind", f"tcp://127.0.0.1:{free_port()}"]
+    proc = neurocine("decode", "--model", str(bad), *endpoints)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and f"{bad / 'gradient.onnx'}: ONNX Runtime cannot load" in err
+    if OrtBackend(DEFAULT_MODEL_DIR).provider == "CUDAExecutionProvider":
+        return  # CUDA loads here: the loud failure is covered where it does not
+    model = tmp_path / "default"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    proc = neurocine("decode", "--model", str(model), "--provider", "cuda", *endpoints)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "provider CUDAExecutionProvider" in err and str(model) in err

@@ -360,6 +360,12 @@ class OrtBackend:
         return self._forward.run(None, {"video": video, "behaviour": behaviour})[0]
 
 
+def check_graphs(models: Sequence[str | Path], providers: Sequence[str] | None, threads: int = 0) -> list[str]:
+    """Load every model's gradient graph once (start-up check): BackendError naming the file when one
+    cannot be loaded, is not batched, or would not run on the requested provider. Returns the providers."""
+    return [OrtBackend(m, providers=providers, threads=threads).provider for m in models]
+
+
 class Ensemble:
     """K backends of one mouse (same neurons, same window requirement)."""
 
