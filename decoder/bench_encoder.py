@@ -147,8 +147,14 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.steps < 1:
         print("neurocine bench encoder: --frames and --steps must be >= 1", file=sys.stderr)
         return 2
+    from decoder.reconstruct.backends import BackendError
+
     with tempfile.TemporaryDirectory(prefix="neurocine-profile-") as tmp:
-        result = profile_step(model, frames=args.frames, steps=args.steps, threads=args.threads, workdir=tmp)
+        try:
+            result = profile_step(model, frames=args.frames, steps=args.steps, threads=args.threads, workdir=tmp)
+        except BackendError as err:
+            print(f"neurocine bench encoder --profile: {err}", file=sys.stderr)
+            return 2
     result = {"bench": "encoder-profile", "onnxruntime": onnxruntime.__version__,
               "platform": platform.platform(), **result}  # fmt: skip
     print(render(result), file=sys.stderr)

@@ -43,3 +43,18 @@ def test_shipped_graph_equals_torch_on_its_checkpoint(name: str) -> None:
     np.testing.assert_allclose(loss_o, loss_t, rtol=1e-5)
     for b in range(2):  # each window's gradient (the readout's dropped blob tails: < 1e-5 relative)
         assert np.linalg.norm(grad_o[b] - grad_t[b]) <= 1e-4 * np.linalg.norm(grad_t[b])
+
+
+def test_profile_splits_a_live_step_of_the_builtin_model(tmp_path) -> None:
+    """`bench encoder --profile`: ORT's own per-operator times, one session.run per step, parts add up."""
+    from decoder.profile_step import profile_step, render
+
+    result = profile_step(DEFAULT_MODEL_DIR, frames=3, warmup=2, steps=1, threads=1, workdir=tmp_path)
+    assert result["calls_per_frame"] == 1.0  # one session.run per step
+    assert result["graph_nodes"]["total"] < 400 and result["graph_batch"] == "dynamic"
+    assert "Conv" in result["per_op_ms"] and result["per_op_kernels_per_frame"]["Conv"] >= 1
+    assert abs(sum(result["per_op_ms"].values()) - result["ort_kernels_ms"]) < 0.01 * result["ort_kernels_ms"] + 0.01
+    parts = result["ort_kernels_ms"] + result["ort_call_overhead_ms"] + result["numpy_around_ms"]
+    assert abs(parts - result["frame_ms"]) < 0.01 * result["frame_ms"] + 0.01
+    assert result["ort_call_overhead_ms"] >= 0 and result["numpy_around_ms"] > 0
+    assert "ORT kernels" in render(result)
