@@ -138,6 +138,7 @@ def stage_encoder(args: argparse.Namespace, work: Path, device: str) -> dict[str
                 binding.bind_output(name, dev)
             row["ort"] = {**timed(lambda s=session, io=binding: s.run_with_iobinding(io), args.repeats, sync),
                           "provider": session.get_providers()[0]}  # fmt: skip
+            row["ort_fp16"] = ort_half(folder, provider, args, ex, dev, sync, session)
             model = enc.to(dev)
             t = {k: v.to(dev) for k, v in ex.items()}
             grad_fn = E.gradient_function(model, MOUSE)
@@ -160,6 +161,31 @@ def stage_encoder(args: argparse.Namespace, work: Path, device: str) -> dict[str
             res[f"batch_{b}"] = row
             enc = enc.cpu()
         out[preset] = res
+    return out
+
+
+def ort_half(folder: Path, provider: list[str], args: argparse.Namespace, ex: dict[str, Any], dev: str,
+             sync: Any, full: Any) -> dict[str, Any]:
+    """The fp16 graph (export.write_half_precision): time and gradient error vs the float32 graph."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from decoder.encoder import export as E
+    from decoder.reconstruct.backends import ort_session
+
+    half = folder / "gradient_fp16.onnx"
+    if not half.is_file():
+        E.write_half_precision(folder / "gradient.onnx", half)
+    session = ort_session(half, provider, args.threads)
+    binding = session.io_binding()
+    for name in E.GRADIENT_INPUTS:
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(ex[name].numpy(), dev, 0))
+    for name in E.GRADIENT_OUTPUTS:
+        binding.bind_output(name, dev)
+    out = timed(lambda: session.run_with_iobinding(binding), args.repeats, sync)
+    feed = {k: ex[k].numpy() for k in E.GRADIENT_INPUTS}
+    ref, got = full.run(None, feed)[1], session.run(None, feed)[1]
+    out["grad_rel_error_vs_fp32"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
     return out
 
 

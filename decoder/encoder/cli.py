@@ -109,12 +109,14 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mouse", action="append", default=None, metavar="ID", help="only this mouse (repeatable)")
     p.add_argument("--window", type=int, default=None, help="frames per window (even; default: the model's)")
     p.add_argument("--graphs", default="forward,gradient", help="which graphs (default forward,gradient)")
+    p.add_argument("--half", action="store_true",
+                   help="also write gradient_fp16.onnx (float16 inside, float32 in/out; for GPUs)")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from decoder.encoder.checkpoint import CheckpointError, load_encoder
-    from decoder.encoder.export import ExportError, export_mouse
+    from decoder.encoder.export import ExportError, export_mouse, write_half_precision
 
     if args.window is not None and (args.window < 2 or args.window % 2):
         print(f"neurocine export: --window must be even and >= 2, got {args.window}", file=sys.stderr)
@@ -143,6 +145,8 @@ def run_export(args: argparse.Namespace) -> int:
         except (ExportError, ValueError) as err:
             print(f"neurocine export: mouse {mouse}: {err}", file=sys.stderr)
             return 1
+        if args.half and "gradient" in paths:
+            paths["gradient_fp16"] = write_half_precision(paths["gradient"])
         written[mouse] = {k: str(v) for k, v in paths.items()}
         print(f"exported {mouse} -> {Path(args.out) / mouse}", file=sys.stderr)
     print(json.dumps(written))

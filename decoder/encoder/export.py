@@ -399,6 +399,25 @@ def export_mouse(
     return paths
 
 
+def write_half_precision(graph: Path | str, out: Path | str | None = None) -> Path:
+    """A float16 copy of an exported graph (weights and activations in fp16, inputs and outputs float32,
+    so backends use it unchanged): GRAPH -> GRAPH_fp16.onnx beside it (or `out`). For GPUs, where fp16
+    halves memory traffic; its cost in accuracy: tests/test_encoder_export.py (gradient ~2e-3 relative on
+    the shipped model) and tools/gpu_bench.py (speed on CUDA). onnxruntime's own converter does the work."""
+    import warnings
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = Path(graph)
+    out = Path(out) if out is not None else graph.with_name(graph.stem + "_fp16.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(onnx.load(str(graph)), keep_io_types=True)
+    onnx.save(half, str(out))
+    return out
+
+
 def onnx_session(path: Path | str, device: str = "cpu", threads: int = 0) -> Any:
     """An onnxruntime session on the CPU or the CUDA provider; a CUDA provider that does not load is an
     error (BackendError), never a silent CPU run."""
