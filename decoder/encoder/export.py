@@ -1,4 +1,4 @@
-"""ONNX export of one mouse's encoder: forward, loss-gradient and fused optimiser-step graphs, standard ops.
+"""ONNX export of one mouse's encoder: forward and loss-gradient graphs, standard ops, any number of windows per call.
 
 Route (generic: nothing is derived per layer, so it holds for every preset and for new layers):
 1. Freeze a copy of the encoder (eval mode, no parameter gradients) so that the weights become constants
