@@ -19,6 +19,7 @@ from typing import Any
 EXAMPLE = """example:
   neurocine bench encoder --presets tiny,small --json bench_encoder.json
   neurocine bench encoder --presets dwiseneuro --device cuda --neurons 8000
+  neurocine bench encoder --profile                 # where one live step's time goes (built-in model)
 """
 
 
@@ -38,6 +39,15 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (default 2)")
     p.add_argument("--no-torch", action="store_true", help="time ONNX Runtime only")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the JSON here")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: profile live decode steps of --model (ORT per-operator time, ORT per-call overhead, "
+        "numpy around it) on the CPU provider",
+    )
+    p.add_argument("--model", default=None, help="exported model folder for --profile (default: built-in)")
+    p.add_argument("--frames", type=int, default=40, help="frames profiled by --profile (default 40)")
+    p.add_argument("--steps", type=int, default=2, help="optimiser steps per frame for --profile (default 2)")
     p.set_defaults(func=run)
 
 
@@ -109,13 +119,13 @@ def bench_preset(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
             }
             enc = enc.cpu()
     t0 = time.perf_counter()
-    paths = E.export_mouse(enc, mouse, workdir / name, batch=args.batch)
+    paths = E.export_mouse(enc, mouse, workdir / name)
     ort_result: dict[str, Any] = {"export_s": round(time.perf_counter() - t0, 1)}
     feeds = {k: v.cpu().numpy() for k, v in ex.items()}
     for graph in ("forward", "gradient"):
         try:
             session = E.onnx_session(paths[graph], args.device, threads=args.threads)
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             ort_result["error"] = str(err)
             break
         inputs = {i.name: feeds[i.name] for i in session.get_inputs()}
@@ -126,7 +136,38 @@ def bench_preset(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
     return result
 
 
+def run_profile(args: argparse.Namespace) -> int:
+    """--profile: one JSON report on stdout, a readable table on stderr."""
+    import onnxruntime
+
+    from decoder.profile_step import profile_step, render
+    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
+    if args.frames < 1 or args.steps < 1:
+        print("neurocine bench encoder: --frames and --steps must be >= 1", file=sys.stderr)
+        return 2
+    from decoder.reconstruct.backends import BackendError
+
+    with tempfile.TemporaryDirectory(prefix="neurocine-profile-") as tmp:
+        try:
+            result = profile_step(model, frames=args.frames, steps=args.steps, threads=args.threads, workdir=tmp)
+        except BackendError as err:
+            print(f"neurocine bench encoder --profile: {err}", file=sys.stderr)
+            return 2
+    result = {"bench": "encoder-profile", "onnxruntime": onnxruntime.__version__,
+              "platform": platform.platform(), **result}  # fmt: skip
+    print(render(result), file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.profile:
+        return run_profile(args)
     import onnxruntime
     import torch
 

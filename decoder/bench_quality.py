@@ -16,7 +16,11 @@ mean over movies; per-frame correlation beside it), each with the gradient blur 
 - streaming at several lags and steps per frame, and as a fraction of offline (same encoder, same blur);
 - the neuron-count ablation (100/50/25/12.5 % of the neurons, a seeded random subset; the rest weigh 0);
 - reconstruction from the encoder's own predicted responses to the true movie (the paper's upper bound);
-- with vs without the alpha mask shipped beside the first encoder, scored in its eval mask.
+- with vs without the alpha mask shipped beside the first encoder, scored in its eval mask;
+- the learned first guess (`inverse`, the inverse.onnx beside the first encoder): the inverse decoder alone;
+  offline from it vs from grey at fixed counts and with `--iterations auto` (held-out neurons), with seconds
+  per 10-s movie; streaming with it vs without at 0, 1 and 2 steps per frame; and quality against age (the
+  estimate of a frame 0, 1, 2, 4, 8, 16, 32 frames after its responses arrived: what a closed loop sees).
 Sizing (defaults): 2 movies x 150 frames (120 scored after the 30 skipped), 100 offline iterations instead
 of the paper's 1000 (see by_iterations: with noisy single-trial responses the score flattens or falls as the
 movie fits the noise). About 15-25 min on 2 shared CPU cores; `--skip` drops groups.
@@ -71,7 +75,7 @@ def register(bench_sub: Any) -> None:
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated groups to skip: ensemble,streaming,ablation,predicted,mask",
+        help="comma-separated groups to skip: ensemble,oracle,streaming,ablation,predicted,mask,inverse",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", help="also write the result here")
@@ -301,6 +305,13 @@ def run(args: argparse.Namespace) -> int:
                 "without_mask": score(main_videos, ev),
             }
 
+    if "inverse" not in skip:
+        if first.inverse is None:
+            result["inverse"] = {"skipped": "no inverse.onnx beside the first encoder"}
+        else:
+            result["inverse"] = _first_guess(first.inverse, encoder, inputs, score, args, n_frames, main)
+            stills["inverse decoder alone"] = first.inverse.movie(inputs[0][2], inputs[0][1])
+
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)
@@ -310,6 +321,78 @@ def run(args: argparse.Namespace) -> int:
     if args.figure:
         _figure(Path(args.figure), movies[0][0], stills, result)
     return 0
+
+
+AGES = (0, 1, 2, 4, 8, 16, 32)
+
+
+def _first_guess(inverse: Any, encoder: Any, inputs: list, score: Any, args: argparse.Namespace, n_frames: int,
+                 main: dict[str, Any]) -> dict[str, Any]:
+    """The inverse decoder alone, as the offline start (fixed counts and auto-stop) and as the streaming warm
+    start (with quality against age); seconds per 10-s movie (300 frames) for each offline variant."""
+    from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
+    from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
+
+    per_movie = 300 / n_frames  # seconds -> seconds per 10-s movie
+    out: dict[str, Any] = {"inverse_alone": score([inverse.movie(r, b) for _, b, r in inputs]),
+                           "inverse_alone_causal": score([inverse.movie(r, b, "frame_causal") for _, b, r in inputs]),
+                           "fit": inverse.fit_report}
+    _log(f"inverse decoder alone: {out['inverse_alone']['pixel_correlation']:.3f} (causal head "
+         f"{out['inverse_alone_causal']['pixel_correlation']:.3f})")
+    points = tuple(i for i in (10, 20, 40, 60, 100, 200, 500, 1000) if i <= args.iterations)
+    offline_rows: dict[str, Any] = {}
+    for init in ("grey", "inverse"):
+        t0 = time.perf_counter()
+        videos, snaps = [], {}
+        for _, beh, resp in inputs:
+            start = inverse.movie(resp, beh) if init == "inverse" else None
+            rec = reconstruct_offline(encoder, resp, beh, config=OfflineConfig(iterations=args.iterations,
+                                      grad_blur=args.grad_blur), snapshots=points, init_video=start)  # fmt: skip
+            videos.append(rec.video)
+            for i, v in rec.snapshots.items():
+                snaps.setdefault(i, []).append(v)
+        secs = time.perf_counter() - t0
+        by_it = {str(i): score(snaps[i])["pixel_correlation"] for i in sorted(snaps)}
+        best = max(by_it, key=lambda k: by_it[k])
+        offline_rows[f"fixed_from_{init}"] = {
+            "by_iterations": by_it, "best_in_hindsight": {"iterations": int(best), "pixel_correlation": by_it[best]},
+            "seconds_per_movie_per_iteration": round(secs / args.iterations * per_movie, 4)}
+        t0 = time.perf_counter()
+        videos, counts = [], []
+        for _, beh, resp in inputs:
+            start = inverse.movie(resp, beh) if init == "inverse" else None
+            rec = reconstruct_offline(encoder, resp, beh, config=OfflineConfig(grad_blur=args.grad_blur),
+                                      init_video=start, auto_stop=AutoStop())
+            videos.append(rec.video)
+            counts += rec.stopped_at
+        secs = time.perf_counter() - t0
+        offline_rows[f"auto_from_{init}"] = {**score(videos), "iterations_chosen": counts,
+                                             "seconds_per_movie": round(secs * per_movie, 1)}
+        _log(f"offline from {init}: auto {offline_rows[f'auto_from_{init}']['pixel_correlation']:.3f} at {counts} "
+             f"iterations; best fixed {by_it[best]:.3f} at {best}")
+    per_it = offline_rows["fixed_from_grey"]["seconds_per_movie_per_iteration"]
+    offline_rows["fixed_1000_seconds_per_movie_extrapolated"] = round(per_it * 1000, 1)
+    out["offline"] = offline_rows
+    rows, ages = [], {}
+    for warm in ("previous", "inverse"):
+        for steps in (0, 1, 2):
+            cfg = StreamingConfig(lag=args.default_lag, steps=steps, grad_blur=args.grad_blur, warm_start=warm)
+            t0 = time.perf_counter()
+            vids, by_age = [], {a: [] for a in AGES}
+            for _, beh, resp in inputs:
+                v, rec = reconstruct_streaming(encoder, resp, beh, cfg, inverse=inverse, provisional_ages=AGES)
+                vids.append(v)
+                for a in AGES:
+                    by_age[a].append(rec.age_movies[a])
+            sc = score(vids)
+            rows.append({"warm_start": warm, "steps": steps, **sc,
+                         "seconds_per_frame": round((time.perf_counter() - t0) / n_frames, 4)})
+            _log(f"streaming lag {args.default_lag}, {steps} steps, warm start {warm}: {sc['pixel_correlation']:.3f}")
+            if steps == 1:
+                ages[warm] = {str(a): score(by_age[a])["pixel_correlation"] for a in AGES}
+    out["streaming"] = rows
+    out["quality_by_age_1_step"] = ages
+    return out
 
 
 def _figure(path: Path, truth: np.ndarray, stills: dict[str, np.ndarray], result: dict[str, Any]) -> None:

@@ -408,10 +408,19 @@ def run(args: Any) -> int:
     models = args.model or default_models()
     providers = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"],
                  None: None}[args.provider]
+    backend = backend_for(models)
+    if backend == "onnx":  # a graph that cannot load, batch or run on --provider: say so now, not per session
+        from decoder.reconstruct.backends import BackendError, check_graphs
+
+        try:
+            check_graphs(models, providers, args.threads or 0)
+        except BackendError as err:
+            print(f"neurocine decode: {err}", file=sys.stderr)
+            return 2
     stop_on_sigterm()
     with Subscriber(args.connect, topics=RAW_TOPICS, in_order=True) as sub, Publisher(args.bind) as pub:
         service = DecodeService(models, sub, pub, config=streaming_config_from(args), provisional=args.provisional,
-                                backend=backend_for(models),
+                                backend=backend,
                                 providers=providers, threads=args.threads, min_fraction=args.min_fraction)
         try:
             service.preload()

@@ -1,4 +1,5 @@
-"""ONNX export of the encoder: the forward and gradient graphs match torch on onnxruntime's CPU provider."""
+"""ONNX export of the encoder: the forward and gradient graphs match the full torch model (not the pruned
+export copy) on onnxruntime's CPU provider, for any number of windows per call."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from decoder.encoder.samples import behaviour, smooth_movie
 
 MOUSE = "m1"
 NEURONS = {"tiny": 60, "small": 40, "dwiseneuro": 8}
-BATCH = {"tiny": 2, "small": 2, "dwiseneuro": 1}  # windows per graph call
+BATCH = {"tiny": 3, "small": 2, "dwiseneuro": 1}  # windows per graph call (the graphs take any number)
 
 
 def _inputs(kind: str, enc, batch: int, seed: int) -> dict[str, torch.Tensor]:
@@ -49,9 +50,8 @@ def exported(request, tmp_path_factory):
     calibrate_batchnorm(enc, [(smooth, beh), (noise, beh)], MOUSE)
     enc.eval()
     out = tmp_path_factory.mktemp(f"onnx_{preset}")
-    graphs = ("forward", "gradient", "step") if preset == "tiny" else ("forward", "gradient")
-    paths = E.export_mouse(enc, MOUSE, out, batch=BATCH[preset], graphs=graphs)
-    sessions = {g: E.onnx_session(paths[g], threads=1) for g in graphs}
+    paths = E.export_mouse(enc, MOUSE, out)
+    sessions = {g: E.onnx_session(paths[g], threads=1) for g in E.GRAPHS}
     return preset, E.frozen_copy(enc), sessions, paths
 
 
@@ -80,11 +80,13 @@ def test_onnx_gradient_equals_torch_autograd(exported, kind: str) -> None:
     ex = _inputs(kind, enc, batch, seed=5)
     loss, grad = E.gradient_function(enc, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
     got_loss, got_grad = sessions["gradient"].run(None, _feeds(sessions["gradient"], ex))
-    assert got_grad.shape == (batch, 32, 36, 64)
+    assert got_grad.shape == (batch, 32, 36, 64) and got_loss.shape == (batch,)
     assert float(np.linalg.norm(grad.numpy())) > 0
-    assert abs(float(got_loss) - loss.item()) < 1e-5 * abs(loss.item())
-    rel = np.linalg.norm(got_grad - grad.numpy()) / np.linalg.norm(grad.numpy())
-    assert rel < 1e-4
+    # float32 sums in another order: up to 3.3e-5 relative seen on one window's loss (small, noise movie)
+    assert np.abs(got_loss - loss.numpy()).max() < 1e-4 * np.abs(loss.numpy()).max()
+    for b in range(batch):  # each window's own gradient
+        rel = np.linalg.norm(got_grad[b] - grad[b].numpy()) / np.linalg.norm(grad[b].numpy())
+        assert rel < 1e-4
 
 
 @pytest.mark.parametrize("exported", ["tiny", "small"], indirect=True)  # the loss head is the same for all
@@ -97,32 +99,81 @@ def test_gradient_graph_masks_nan_responses_and_zero_weights(exported) -> None:
     ex["weights"][-1, 1] = 0.5
     loss, grad = E.gradient_function(enc, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
     got_loss, got_grad = sessions["gradient"].run(None, _feeds(sessions["gradient"], ex))
-    assert np.isfinite(got_loss) and np.isfinite(got_grad).all()
-    assert abs(float(got_loss) - loss.item()) < 1e-5 * abs(loss.item())
+    assert np.isfinite(got_loss).all() and np.isfinite(got_grad).all()
+    assert np.abs(got_loss - loss.numpy()).max() < 1e-5 * np.abs(loss.numpy()).max()
     assert np.linalg.norm(got_grad - grad.numpy()) / np.linalg.norm(grad.numpy()) < 1e-4
     # masked neurons really are out: changing their responses changes nothing
     ex["responses"][:, n // 2 :] *= 3.0
     again_loss, again_grad = sessions["gradient"].run(None, _feeds(sessions["gradient"], ex))
-    assert float(again_loss) == pytest.approx(float(got_loss), rel=1e-6)
+    np.testing.assert_allclose(again_loss, got_loss, rtol=1e-6)
     assert np.allclose(again_grad, got_grad, rtol=1e-5, atol=1e-7 * np.abs(got_grad).max())
 
 
 def test_graphs_use_standard_operators_only_and_carry_metadata(exported) -> None:
     preset, enc, _, paths = exported
-    for g in ("forward", "gradient", "step"):
-        if g not in paths:
-            continue
+    for g in E.GRAPHS:
         model = onnx.load(str(paths[g]))
         onnx.checker.check_model(model)
         ops = {node.op_type for node in model.graph.node}
         assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
         assert "Gradient" not in ops
-    grad_ops = {node.op_type for node in onnx.load(str(paths["gradient"])).graph.node}
-    assert "Conv" in grad_ops
+    grad_nodes = [node.op_type for node in onnx.load(str(paths["gradient"])).graph.node]
+    assert "Conv" in grad_nodes and "CastLike" not in grad_nodes and "Constant" not in grad_nodes
+    assert grad_nodes.count("Cast") <= 2  # folded: the make_fx decomposition alone leaves ~100 Casts
+    if preset == "tiny":
+        assert len(grad_nodes) < 400  # the unfolded export of the same graph: ~1,100 nodes
+    assert not (paths["meta"].parent / "step.onnx").exists()
     import json
 
     meta = json.loads(paths["meta"].read_text())
     assert meta["preset"] == preset and meta["window"] == 32 and meta["n_neurons"] == enc.neurons[MOUSE]
+    assert meta["batch"] == "dynamic" and meta["graph_version"] == E.GRAPH_VERSION
+
+
+@pytest.mark.parametrize("exported", ["tiny"], indirect=True)
+def test_one_call_of_many_windows_equals_one_call_per_window(exported) -> None:
+    _, enc, sessions, _ = exported
+    ex = _inputs("realistic", enc, 4, seed=8)
+    ex["responses"][2, 3, :5] = float("nan")
+    session = sessions["gradient"]
+    loss, grad = session.run(None, _feeds(session, ex))
+    for b in range(4):
+        one = {k: v[b : b + 1] for k, v in ex.items()}
+        loss1, grad1 = session.run(None, _feeds(session, one))
+        assert loss1[0] == pytest.approx(loss[b], rel=1e-5)
+        assert np.abs(grad1[0] - grad[b]).max() <= 1e-5 * np.abs(grad[b]).max()
+    (pred,) = sessions["forward"].run(None, _feeds(sessions["forward"], ex))
+    (pred1,) = sessions["forward"].run(None, _feeds(sessions["forward"], {k: v[3:] for k, v in ex.items()}))
+    np.testing.assert_allclose(pred1[0], pred[3], rtol=1e-5, atol=1e-6)
+
+
+def test_readout_pruning_keeps_predictions_and_gradients() -> None:
+    """The export drops blob weights < prune x the neuron's largest: kept fraction falls, error stays tiny."""
+    torch.manual_seed(0)
+    enc = build_encoder(get_preset("tiny"), {MOUSE: 50}, seed=5)
+    readout = enc.readouts[MOUSE]
+    with torch.no_grad():
+        readout.log_sigma.fill_(float(np.log(0.1)))  # narrow blobs: most of the 5x8 map carries ~nothing
+    enc.eval()
+    full = E.frozen_copy(enc)
+    ex = _inputs("realistic", full, 2, seed=9)
+    with torch.no_grad():
+        ref_pred = E.forward_function(full, MOUSE)(ex["video"], ex["behaviour"])
+    ref_loss, ref_grad = E.gradient_function(full, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
+    kept_before = 1.0
+    for prune, tol in ((0.0, 1e-6), (E.READOUT_PRUNE, 1e-5), (1e-2, 2e-2)):
+        pruned = E.frozen_copy(enc, prune)
+        kept = pruned.readouts[MOUSE].kept
+        assert kept <= kept_before
+        kept_before = kept
+        with torch.no_grad():
+            pred = E.forward_function(pruned, MOUSE)(ex["video"], ex["behaviour"])
+        loss, grad = E.gradient_function(pruned, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
+        nonzero = float((readout.spatial_weights() > 0).float().mean())  # float32 exp underflows far out
+        assert (kept == nonzero) if prune == 0.0 else (kept < 0.5 * nonzero)
+        assert float((pred - ref_pred).abs().max()) <= tol * float(ref_pred.abs().max())
+        assert float((loss - ref_loss).abs().max()) <= tol * float(ref_loss.abs().max())
+        assert float(torch.linalg.norm(grad - ref_grad) / torch.linalg.norm(ref_grad)) <= 10 * tol
 
 
 @pytest.mark.parametrize(
@@ -163,33 +214,11 @@ def test_convolution_input_gradient_rule_matches_autograd(dims, stride, padding,
     assert torch.allclose(got, ref, atol=1e-5)
 
 
-def test_export_refuses_unknown_mouse_and_bad_batch(tmp_path) -> None:
+def test_export_refuses_unknown_mouse_bad_prune_and_unknown_graph(tmp_path) -> None:
     enc = build_encoder(get_preset("tiny"), {"a": 3})
     with pytest.raises(ValueError, match="unknown mouse 'b'"):
         E.export_mouse(enc, "b", tmp_path)
-    with pytest.raises(ValueError, match="batch must be >= 1"):
-        E.export_mouse(enc, "a", tmp_path, batch=0)
-
-
-@pytest.mark.parametrize("exported", ["tiny"], indirect=True)  # the step graph is exported for tiny only
-def test_fused_optimiser_step_graph_matches_torch(exported) -> None:
-    _preset, frozen, sessions, _ = exported
-    assert "step" in sessions
-    session = sessions["step"]
-    ex = _inputs("realistic", frozen, 2, seed=7)
-    ex["video"] = torch.full((2, 32, 36, 64), 127.5)
-    ex.update(E.step_example_inputs(frozen, 2))
-    ex["mask"][:, :8] = 0.0
-    step = E.step_function(frozen, MOUSE)
-    for k in (1, 2, 3):  # three iterations, carrying the state through both implementations
-        ex["step"] = torch.tensor(float(k))
-        ref_video, ref_m, ref_loss = step(*(ex[n] for n in E.STEP_INPUTS))
-        got_video, got_m, got_loss = session.run(None, {n: ex[n].numpy() for n in E.STEP_INPUTS})
-        assert abs(float(got_loss) - ref_loss.item()) < 1e-5 * abs(ref_loss.item())
-        assert np.linalg.norm(got_m - ref_m.numpy()) < 1e-4 * np.linalg.norm(ref_m.numpy())
-        assert np.abs(got_video - ref_video.numpy()).max() < 1e-2  # pixels, lr 1000
-        ex["video"], ex["momentum"] = torch.from_numpy(got_video), torch.from_numpy(got_m)
-    moved = np.abs(got_video - 127.5)
-    assert moved[:, :, :, 8:].max() > 1.0  # the step changes the movie ...
-    assert moved[:, :, :, :8].max() == 0.0  # ... but not where the mask is 0
-    assert got_video.min() >= 0.0 and got_video.max() <= 255.0
+    with pytest.raises(ValueError, match="readout_prune"):
+        E.export_mouse(enc, "a", tmp_path, readout_prune=1.0)
+    with pytest.raises(ValueError, match="graphs must be"):
+        E.export_mouse(enc, "a", tmp_path, graphs=("step",))

@@ -84,8 +84,121 @@ def exported(tmp_path_factory):
     encoder = build_encoder(get_preset("tiny"), {"m0": 30}, seed=0)
     encoder.stats["m0"].response_std.copy_(torch.linspace(0.5, 2.0, 30))
     folder = tmp_path_factory.mktemp("export")
-    export_mouse(encoder, "m0", folder, batch=4)
+    export_mouse(encoder, "m0", folder)
     return encoder, folder
+
+
+@pytest.fixture(scope="module")
+def exported_sibling(tmp_path_factory):
+    """A second encoder of the same mouse (other weights): an ensemble member."""
+    from decoder.encoder.export import export_mouse
+    from decoder.encoder.model import build_encoder
+    from decoder.encoder.presets import get_preset
+
+    encoder = build_encoder(get_preset("tiny"), {"m0": 30}, seed=1)
+    encoder.stats["m0"].response_std.copy_(torch.linspace(0.5, 2.0, 30))
+    folder = tmp_path_factory.mktemp("export_sibling")
+    export_mouse(encoder, "m0", folder, graphs=("gradient",))
+    return encoder, folder
+
+
+def test_onnx_backend_binds_buffers_once_and_runs_all_windows_in_one_call(exported):
+    """The IOBinding path on the CPU provider: one session.run per loss_and_grad whatever the number of
+    windows, the same output buffers reused, results equal to a plain session.run and to torch."""
+    from decoder.reconstruct.backends import OrtBackend
+
+    encoder, folder = exported
+    ob = OrtBackend(folder, providers=["CPUExecutionProvider"], threads=1)
+    assert ob.provider == "CPUExecutionProvider" and ob.batch is None and ob.window == 32
+    calls = []
+    run = ob.session.run_with_iobinding
+    ob.session.run_with_iobinding = lambda binding: (calls.append(1), run(binding))[1]
+    video, beh, resp = _batch(3, n=30, seed=4)
+    loss, grad = ob.loss_and_grad(video, beh, resp)
+    plain_loss, plain_grad = ob.session.run(None, {"video": video, "behaviour": beh, "responses": resp,
+                                                    "weights": np.ones((3, 30), np.float32)})  # fmt: skip
+    np.testing.assert_array_equal(loss, plain_loss)
+    np.testing.assert_array_equal(grad, plain_grad)
+    expected = grad.copy()
+    _, grad2 = ob.loss_and_grad(video[::-1], beh[::-1], resp[::-1])
+    assert grad2 is grad and len(calls) == 2  # same buffer, one call per 3 windows
+    np.testing.assert_allclose(grad2[::-1], expected, rtol=1e-6, atol=1e-7 * np.abs(expected).max())
+    _, g_t = TorchBackend.from_encoder(encoder, "m0", threads=1).loss_and_grad(video, beh, resp)
+    assert np.abs(g_t[::-1] - grad2).max() <= 1e-4 * np.abs(g_t).max()
+    _, one = ob.loss_and_grad(video[1:2], beh[1:2], resp[1:2])  # another batch size: its own binding
+    assert one.shape == (1, 32, 36, 64)
+    assert np.abs(one[0] - expected[1]).max() <= 1e-5 * np.abs(expected[1]).max()
+
+
+def test_fused_ensemble_equals_member_by_member(exported, exported_sibling):
+    from decoder.reconstruct.backends import OrtBackend
+    from decoder.reconstruct.ort_fused import fuse_ensemble
+
+    members = [OrtBackend(f, providers=["CPUExecutionProvider"], threads=1)
+               for f in (exported[1], exported_sibling[1])]  # fmt: skip
+    video, beh, resp = _batch(2, n=30, seed=5)
+    resp[1, 3, :8] = np.nan
+    weights = np.linspace(0.0, 1.0, 30).astype(np.float32)
+    plain = Ensemble(members)
+    ref_loss, ref_grad = normalised_window_grad(plain, video, beh, resp, weights, 1e-6)
+    fused = Ensemble(members)
+    assert fuse_ensemble(fused)
+    calls = []
+    run = fused.fused.session.run_with_iobinding
+    fused.fused.session.run_with_iobinding = lambda binding: (calls.append(1), run(binding))[1]
+    loss, grad = normalised_window_grad(fused, video, beh, resp, weights, 1e-6)
+    assert len(calls) == 1
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert np.abs(grad - ref_grad).max() <= 1e-4 * np.abs(ref_grad).max()  # float32 norms in the graph
+    assert not fuse_ensemble(Ensemble(members[:1]))  # nothing to fuse
+
+
+def test_cuda_provider_that_does_not_load_fails_loudly(exported):
+    """`--provider cuda` must never run on the CPU quietly (here CUDA cannot load: no GPU / libraries)."""
+    import onnxruntime as ort
+
+    from decoder.reconstruct.backends import OrtBackend
+
+    _, folder = exported
+    auto = OrtBackend(folder, threads=1)
+    if auto.provider == "CUDAExecutionProvider":
+        pytest.skip("CUDA loads on this machine; the loud failure needs one where it does not")
+    with pytest.raises(BackendError, match=r"gradient.onnx: ONNX Runtime provider CUDAExecutionProvider") as err:
+        OrtBackend(folder, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
+    built = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert ("did not load" if built else "not in this onnxruntime build") in str(err.value)
+    from decoder.encoder.export import onnx_session
+
+    with pytest.raises(BackendError, match="CUDAExecutionProvider"):
+        onnx_session(folder / "gradient.onnx", "cuda")
+
+
+def test_unloadable_or_unbatched_graphs_are_refused_naming_the_file(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from decoder.reconstruct.backends import OrtBackend
+
+    bad = tmp_path / "corrupt" / "gradient.onnx"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not an onnx graph")
+    with pytest.raises(BackendError, match=r"corrupt/gradient.onnx: ONNX Runtime cannot load"):
+        OrtBackend(bad.parent)
+    # a graph of the old contract: a fixed batch of one window, one loss per call
+    shapes = {"video": [1, 32, 36, 64], "behaviour": [1, 32, 4], "responses": [1, 5, 32], "weights": [1, 5]}
+    inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in shapes.items()]
+    outputs = [helper.make_tensor_value_info("loss", TensorProto.FLOAT, []),
+               helper.make_tensor_value_info("grad_video", TensorProto.FLOAT, shapes["video"])]  # fmt: skip
+    nodes = [helper.make_node("ReduceSum", ["weights"], ["loss"], keepdims=0),
+             helper.make_node("Identity", ["video"], ["grad_video"])]  # fmt: skip
+    model = helper.make_model(helper.make_graph(nodes, "old", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 18)])  # fmt: skip
+    model.ir_version = 9
+    old = tmp_path / "old" / "gradient.onnx"
+    old.parent.mkdir()
+    onnx.save(model, str(old))
+    with pytest.raises(BackendError, match=r"old/gradient.onnx: graph has a fixed batch of 1 window"):
+        OrtBackend(old, providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.slow
@@ -99,8 +212,8 @@ def test_onnx_and_torch_give_the_same_gradient_and_reconstruction(exported):
     ob = OrtBackend(folder, threads=1)
     assert ob.provider == ob.session.get_providers()[0]
     assert ob.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert (ob.batch, ob.window, ob.n_neurons) == (4, 32, 30)
-    video, beh, resp = _batch(6, n=30, seed=1)  # 6 windows: one full graph batch and one padded
+    assert (ob.batch, ob.window, ob.n_neurons) == (None, 32, 30)
+    video, beh, resp = _batch(6, n=30, seed=1)  # 6 windows in one call
     resp[2, 4, :10] = np.nan
     weights = np.ones(30, np.float32)
     weights[3] = 0
@@ -117,3 +230,28 @@ def test_onnx_and_torch_give_the_same_gradient_and_reconstruction(exported):
     rec_o = reconstruct_offline(ob, responses, behaviour, config=cfg)
     assert movie_correlation(rec_t.video, rec_o.video, sigma=0, skip=0) > 0.99
     assert rec_o.provider == ob.provider
+
+
+def test_decode_refuses_at_start_up_a_graph_it_cannot_use(tmp_path):
+    """`neurocine decode` names the bad graph and exits before listening (here: an old fixed-batch graph,
+    and --provider cuda where CUDA cannot load)."""
+    import shutil
+
+    from decoder.reconstruct.backends import OrtBackend
+    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from tests.conftest import free_port, neurocine
+
+    bad = tmp_path / "model"
+    bad.mkdir()
+    (bad / "gradient.onnx").write_bytes(b"\x08\x07garbage")
+    endpoints = ["--connect", f"tcp://127.0.0.1:{free_port()}", "--bind", f"tcp://127.0.0.1:{free_port()}"]
+    proc = neurocine("decode", "--model", str(bad), *endpoints)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and f"{bad / 'gradient.onnx'}: ONNX Runtime cannot load" in err
+    if OrtBackend(DEFAULT_MODEL_DIR).provider == "CUDAExecutionProvider":
+        return  # CUDA loads here: the loud failure is covered where it does not
+    model = tmp_path / "default"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    proc = neurocine("decode", "--model", str(model), "--provider", "cuda", *endpoints)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "provider CUDAExecutionProvider" in err and str(model) in err

@@ -18,8 +18,9 @@ TRAIN_EXAMPLE = """example:
 
 EXPORT_EXAMPLE = """example:
   neurocine export models/small --out models/small/onnx
-  neurocine export models/small --out /tmp/onnx --mouse mouse_a --window 32 --batch 4
-writes DIR/<mouse>/forward.onnx, gradient.onnx, step.onnx and graph.json (inputs, outputs) per mouse.
+  neurocine export models/small --out /tmp/onnx --mouse mouse_a --window 32
+writes DIR/<mouse>/forward.onnx, gradient.onnx and graph.json (inputs, outputs) per mouse; every graph
+takes any number of windows per call.
 """
 
 
@@ -67,7 +68,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="--seeds: an existing Ray cluster (default: a local one)")
     p.add_argument("--num-cpus", type=int, default=None, help="--seeds: CPUs of the local Ray cluster")
     p.add_argument("--no-export", action="store_true", help="--seeds: skip the ONNX export")
-    p.add_argument("--export-graphs", default="forward,gradient,step", help="--seeds: graphs to export")
+    p.add_argument("--export-graphs", default="forward,gradient", help="--seeds: graphs to export")
     p.set_defaults(func=run_train)
 
 
@@ -163,8 +164,9 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--mouse", action="append", default=None, metavar="ID", help="only this mouse (repeatable)")
     p.add_argument("--window", type=int, default=None, help="frames per window (even; default: the model's)")
-    p.add_argument("--batch", type=int, default=1, help="windows per call, fixed in the graphs (default 1)")
-    p.add_argument("--graphs", default="forward,gradient,step", help="which graphs (default forward,gradient,step)")
+    p.add_argument("--graphs", default="forward,gradient", help="which graphs (default forward,gradient)")
+    p.add_argument("--half", action="store_true",
+                   help="also write gradient_fp16.onnx (float16 inside, float32 in/out; for GPUs)")
     p.set_defaults(func=run_export)
 
 
@@ -177,7 +179,7 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
     try:
-        written = export_model(args.model_dir, args.out, args.mouse, args.window, args.batch, graphs)
+        written = export_model(args.model_dir, args.out, args.mouse, args.window, graphs, half=args.half)
     except ExportError as err:
         print(f"neurocine export: {err}", file=sys.stderr)
         return 1
@@ -189,11 +191,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def export_model(model_dir: str | Path, out: str | Path, mice: list[str] | None = None, window: int | None = None,
-                 batch: int = 1, graphs: tuple[str, ...] = ("forward", "gradient", "step")) -> dict:
+                 graphs: tuple[str, ...] = ("forward", "gradient"), half: bool = False) -> dict:
     """Export every (or each named) mouse of a trained model to OUT/<mouse>/; {mouse: {graph: path}}.
     Raises CheckpointError, ValueError (unknown mouse) or ExportError (naming the mouse)."""
     from decoder.encoder.checkpoint import load_encoder
-    from decoder.encoder.export import ExportError, export_mouse
+    from decoder.encoder.export import ExportError, export_mouse, write_half_precision
 
     encoder, config = load_encoder(model_dir, None if window is None else window // 2)
     mice = mice or list(encoder.neurons)
@@ -213,9 +215,11 @@ def export_model(model_dir: str | Path, out: str | Path, mice: list[str] | None 
             "validation": config.get("validation"),
         }
         try:
-            paths = export_mouse(encoder, mouse, Path(out) / mouse, batch=batch, metadata=meta, graphs=graphs)
+            paths = export_mouse(encoder, mouse, Path(out) / mouse, metadata=meta, graphs=graphs)
         except (ExportError, ValueError) as err:
             raise ExportError(f"mouse {mouse}: {err}") from err
+        if half and "gradient" in paths:
+            paths["gradient_fp16"] = write_half_precision(paths["gradient"])
         written[mouse] = {k: str(v) for k, v in paths.items()}
         print(f"exported {mouse} -> {Path(out) / mouse}", file=sys.stderr)
     return written

@@ -1,27 +1,32 @@
-"""ONNX export of one mouse's encoder: forward, loss-gradient and fused optimiser-step graphs, standard ops.
+"""ONNX export of one mouse's encoder: forward and loss-gradient graphs, standard ops, any number of windows per call.
 
 Route (generic: nothing is derived per layer, so it holds for every preset and for new layers):
 1. Freeze a copy of the encoder (eval mode, no parameter gradients) so that the weights become constants
-   and autograd needs only input gradients.
-2. Trace loss and d loss / d video with `make_fx`: autograd runs during tracing, so the backward pass is
-   recorded as ATen operators.
+   and autograd needs only input gradients. The gaussian readout's blob is computed once here (its negligible
+   weights dropped: see READOUT_PRUNE) instead of in every call.
+2. Trace loss and d loss / d video with `make_fx` (symbolic shapes, so the batch of windows stays a
+   dimension of the graph): autograd runs during tracing, so the backward pass is recorded as ATen ops.
 3. Decompose while tracing, with PyTorch's core-ATen decomposition table plus one rule of our own:
    `convolution_backward` (which has no ONNX translation) becomes, for the input gradient only, a plain
    convolution with the group-transposed, flipped weight when the stride is 1 (fast in onnxruntime) and a
    transposed convolution otherwise. Every other backward op (BatchNorm, SiLU, sigmoid, slicing,
    padding...) is already decomposed into forward-style ops by the core table.
 4. Refuse a graph that still holds a backward op (clear error naming it), then hand the traced graph to
-   `torch.onnx.export` (dynamo exporter). onnxruntime's CPU and CUDA providers run the result; no
-   Gradient operator and no onnxruntime-training is involved.
+   `torch.onnx.export` (dynamo exporter), fold its constants (onnxscript's folding passes only: no
+   Cast/Reshape/Unsqueeze/Constant chains left; see `fold_graph`), and check the saved graph against
+   the traced one. onnxruntime's CPU and CUDA
+   providers run the result; no Gradient operator and no onnxruntime-training is involved.
 
-Graph contract (B fixed at export, T = the encoder's window, N = the mouse's neurons):
+Graph contract (B = windows per call, a dynamic dimension; T = the encoder's window, N = the neurons):
   forward.onnx:  video (B,T,36,64) float32 0..255, behaviour (B,T,4) raw in BEHAVIOUR_CHANNELS order
                  -> predictions (B,N,T) in raw response units (>= 0).
   gradient.onnx: video, behaviour, responses (B,N,T) raw (NaN = not reported), weights (B,N) (0 masks a
-                 neuron; pass ones for none) -> loss (scalar: weighted mean Poisson NLL, responses in the
-                 training's normalised units), grad_video (B,T,36,64) = d loss / d video.
-  step.onnx:     the gradient inputs + momentum (B,T,36,64), mask (36,64), step (scalar, from 1), lr (scalar)
-                 -> video_next, momentum_next, loss: one step of the reference optimiser (step_function).
+                 neuron; pass ones for none) -> loss (B,): each window's weighted mean Poisson NLL
+                 (responses in the training's normalised units), grad_video (B,T,36,64) = d loss_b / d video_b
+                 (windows are independent: one call of B windows equals B calls of one).
+No optimiser-step graph: the streaming optimiser's update averages overlapping windows, blurs, masks and
+ages each frame slot, so it is not a per-window step; it stays in numpy (its time: `neurocine bench
+encoder --profile`, "numpy around").
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 
 import torch
 
-from decoder.encoder.model import Encoder, poisson_loss
+from decoder.encoder.model import POISSON_EPS, Encoder, GaussianReadout, stable_softplus
 
 aten = torch.ops.aten
 
@@ -42,14 +47,17 @@ FORWARD_INPUTS = ("video", "behaviour")
 FORWARD_OUTPUTS = ("predictions",)
 GRADIENT_INPUTS = ("video", "behaviour", "responses", "weights")
 GRADIENT_OUTPUTS = ("loss", "grad_video")
-STEP_INPUTS = (*GRADIENT_INPUTS, "momentum", "mask", "step", "lr")
-STEP_OUTPUTS = ("video_next", "momentum_next", "loss")
-GRAPHS = ("forward", "gradient", "step")
-
-#: The reference optimiser's constants (Bauer et al.): first-moment Adam, per-window L2 normalisation.
-MOMENTUM_DECAY = 0.9
-GRADIENT_NORM_EPS = 1e-6
-GRADIENT_CLIP = 1.0
+GRAPHS = ("forward", "gradient")
+#: 2: dynamic batch, per-window loss (B,); 1 (absent): fixed batch, one scalar loss per call.
+GRAPH_VERSION = 2
+#: Windows per call when tracing: >= 2 so that the batch stays symbolic (a size-1 dimension specialises).
+TRACE_BATCH = 2
+#: Gaussian readout: blob weights below this fraction of the neuron's largest are dropped at export (a blob
+#: weight of 1e-6 relative is 5.3 sigma out). Why: the dense pooling matrix otherwise holds thousands of
+#: subnormal floats, and a CPU multiplies those ~100x slower (the shipped model: readout Gemm 27 ms instead
+#: of 0.9 ms per call, `neurocine bench encoder --profile`). The change to predictions and gradients is
+#: checked in tests/test_encoder_export.py.
+READOUT_PRUNE = 1e-6
 
 
 class ExportError(RuntimeError):
@@ -108,10 +116,41 @@ def decomposition_table() -> dict[Any, Callable[..., Any]]:
     return table
 
 
-def frozen_copy(encoder: Encoder) -> Encoder:
-    """An eval-mode copy whose parameters are constants (the export must not touch the caller's model)."""
+class FrozenGaussianReadout(torch.nn.Module):
+    """A GaussianReadout with its pooling matrix (N, C*H*W) computed once: features x blob, blob weights
+    below `prune` x the neuron's largest set to 0 (they carry < prune of its weight each)."""
+
+    def __init__(self, readout: GaussianReadout, prune: float) -> None:
+        super().__init__()
+        self.n_neurons, self.beta = readout.n_neurons, readout.beta
+        with torch.no_grad():
+            blob = readout.spatial_weights()
+            blob = torch.where(blob >= prune * blob.amax(dim=1, keepdim=True), blob, torch.zeros_like(blob))
+        # The pooling matrix (N, C*H*W) is features x blob; the graph keeps these two factors (N*(C+H*W)
+        # numbers) and onnxruntime folds their product when it loads the graph: a small file, no per-call cost.
+        self.register_buffer("blob", blob.contiguous())
+        self.register_buffer("features", readout.features.detach().clone())
+        self.register_buffer("bias", readout.bias.detach().clone())
+        #: fraction of the pooling matrix kept (reported in graph.json)
+        self.kept = float((blob > 0).float().mean())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c * h * w)
+        weight = (self.features[:, :, None] * self.blob[:, None, :]).reshape(self.n_neurons, -1)
+        y = torch.matmul(x, weight.t()) + self.bias  # (B*T, N)
+        return stable_softplus(y.reshape(b, t, self.n_neurons).transpose(1, 2), self.beta)
+
+
+def frozen_copy(encoder: Encoder, readout_prune: float | None = None) -> Encoder:
+    """An eval-mode copy whose parameters are constants (the export must not touch the caller's model).
+    readout_prune: also freeze gaussian readouts into FrozenGaussianReadout (None: keep them as they are)."""
     frozen = copy.deepcopy(encoder).cpu().float().eval()
     frozen.requires_grad_(False)
+    if readout_prune is not None:
+        for mouse, readout in list(frozen.readouts.items()):
+            if isinstance(readout, GaussianReadout):
+                frozen.readouts[mouse] = FrozenGaussianReadout(readout, readout_prune)
     return frozen
 
 
@@ -128,17 +167,6 @@ def example_inputs(encoder: Encoder, mouse: str, batch: int = 1, seed: int = 0) 
     }
 
 
-def step_example_inputs(encoder: Encoder, batch: int = 1) -> dict[str, torch.Tensor]:
-    """Optimiser state for the step graph: zero momentum, full mask, step 1, lr 1000 (scalars are 0-d)."""
-    t = encoder.config.window
-    return {
-        "momentum": torch.zeros(batch, t, 36, 64),
-        "mask": torch.ones(36, 64),
-        "step": torch.tensor(1.0),
-        "lr": torch.tensor(1000.0),
-    }
-
-
 def forward_function(encoder: Encoder, mouse: str) -> Callable[..., torch.Tensor]:
     """video, behaviour -> predictions in raw response units."""
     scale = encoder.stats[mouse].response_std
@@ -149,8 +177,18 @@ def forward_function(encoder: Encoder, mouse: str) -> Callable[..., torch.Tensor
     return predict
 
 
+def window_poisson_loss(pred: torch.Tensor, obs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,) weighted mean Poisson NLL of each window (model.poisson_loss's rule, per window): NaN
+    observations and weight-0 neurons are absent; a window with nothing present has loss 0."""
+    finite = ~torch.isnan(obs)
+    obs = torch.where(finite, obs, torch.zeros_like(obs))
+    w = finite.to(pred.dtype) * weights[:, :, None]
+    nll = pred - obs * torch.log(pred + POISSON_EPS)
+    return (nll * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1e-12)
+
+
 def gradient_function(encoder: Encoder, mouse: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """video, behaviour, responses, weights -> (loss, d loss / d video), by autograd."""
+    """video, behaviour, responses, weights -> (loss per window (B,), d loss_b / d video_b), by autograd."""
     scale = encoder.stats[mouse].response_std
 
     def loss_and_grad(
@@ -159,39 +197,11 @@ def gradient_function(encoder: Encoder, mouse: str) -> Callable[..., tuple[torch
         video = video.detach().requires_grad_(True)
         with torch.enable_grad():
             pred = encoder(video, behaviour, mouse)
-            loss = poisson_loss(pred, responses / scale[None, :, None], weights)
-            (grad,) = torch.autograd.grad(loss, video)
-        return loss, grad
+            loss = window_poisson_loss(pred, responses / scale[None, :, None], weights)
+            (grad,) = torch.autograd.grad(loss.sum(), video)
+        return loss.detach(), grad
 
     return loss_and_grad
-
-
-def step_function(encoder: Encoder, mouse: str) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """One whole optimiser step per window, so a single graph call keeps all state on the device:
-    gradient / (its L2 norm over the window + 1e-6), times the mask (36, 64), clipped to +-1, first-moment
-    Adam (m = 0.9 m + 0.1 g, bias-corrected by 1 - 0.9^step, step counted from 1), video -= lr * m_hat,
-    clipped to [0, 255]. Windows of the batch are independent (average overlapping windows outside)."""
-    loss_and_grad = gradient_function(encoder, mouse)
-
-    def one_step(
-        video: torch.Tensor,
-        behaviour: torch.Tensor,
-        responses: torch.Tensor,
-        weights: torch.Tensor,
-        momentum: torch.Tensor,
-        mask: torch.Tensor,
-        step: torch.Tensor,
-        lr: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, grad = loss_and_grad(video, behaviour, responses, weights)
-        norm = torch.sqrt((grad * grad).sum(dim=(1, 2, 3), keepdim=True))
-        g = torch.clamp(grad / (norm + GRADIENT_NORM_EPS) * mask, -GRADIENT_CLIP, GRADIENT_CLIP)
-        momentum = MOMENTUM_DECAY * momentum + (1.0 - MOMENTUM_DECAY) * g
-        m_hat = momentum / (1.0 - torch.pow(torch.full_like(step, MOMENTUM_DECAY), step))
-        video_next = torch.clamp(video.detach() - lr * m_hat, 0.0, 255.0)
-        return video_next, momentum, loss
-
-    return one_step
 
 
 def _backward_ops_left(graph_module: torch.fx.GraphModule) -> list[str]:
@@ -208,7 +218,9 @@ def trace(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> torch.fx.
     """Trace fn (autograd included) into a graph of forward-style ATen ops."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    graph_module = make_fx(fn, decomposition_table=decomposition_table())(*inputs)
+    graph_module = make_fx(
+        fn, decomposition_table=decomposition_table(), tracing_mode="symbolic", _allow_non_fake_inputs=True
+    )(*inputs)
     left = _backward_ops_left(graph_module)
     if left:
         raise ExportError(f"no forward-style decomposition for {left}; add one to export.decomposition_table")
@@ -222,25 +234,92 @@ def _to_onnx(
     output_names: tuple[str, ...],
     path: Path,
 ) -> None:
-    """Export a traced graph. The onnxscript optimiser stays off: on these graphs it was seen turning a
-    finite loss into inf; onnxruntime folds constants at load time anyway."""
+    """Export a traced graph with a dynamic batch (dimension 0 of every input), fold it (`fold_graph`)
+    and check the result against the traced graph on `inputs`.
+
+    onnxruntime's own offline optimisation (optimized_model_filepath) is not saved: it folds the readout's
+    pooling matrix into the file (gradient.onnx 1.4 -> 10.8 MB for 1,000 neurons), and onnxruntime applies
+    the same folding, plus its provider-specific fusions, when it loads the graph anyway."""
     import warnings
 
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=4096)
+    dynamic = tuple({0: batch} for _ in inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph_module,
             inputs,
             dynamo=True,
-            optimize=False,
+            optimize=False,  # its pattern rewrites change the gradient by up to 5e-3 relative: fold_graph
             input_names=list(input_names),
             output_names=list(output_names),
+            dynamic_shapes=dynamic,
             verbose=False,
         )
     if program is None:
         raise ExportError(f"torch.onnx.export returned nothing for {path.name}")
-    program.save(str(path))
+    fold_graph(program.model, path)
     check_standard_ops(path)
+    _check_against_torch(graph_module, inputs, input_names, path)
+
+
+#: Constants up to this many elements are folded into the file; larger ones (the readout's pooling matrix,
+#: N x C*H*W) stay as the product of their small factors, which onnxruntime folds when it loads the graph.
+FOLD_SIZE_LIMIT = 1 << 20
+
+
+def fold_graph(model: Any, path: Path) -> None:
+    """Fold constants and drop dead and duplicate nodes of an exported onnx_ir model, then save it.
+
+    onnxscript's optimiser minus its pattern rewriter: the folding is exact (bit-identical outputs on
+    the `small` preset), the rewriter's rules were not (5e-3 relative on one window's gradient)."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
+    from onnxscript.optimizer import _constant_folding
+
+    fold = _constant_folding.FoldConstantsPass(
+        shape_inference=True, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT
+    )
+    loop = ir.passes.PassManager(
+        [fold, common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass()],
+        steps=2,
+        early_stop=True,
+    )
+    passes = ir.passes.Sequential(
+        common.InlinePass(),
+        loop,
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.NameFixPass(),
+    )
+    passes(model)
+    ir.save(model, str(path))
+
+
+def _check_against_torch(
+    graph_module: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], names: tuple[str, ...], path: Path
+) -> None:
+    """The saved graph must reproduce the traced one on the example inputs (a wrong export fails here, at
+    export time, not in a decoder). Tolerance: float32 reordering, 1e-3 of each output's scale."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
+    with torch.no_grad():
+        ref = graph_module(*inputs)
+    ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+    for name, g, r in zip([o.name for o in session.get_outputs()], got, ref, strict=True):
+        r = r.detach().numpy()
+        scale = float(np.abs(r).max()) or 1.0
+        if g.shape != r.shape or not np.isfinite(g).all() or float(np.abs(g - r).max()) > 1e-3 * scale:
+            raise ExportError(f"{path.name}: output {name!r} differs from the traced torch graph")
 
 
 def check_standard_ops(path: Path) -> None:
@@ -265,43 +344,43 @@ def export_mouse(
     encoder: Encoder,
     mouse: str,
     out_dir: Path | str,
-    batch: int = 1,
     metadata: dict[str, Any] | None = None,
-    graphs: tuple[str, ...] = ("forward", "gradient"),
+    graphs: tuple[str, ...] = GRAPHS,
+    readout_prune: float = READOUT_PRUNE,
 ) -> dict[str, Path]:
-    """Write out_dir/<graph>.onnx for the chosen graphs (of GRAPHS) and graph.json; return their paths."""
+    """Write out_dir/<graph>.onnx for the chosen graphs (of GRAPHS) and graph.json; return their paths.
+    Every graph takes any number of windows per call (dynamic batch)."""
     unknown = sorted(set(graphs) - set(GRAPHS))
     if unknown or not graphs:
         raise ValueError(f"graphs must be a non-empty subset of {GRAPHS}, got {graphs}")
     if mouse not in encoder.neurons:
         raise ValueError(f"unknown mouse {mouse!r}; the encoder has {sorted(encoder.neurons)}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    if not 0.0 <= readout_prune < 1.0:
+        raise ValueError(f"readout_prune must be in [0, 1), got {readout_prune}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frozen = frozen_copy(encoder)
-    ex = example_inputs(frozen, mouse, batch)
-    ex.update(step_example_inputs(frozen, batch))
-    fwd_inputs = tuple(ex[k] for k in FORWARD_INPUTS)
-    grad_inputs = tuple(ex[k] for k in GRADIENT_INPUTS)
+    frozen = frozen_copy(encoder, readout_prune)
+    ex = example_inputs(frozen, mouse, TRACE_BATCH)
     paths = {g: out / f"{g}.onnx" for g in graphs}
     paths["meta"] = out / "graph.json"
+    stale = out / "step.onnx"  # written by earlier versions; nothing loads it
+    stale.unlink(missing_ok=True)
     if "forward" in graphs:
+        fwd_inputs = tuple(ex[k] for k in FORWARD_INPUTS)
         graph = trace(forward_function(frozen, mouse), fwd_inputs)
         _to_onnx(graph, fwd_inputs, FORWARD_INPUTS, FORWARD_OUTPUTS, paths["forward"])
     if "gradient" in graphs:
+        grad_inputs = tuple(ex[k] for k in GRADIENT_INPUTS)
         graph = trace(gradient_function(frozen, mouse), grad_inputs)
         _to_onnx(graph, grad_inputs, GRADIENT_INPUTS, GRADIENT_OUTPUTS, paths["gradient"])
-    if "step" in graphs:
-        step_inputs = tuple(ex[k] for k in STEP_INPUTS)
-        graph = trace(step_function(frozen, mouse), step_inputs)
-        _to_onnx(graph, step_inputs, STEP_INPUTS, STEP_OUTPUTS, paths["step"])
     cfg = frozen.config
+    readout = frozen.readouts[mouse]
     meta = {
         "mouse": mouse,
         "preset": cfg.name,
         "config": cfg.to_dict(),
-        "batch": batch,
+        "graph_version": GRAPH_VERSION,
+        "batch": "dynamic",
         "window": cfg.window,
         "frame_size": [36, 64],
         "n_neurons": frozen.neurons[mouse],
@@ -309,30 +388,42 @@ def export_mouse(
         "graphs": {
             "forward": {"inputs": list(FORWARD_INPUTS), "outputs": list(FORWARD_OUTPUTS)},
             "gradient": {"inputs": list(GRADIENT_INPUTS), "outputs": list(GRADIENT_OUTPUTS)},
-            "step": {"inputs": list(STEP_INPUTS), "outputs": list(STEP_OUTPUTS)},
         },
         "written": [g for g in GRAPHS if g in graphs],
-        "loss": "weighted mean Poisson NLL pred - obs*log(pred + 1e-8), obs = responses / response_std",
+        "loss": "per window: weighted mean Poisson NLL pred - obs*log(pred + 1e-8), obs = responses / response_std",
+        "readout_prune": readout_prune if isinstance(readout, FrozenGaussianReadout) else None,
+        "readout_kept": round(readout.kept, 4) if isinstance(readout, FrozenGaussianReadout) else None,
         **(metadata or {}),
     }
     paths["meta"].write_text(json.dumps(meta, indent=2))
     return paths
 
 
+def write_half_precision(graph: Path | str, out: Path | str | None = None) -> Path:
+    """A float16 copy of an exported graph (weights and activations in fp16, inputs and outputs float32,
+    so backends use it unchanged): GRAPH -> GRAPH_fp16.onnx beside it (or `out`). For GPUs, where fp16
+    halves memory traffic; its cost in accuracy: tests/test_encoder_export.py (gradient ~2e-3 relative on
+    the shipped model) and tools/gpu_bench.py (speed on CUDA). onnxruntime's own converter does the work."""
+    import warnings
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = Path(graph)
+    out = Path(out) if out is not None else graph.with_name(graph.stem + "_fp16.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(onnx.load(str(graph)), keep_io_types=True)
+    onnx.save(half, str(out))
+    return out
+
+
 def onnx_session(path: Path | str, device: str = "cpu", threads: int = 0) -> Any:
-    """An onnxruntime session on the CPU or CUDA provider; check `.get_providers()` for what actually ran."""
-    import onnxruntime as ort
+    """An onnxruntime session on the CPU or the CUDA provider; a CUDA provider that does not load is an
+    error (BackendError), never a silent CPU run."""
+    from decoder.reconstruct.backends import ort_session
 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("onnxruntime has no CUDAExecutionProvider here")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort_session(Path(path), providers, threads)

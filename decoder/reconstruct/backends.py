@@ -10,12 +10,11 @@ else is in the batch, so the reconstruction can normalise it per window.
 
 - TorchBackend: any torch callable model(video, behaviour) -> (B,N,T) non-negative, by autograd (the
   oracle encoder, or a trained Encoder through `TorchBackend.from_encoder`). Also MSE, for the alpha mask.
-- OrtBackend: the gradient.onnx graph of decoder/encoder/export.py under ONNX Runtime (CUDA provider when
-  available, else CPU; `.provider` says which actually runs). That graph has a fixed batch and returns the
-  loss of the whole batch (weighted mean over its windows); the backend splits the windows into batches of
-  that size (padding the last with weight-0 copies), rescales each window's gradient by (batch weight /
-  window weight) so it equals d loss[b] / d video[b], and, where the graph batch is > 1, reports each
-  window's loss as its batch's loss (exact with a batch-1 graph).
+- OrtBackend: the gradient.onnx graph of decoder/encoder/export.py under ONNX Runtime (`.provider` says
+  which provider runs; an explicitly requested CUDA provider that does not load is an error, never a
+  silent CPU run). The graph takes any number of windows and returns each window's own loss and gradient,
+  so all windows of a call go through one session.run, with inputs and outputs bound once per batch size
+  (IOBinding; the output buffers are reused by the next call).
 - Ensemble: K backends (encoders) of one mouse; the reconstruction normalises each member's per-window
   gradient and averages them (see offline.py); here it is a checked container.
 """
@@ -226,10 +225,77 @@ def _read_graph_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-class OrtBackend:
-    """The exported gradient graph (gradient.onnx) under ONNX Runtime; forward.onnx beside it for predict."""
+#: What `--provider` means (None: auto, CUDA when it loads, else the CPU).
+PROVIDER_CHOICES: dict[str | None, list[str] | None] = {
+    None: None,
+    "auto": None,
+    "cuda": ["CUDAExecutionProvider"],
+    "cpu": ["CPUExecutionProvider"],
+}
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+
+def ort_session(
+    path: Path,
+    providers: Sequence[str] | None,
+    threads: int = 0,
+    profile_prefix: str | None = None,
+    model: bytes | None = None,
+) -> Any:
+    """An InferenceSession of `path` (or of the serialised `model`, named `path` in errors).
+
+    providers None: CUDA when it loads, else the CPU. Explicit providers: the first one must be the one
+    that runs, else BackendError (onnxruntime itself drops a CUDA provider that fails to load, e.g. for a
+    missing CUDA or cuDNN library, and carries on on the CPU)."""
+    import onnxruntime as ort
+
+    explicit = providers is not None
+    wanted = list(providers) if explicit else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    usable = available_providers(wanted)
+    if explicit and (not usable or usable[0] != wanted[0]):
+        raise BackendError(
+            f"{path}: ONNX Runtime provider {wanted[0]} is not in this onnxruntime build "
+            f"(it has {ort.get_available_providers()}); install onnxruntime-gpu, or choose --provider cpu"
+        )
+    if "CPUExecutionProvider" not in usable:
+        usable.append("CPUExecutionProvider")  # ops a GPU provider lacks fall back per node
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # subnormal floats cost ~100x on a CPU and change nothing here (bench encoder --profile)
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    try:
+        session = ort.InferenceSession(model if model is not None else str(path), sess_options=options,
+                                       providers=usable)  # fmt: skip
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+        raise BackendError(f"{path}: ONNX Runtime cannot load this graph: {err}") from err
+    running = session.get_providers()
+    if explicit and running[0] != wanted[0]:
+        raise BackendError(
+            f"{path}: ONNX Runtime provider {wanted[0]} did not load (running {running}); for CUDA, "
+            "onnxruntime-gpu needs the CUDA and cuDNN libraries of its build (onnxruntime.preload_dlls() "
+            "loads those of the nvidia-* pip packages); or choose --provider cpu"
+        )
+    return session
+
+
+class OrtBackend:
+    """The exported gradient graph (gradient.onnx) under ONNX Runtime; forward.onnx beside it for predict.
+
+    All windows of a call go through one session.run; the returned gradient is a buffer that the next call
+    of the same batch size overwrites (copy it to keep it)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        profile_prefix: str | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(path)
@@ -238,44 +304,47 @@ class OrtBackend:
         if not path.is_file():
             raise BackendError(f"{path}: no gradient graph (expected gradient.onnx from `neurocine export`)")
         self.path = path
-        self.providers = available_providers(providers or ("CUDAExecutionProvider", "CPUExecutionProvider"))
-        if not self.providers:
-            raise BackendError(f"none of the providers {providers} is available in this onnxruntime")
-        ort.set_default_logger_severity(4)  # a CUDA provider that fails to load falls back to CPU quietly
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self._options = options
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types for a damaged file
-            raise BackendError(f"{path}: not a loadable ONNX graph ({type(e).__name__}: {str(e)[:200]})") from e
+        self.requested = None if providers is None else list(providers)
+        self.threads = int(threads or 0)
+        ort.set_default_logger_severity(4)
+        self.session = ort_session(path, self.requested, self.threads, profile_prefix)
         self.provider = self.session.get_providers()[0]
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         inputs = {i.name: i for i in self.session.get_inputs()}
         for name in ("video", "behaviour", "responses", "weights"):
             if name not in inputs:
                 raise BackendError(f"{path}: graph has no input {name!r} (has {sorted(inputs)})")
-        vshape = inputs["video"].shape
-        self.batch = int(vshape[0]) if isinstance(vshape[0], int) else 1
-        self.window = int(vshape[1]) if isinstance(vshape[1], int) else None
-        self.n_neurons = int(inputs["responses"].shape[1])
         outputs = [o.name for o in self.session.get_outputs()]
         if outputs[:2] != ["loss", "grad_video"]:
             raise BackendError(f"{path}: graph outputs {outputs}, expected ['loss', 'grad_video']")
+        vshape = inputs["video"].shape
+        if isinstance(vshape[0], int) or len(self.session.get_outputs()[0].shape) != 1:
+            raise BackendError(
+                f"{path}: graph has a fixed batch of {vshape[0]} window(s) per call and one loss per call "
+                "(exported by an older neurocine); re-export it with `neurocine export`"
+            )
+        self.batch: int | None = None  # dynamic: any number of windows per call
+        self.window = int(vshape[1]) if isinstance(vshape[1], int) else None
+        self.n_neurons = int(inputs["responses"].shape[1])
         meta_path = path.with_name("graph.json")
         self.meta = _read_graph_meta(meta_path) if meta_path.is_file() else {}
         self.name = f"onnx:{path.parent.name}/{path.name}"
         self._forward: Any = None
+        self._bound: dict[tuple[int, int], tuple[Any, np.ndarray, np.ndarray]] = {}
 
-    def _batches(self, b: int) -> list[tuple[int, int]]:
-        return [(s, min(b, s + self.batch)) for s in range(0, b, self.batch)]
+    def _binding(self, b: int, t: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        """IOBinding and output buffers for calls of b windows of t frames, made once per shape."""
+        import onnxruntime as ort
 
-    def _pad(self, x: np.ndarray, n: int) -> np.ndarray:
-        if x.shape[0] == n:
-            return x
-        return np.concatenate([x, np.repeat(x[-1:], n - x.shape[0], axis=0)])
+        if (b, t) not in self._bound:
+            loss = np.zeros(b, np.float32)
+            grad = np.zeros((b, t, 36, 64), np.float32)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_output("loss", ort.OrtValue.ortvalue_from_numpy(loss))
+            binding.bind_ortvalue_output("grad_video", ort.OrtValue.ortvalue_from_numpy(grad))
+            self._bound = {(b, t): (binding, loss, grad)}  # one shape at a time: each caller uses one
+        return self._bound[(b, t)]
 
     def loss_and_grad(
         self,
@@ -289,46 +358,27 @@ class OrtBackend:
         )
         if self.window is not None and video.shape[1] != self.window:
             raise BackendError(f"{self.name} takes windows of {self.window} frames, got {video.shape[1]}")
-        b = video.shape[0]
-        own = window_weight(responses, weights)
-        losses = np.zeros(b, np.float32)
-        grads = np.zeros_like(video)
-        for s, e in self._batches(b):
-            n = self.batch
-            w = self._pad(weights[s:e], n).copy()
-            w[e - s :] = 0.0  # padding rows carry no weight
-            feed = {
-                "video": self._pad(video[s:e], n),
-                "behaviour": self._pad(behaviour[s:e], n),
-                "responses": self._pad(responses[s:e], n),
-                "weights": w,
-            }
-            loss, grad = self.session.run(["loss", "grad_video"], feed)
-            batch_weight = own[s:e].sum()
-            factor = np.where(own[s:e] > 0, batch_weight / np.maximum(own[s:e], 1e-12), 0.0)
-            grads[s:e] = grad[: e - s] * factor[:, None, None, None].astype(np.float32)
-            losses[s:e] = float(np.asarray(loss).reshape(-1)[0])
-        return losses, grads
+        binding, loss, grad = self._binding(*video.shape[:2])
+        for name, value in (("video", video), ("behaviour", behaviour), ("responses", responses),
+                            ("weights", weights)):  # fmt: skip
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        self.session.run_with_iobinding(binding)
+        return loss, grad
 
     def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
-        import onnxruntime as ort
-
         if self._forward is None:
             fwd = self.path.with_name("forward.onnx")
             if not fwd.is_file():
                 raise BackendError(f"{fwd}: no forward graph beside {self.path.name}; predict needs it")
-            self._forward = ort.InferenceSession(
-                str(fwd), sess_options=self._options, providers=self.providers
-            )
+            self._forward = ort_session(fwd, self.requested, self.threads)
         video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons)
-        out = []
-        for s, e in self._batches(video.shape[0]):
-            feed = {
-                "video": self._pad(video[s:e], self.batch),
-                "behaviour": self._pad(behaviour[s:e], self.batch),
-            }
-            out.append(self._forward.run(None, feed)[0][: e - s])
-        return np.concatenate(out)
+        return self._forward.run(None, {"video": video, "behaviour": behaviour})[0]
+
+
+def check_graphs(models: Sequence[str | Path], providers: Sequence[str] | None, threads: int = 0) -> list[str]:
+    """Load every model's gradient graph once (start-up check): BackendError naming the file when one
+    cannot be loaded, is not batched, or would not run on the requested provider. Returns the providers."""
+    return [OrtBackend(m, providers=providers, threads=threads).provider for m in models]
 
 
 class Ensemble:
@@ -345,6 +395,8 @@ class Ensemble:
         if len(windows) > 1:
             raise BackendError(f"ensemble members need different windows: {sorted(windows)}")
         self.members = members
+        #: set by ort_fused.fuse_ensemble: all members' normalised gradient in one session.run
+        self.fused: Any = None
         self.n_neurons = n.pop()
         self.window = windows.pop() if windows else None
         self.name = "+".join(m.name for m in members)
@@ -376,7 +428,11 @@ def normalised_window_grad(
     """Each member's per-window gradient divided by its L2 norm (+eps), averaged over members.
 
     Returns (mean loss per window (B,), gradient (B,T,H,W)). Windows with no valid responses get 0.
+    An ensemble with a fused graph (ort_fused.fuse_ensemble) does all of it in one call; its arrays are
+    buffers that the next call overwrites (the optimisers use them at once).
     """
+    if getattr(ens, "fused", None) is not None:
+        return ens.fused.normalised_grad(video, behaviour, responses, weights, eps)
     grad_sum = np.zeros(video.shape, np.float32)
     loss_sum = np.zeros(video.shape[0], np.float64)
     for member in ens.members:

@@ -199,7 +199,13 @@ def load_models(
         raise BackendError("ensemble members map the session's neurons differently; use models of one mouse")
     alpha = load_alpha_mask(mask_from) if mask_from is not None else None
     opt, ev = masks_from_alpha(alpha) if alpha is not None else (None, None)
-    return LoadedModels(Ensemble(members), columns[0], opt, ev, notes, load_inverse(folders, model_ids[0], threads))
+    ensemble = Ensemble(members)
+    if backend == "onnx":
+        from decoder.reconstruct.ort_fused import fuse_ensemble
+
+        if fuse_ensemble(ensemble):  # one session.run per step for all members
+            notes.append(f"{len(members)} members fused into one ONNX Runtime call")
+    return LoadedModels(ensemble, columns[0], opt, ev, notes, load_inverse(folders, model_ids[0], threads))
 
 
 def load_inverse(folders: Sequence[Path], model_ids: np.ndarray | None, threads: int | None) -> InverseDecoder | None:
