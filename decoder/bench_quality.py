@@ -330,24 +330,27 @@ def _first_guess(inverse: Any, encoder: Any, inputs: list, score: Any, args: arg
                  main: dict[str, Any]) -> dict[str, Any]:
     """The inverse decoder alone, as the offline start (fixed counts and auto-stop) and as the streaming warm
     start (with quality against age); seconds per 10-s movie (300 frames) for each offline variant."""
+    from decoder.reconstruct.inverse import INVERSE_MIX
     from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
     from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
 
     per_movie = 300 / n_frames  # seconds -> seconds per 10-s movie
-    out: dict[str, Any] = {"inverse_alone": score([inverse.movie(r, b) for _, b, r in inputs]),
+    out: dict[str, Any] = {"inverse_mix": INVERSE_MIX,
+                           "inverse_alone": score([inverse.movie(r, b) for _, b, r in inputs]),
                            "inverse_alone_causal": score([inverse.movie(r, b, "frame_causal") for _, b, r in inputs]),
                            "fit": inverse.fit_report}
     _log(f"inverse decoder alone: {out['inverse_alone']['pixel_correlation']:.3f} (causal head "
          f"{out['inverse_alone_causal']['pixel_correlation']:.3f})")
     points = tuple(i for i in (10, 20, 40, 60, 100, 200, 500, 1000) if i <= args.iterations)
     offline_rows: dict[str, Any] = {}
-    for init in ("grey", "inverse"):
+    for init in ("grey", "inverse_unmixed", "inverse"):
         t0 = time.perf_counter()
         videos, snaps = [], {}
         for _, beh, resp in inputs:
-            start = inverse.movie(resp, beh) if init == "inverse" else None
+            start = inverse.movie(resp, beh) if init != "grey" else None
             rec = reconstruct_offline(encoder, resp, beh, config=OfflineConfig(iterations=args.iterations,
-                                      grad_blur=args.grad_blur), snapshots=points, init_video=start)  # fmt: skip
+                                      grad_blur=args.grad_blur), snapshots=points, init_video=start,
+                                      prior_mix=INVERSE_MIX if init == "inverse" else 0.0)  # fmt: skip
             videos.append(rec.video)
             for i, v in rec.snapshots.items():
                 snaps.setdefault(i, []).append(v)
@@ -357,12 +360,15 @@ def _first_guess(inverse: Any, encoder: Any, inputs: list, score: Any, args: arg
         offline_rows[f"fixed_from_{init}"] = {
             "by_iterations": by_it, "best_in_hindsight": {"iterations": int(best), "pixel_correlation": by_it[best]},
             "seconds_per_movie_per_iteration": round(secs / args.iterations * per_movie, 4)}
+        if init == "inverse_unmixed":
+            continue
         t0 = time.perf_counter()
         videos, counts = [], []
         for _, beh, resp in inputs:
             start = inverse.movie(resp, beh) if init == "inverse" else None
             rec = reconstruct_offline(encoder, resp, beh, config=OfflineConfig(grad_blur=args.grad_blur),
-                                      init_video=start, auto_stop=AutoStop())
+                                      init_video=start, auto_stop=AutoStop(),
+                                      prior_mix=INVERSE_MIX if init == "inverse" else 0.0)
             videos.append(rec.video)
             counts += rec.stopped_at
         secs = time.perf_counter() - t0

@@ -161,6 +161,7 @@ def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info
     """Float32 movie (T, 36, 64) of one trial `part` (a Session) with `models` (LoadedModels), offline or
     streaming as args say. One definition, used by `reconstruct` and by `batch`'s tasks. `info` (a dict)
     receives what was chosen on the way: the start, and the iteration count per encoder with --iterations auto."""
+    from decoder.reconstruct.inverse import INVERSE_MIX
     from decoder.reconstruct.models import session_arrays
     from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
     from decoder.reconstruct.streaming import reconstruct_streaming, streaming_config_from
@@ -176,7 +177,8 @@ def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info
                             ensemble=getattr(args, "ensemble", None) or "videos")
         rec = reconstruct_offline(models.ensemble, responses, behaviour, opt_mask, config=cfg, progress=progress,
                                   init_video=inverse.movie(responses, behaviour) if use_inverse else None,
-                                  auto_stop=AutoStop() if auto else None)
+                                  auto_stop=AutoStop() if auto else None,
+                                  prior_mix=INVERSE_MIX if use_inverse else 0.0)
         info.update(init="inverse" if use_inverse else "grey",
                     iterations=rec.stopped_at if auto else args.iterations)
         return rec.video

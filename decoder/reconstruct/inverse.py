@@ -41,6 +41,11 @@ FULL_AGE = max(OFFSETS_FULL)
 LAMBDAS = (1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)  # ridge penalties tried (features standardised: ~T per diagonal)
 RANKS = (8, 16, 32, 48, 64, 96, 128)
 HOLDOUT = 0.1
+#: Weight of the inverse decoder's own estimate in what the optimisers emit (streaming and offline, when it is
+#: the start): the gradient inversion through the CPU-sized encoders is weaker than this decoder alone, and
+#: mixing the two beats both (built-in model, bench quality's movies: inverse 0.406, streaming 1 step from it
+#: 0.379, mixed 0.7: 0.42; offline from grey 60 iterations 0.301). `neurocine bench quality` measures it.
+INVERSE_MIX = 0.7
 FRAME_SHAPE = (36, 64)
 
 
@@ -132,39 +137,36 @@ def _fit_head(zs: list[tuple[np.ndarray, np.ndarray]], ys: list[np.ndarray], off
             count += x.shape[0]
         return xtx, xty, xs, ysum, count
 
-    def solve(stats: tuple, lambdas: Sequence[float], basis: bool = False) -> list[tuple]:
-        """Per penalty: weights (F, P), bias (P,) and, if asked, the output basis (P, k) of the fitted frames."""
+    def decompose(stats: tuple) -> tuple:
+        """The centred normal equations in the eigenbasis of the features' covariance (once per data set)."""
         xtx, xty, xs, ysum, count = stats
         xm, ym = xs / count, ysum / count
         c_xx = xtx - count * np.outer(xm, xm)  # centred: the bias is the mean frame
         c_xy = xty - count * np.outer(xm, ym)
         evals, evecs = np.linalg.eigh(c_xx)
-        evals = np.maximum(evals, 0)
-        proj = evecs.T @ c_xy
-        out = []
-        for lam in lambdas:
-            coef = proj / (evals + lam)[:, None]  # w in the eigenbasis of the features' covariance
-            # reduced-rank regression: the fitted frames' principal directions are the right singular
-            # vectors of C^(1/2) w = diag(sqrt(evals)) coef (F x P; no P x P eigenproblem needed)
-            w = evecs @ coef
-            if basis:
-                _, _, vt = np.linalg.svd(np.sqrt(evals)[:, None] * coef, full_matrices=False)
-            out.append((w, ym - xm @ w, vt.T if basis else None))
-        return out
+        return np.maximum(evals, 0), evecs, evecs.T @ c_xy, xm, ym
+
+    def solve(dec: tuple, lam: float, basis: bool = False) -> tuple:
+        """Weights (F, P), bias (P,) and, if asked, the output basis (P, k) of the fitted frames."""
+        evals, evecs, proj, xm, ym = dec
+        coef = proj / (evals + lam)[:, None]  # w in the eigenbasis of the features' covariance
+        w = evecs @ coef
+        return w, ym - xm @ w, _principal_outputs(np.sqrt(evals)[:, None] * coef) if basis else None
 
     def predict(idx: range, w: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
         return [np.clip(_features(*zs[i], offsets) @ w + bias, 0, 255) for i in idx]
 
     held_truth = [ys[i] for i in hold_idx]
     fit_stats = gram(fit_idx)
-    solved = solve(fit_stats, LAMBDAS)
+    dec = decompose(fit_stats)
     scores = []
-    for lam, (w, bias, _) in zip(LAMBDAS, solved, strict=True):
+    for lam in LAMBDAS:
+        w, bias, _ = solve(dec, lam)
         scores.append(_trial_scores(predict(hold_idx, w, bias), held_truth))
         log(f"inverse {name}: lambda {lam:g}: held-out r {scores[-1]:.4f}")
     best = int(np.argmax(scores))
     lam = LAMBDAS[best]
-    ((w, bias, basis),) = solve(fit_stats, [lam], basis=True)
+    w, bias, basis = solve(dec, lam, basis=True)
     rank_scores = {}
     for r in RANKS:
         v = basis[:, :r]
@@ -174,7 +176,7 @@ def _fit_head(zs: list[tuple[np.ndarray, np.ndarray]], ys: list[np.ndarray], off
     # refit on every trial with the chosen penalty and rank
     hold_stats = gram(hold_idx)
     all_stats = tuple(a + b for a, b in zip(fit_stats, hold_stats, strict=True))
-    ((w, bias, basis),) = solve(all_stats, [lam], basis=True)
+    w, bias, basis = solve(decompose(all_stats), lam, basis=True)
     v = basis[:, :rank]
     head = ((w @ v).astype(np.float32), v.T.astype(np.float32), bias.astype(np.float32))
     report = {"offsets": list(offsets), "lambda": lam, "rank": rank,
@@ -183,6 +185,20 @@ def _fit_head(zs: list[tuple[np.ndarray, np.ndarray]], ys: list[np.ndarray], off
               "heldout_r_by_rank": {str(r): round(s, 4) for r, s in rank_scores.items()},
               "heldout_trials": len(hold_idx), "fit_trials": len(fit_idx)}
     return head, report
+
+
+def _principal_outputs(m: np.ndarray) -> np.ndarray:
+    """Right singular vectors (P, k) of m (F, P), largest first, from the smaller of the two Gram matrices'
+    eigenproblems (reduced-rank regression: the fitted frames' principal directions; cheaper than an SVD)."""
+    f, p = m.shape
+    if p <= f:
+        evals, vecs = np.linalg.eigh(m.T @ m)
+        return vecs[:, ::-1]
+    evals, u = np.linalg.eigh(m @ m.T)
+    evals, u = evals[::-1], u[:, ::-1]
+    keep = evals > evals[0] * 1e-12
+    v = m.T @ u[:, keep] / np.sqrt(evals[keep])[None, :]
+    return v
 
 
 # ---------------------------------------------------------------------------------------------- ONNX

@@ -287,6 +287,7 @@ def reconstruct_offline(
     snapshots: Sequence[int] = (),
     init_video: np.ndarray | None = None,
     auto_stop: AutoStop | None = None,
+    prior_mix: float = 0.0,
 ) -> Reconstruction:
     """Reconstruct one movie from responses (T, N) (NaN = not reported) and behaviour (T, 4).
 
@@ -294,8 +295,12 @@ def reconstruct_offline(
     loss weights (0 drops a neuron). Several backends: see OfflineConfig.ensemble. snapshots: iterations
     after which to keep a copy of the movie (Reconstruction.snapshots; quality vs iterations in one run).
     init_video (T, 36, 64): the starting movie (default: grey). auto_stop: choose the iteration count by
-    held-out neurons instead of `config.iterations` (see AutoStop).
+    held-out neurons instead of `config.iterations` (see AutoStop). prior_mix: the result (and its snapshots)
+    is prior_mix x init_video + the rest x the optimised movie (the inverse decoder's estimate as a prior:
+    decoder.reconstruct.inverse.INVERSE_MIX); 0 = the optimised movie alone.
     """
+    if not 0.0 <= prior_mix <= 1.0 or (prior_mix and init_video is None):
+        raise ReconstructionError(f"prior_mix must be in [0, 1] and needs init_video, got {prior_mix}")
     cfg = config or OfflineConfig()
     ens = as_ensemble(backends)
     responses, behaviour, m, w = check_inputs(ens, responses, behaviour, mask, weights)
@@ -315,6 +320,11 @@ def reconstruct_offline(
     losses = np.mean([r[1][:n_loss] for r in runs], axis=0).astype(np.float32)
     snaps = {i: np.mean([r[2][i] for r in runs], axis=0).astype(np.float32)
              for i in runs[0][2] if all(i in r[2] for r in runs)}
+    if prior_mix:
+        prior = np.clip(np.asarray(init_video, np.float32), 0.0, 255.0)
+        g = np.float32(prior_mix)
+        video = g * prior + (1 - g) * video
+        snaps = {i: g * prior + (1 - g) * v for i, v in snaps.items()}
     provider = ",".join(sorted({getattr(b, "provider", "?") for b in ens.members}))
     kept = [r[3] for r in runs]
     return Reconstruction(video, losses, time.perf_counter() - start, max(kept), provider, snaps,
