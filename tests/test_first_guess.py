@@ -158,7 +158,10 @@ def test_decode_publishes_provisional_frames_at_once_and_final_ones_after_the_la
             th = threading.Thread(target=replay, args=(session, pub), kwargs={"speed": 0.5}, daemon=True)
             th.start()
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (sum(f.final for f in got) < n - 8 or sum(not f.final for f in got) < n):
+            def waiting() -> bool:
+                return sum(f.final for f in got) < n - 8 or sum(not f.final for f in got) < n
+
+            while time.monotonic() < deadline and waiting():
                 f = stream.recv(timeout_s=0.5)
                 if f is not None:
                     got.append(f)
