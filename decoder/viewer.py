@@ -17,18 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from decoder.metrics import corr
+
 TRUTH_MEMORY = 900  # stimulus frames kept to match decoded frames (30 s at 30 Hz)
 HISTORY = 300  # points in the running correlation plot
-
-
-def frame_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two frames' pixels (NaN when either is flat)."""
-    x = a.astype(np.float64).ravel()
-    y = b.astype(np.float64).ravel()
-    x -= x.mean()
-    y -= y.mean()
-    denom = np.sqrt((x @ x) * (y @ y))
-    return float(x @ y / denom) if denom > 0 else float("nan")
 
 
 class ViewerState:
@@ -70,7 +62,7 @@ class ViewerState:
         self.arrivals.append(now_ns / 1e9)
         truth = self.truth_for(d)
         if truth is not None and truth.shape == d.frame.shape:
-            self.correlations.append((d.seq, frame_correlation(d.frame, truth)))
+            self.correlations.append((d.seq, corr(d.frame, truth)))  # one frame's pixels
 
     def truth_for(self, d: Any) -> np.ndarray | None:
         if d is None or d.session_id != self.truth_session:
