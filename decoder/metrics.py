@@ -22,8 +22,8 @@ mode 'reflect' (half-sample symmetric: edge pixels are mirrored, so borders are 
 Beside the correlations, on the same (smoothed, skipped, masked) pixels: RMSE and PSNR on the 0..255 scale,
 and scikit-image's SSIM (its defaults: 7x7 uniform window, data range 255) computed per frame on the eval
 mask's bounding box, its SSIM map averaged over the mask's pixels (less the box's 3-pixel border, as
-scikit-image's own mean does: with a full mask it is exactly `structural_similarity`). Unlike correlation these three punish a
-reconstruction's lower contrast and offset, which gradient inversion from grey always has.
+scikit-image's own mean does: with a full mask it is exactly `structural_similarity`). Unlike correlation
+these three punish a reconstruction's lower contrast and offset, which gradient inversion from grey always has.
 
 numpy + scipy (+ scikit-image for SSIM only): the decode service scores itself without torch.
 """
