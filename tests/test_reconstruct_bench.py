@@ -26,6 +26,9 @@ def test_bench_quality_toy_run(tmp_path, capsys):
         assert key in result, key
     for key in groups[:4]:
         assert -1 <= result[key]["pixel_correlation"] <= 1, key
+        spread = result[key]["pixel_correlation_spread"]
+        assert spread["n"] == 1 and spread["per_movie"] == [result[key]["pixel_correlation"]], key
+        assert {"ssim", "psnr", "rmse", "pixel_correlation_unsmoothed"} <= set(result[key]), key
     assert [r["fraction"] for r in result["neuron_ablation"]] == [1.0, 0.5, 0.25, 0.125]
     assert [r["neurons"] for r in result["neuron_ablation"]] == [50, 25, 12, 6]
     assert {(r["lag"], r["steps"]) for r in result["streaming"]} == {(2, 1), (8, 1)}

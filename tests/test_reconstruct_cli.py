@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from decoder.metrics import corr
+from decoder.metrics import METRICS, corr
 from decoder.reconstruct import cli
 from streams.formats import save_session
 from streams.synthetic import TrialPlan, make_mouse, simulate_session
@@ -57,6 +57,10 @@ def test_offline_writes_aligned_uint8_movie_and_metrics(session_file, tmp_path, 
     metrics = json.loads(line)
     assert metrics["trials"] == [1] and metrics["frames"] == 40
     assert -1 <= metrics["pixel_correlation"] <= 1 and np.isfinite(metrics["response_correlation"])
+    # every metric, with the paper's post-smoothing and without it
+    assert metrics["smoothing_sigma"] == 0.5 and set(metrics["unsmoothed"]) == set(METRICS)
+    for m in (metrics, metrics["unsmoothed"]):
+        assert -1 <= m["ssim"] <= 1 and m["rmse"] > 0 and np.isfinite(m["psnr"]) and -1 <= m["frame_correlation"] <= 1
 
 
 def test_streaming_mode_and_video_output(session_file, tmp_path):
