@@ -307,6 +307,13 @@ def run(args: argparse.Namespace) -> int:
                 "without_mask": score(main_videos, ev),
             }
 
+    # rows compared on the same movies: the spread of the per-movie differences from offline_1 (movie difficulty
+    # cancels, so this CI is far narrower than each row's own)
+    base = result["offline_1"]["pixel_correlation_spread"]["per_movie"]
+    for key, row in result.items():
+        per = row.get("pixel_correlation_spread", {}).get("per_movie") if isinstance(row, dict) else None
+        if key != "offline_1" and per is not None and len(per) == len(base):
+            row["paired_vs_offline_1"] = spread(np.subtract(per, base))
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)
