@@ -12,11 +12,12 @@ model or ensemble (default: the built-in model), from three sources of activity 
 Scored per clip with the paper's pixel correlation in the model's eval mask (decoder/resolution.py: per cell,
 the shuffle test, the inverted-copy analysis). Out: JSON (every cell), heat maps as a figure.
 
-Sizing: one offline iteration of the built-in model costs ~0.17 s per 100 frames (ONNX Runtime, one CPU
-core, `neurocine bench quality`'s seconds_per_iteration_per_100_frames); a clip costs 60 + `--gap` frames.
+Sizing: a clip costs 60 + `--gap` frames, and every frame costs an encoder pass per covering window per
+iteration (`neurocine bench quality`'s seconds_per_iteration_per_100_frames: 0.17 s on a quiet CPU core).
 The defaults (a 4x3 noise grid with 2 draws + inverted copies, a 4x4 grating grid in 2 directions: 80 clips,
-5,470 frames; window stride 16; 20 iterations; predicted and single-trial sources) cost about 2 CPU-minutes
-per source on a quiet core (measured: 41 min wall per source on the shared 2-core machine at load 12-14).
+5,470 frames; window stride 16; 20 iterations; predicted and single-trial sources) took 41 min (predicted) and
+12 min (single) on the shared 2-core machine at load 12-14 and 4-12; the grating half alone (2,206 frames, one
+source) took 214 s at load 3. Shrink the grid or the iterations for a quick look.
 The paper's grids: `--spatial 0,1,2,4,8,16,32 --temporal 0,1,2,4,8,16,32 --tf 15,7.5,3.75,1.88,0.94,0.47,0
 --directions 0,90,180,270 --draws 5 --stride 8` (a GPU job). The JSON is rewritten after every source.
 """
