@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from decoder.metrics import corr
+
 TRUTH_MEMORY = 900  # stimulus frames kept to match decoded frames (30 s at 30 Hz)
 HISTORY = 300  # points in the running correlation plot
 #: Decoded frames waiting to be shown before the oldest are skipped (0.5 s at 30 Hz). A decoder that falls
@@ -29,16 +31,6 @@ MAX_PENDING = 15
 #: A queued frame is shown once this fraction of a frame period has passed since the previous one, so the
 #: display catches up after a burst (up to 1/0.75 = 1.33x the stream's rate) without falling behind.
 PACE = 0.75
-
-
-def frame_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two frames' pixels (NaN when either is flat)."""
-    x = a.astype(np.float64).ravel()
-    y = b.astype(np.float64).ravel()
-    x -= x.mean()
-    y -= y.mean()
-    denom = np.sqrt((x @ x) * (y @ y))
-    return float(x @ y / denom) if denom > 0 else float("nan")
 
 
 class ViewerState:
@@ -90,7 +82,7 @@ class ViewerState:
         self.arrivals.append(now_ns / 1e9)
         truth = self.truth_for(d)
         if truth is not None and truth.shape == d.frame.shape:
-            self.correlations.append((d.seq, frame_correlation(d.frame, truth)))
+            self.correlations.append((d.seq, corr(d.frame, truth)))  # one frame's pixels
 
     def truth_for(self, d: Any) -> np.ndarray | None:
         if d is None or d.session_id != self.truth_session:

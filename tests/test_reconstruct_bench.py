@@ -3,6 +3,8 @@
 import argparse
 import json
 
+import pytest
+
 from decoder import bench_quality
 
 
@@ -26,6 +28,13 @@ def test_bench_quality_toy_run(tmp_path, capsys):
         assert key in result, key
     for key in groups[:4]:
         assert -1 <= result[key]["pixel_correlation"] <= 1, key
+        spread = result[key]["pixel_correlation_spread"]
+        assert spread["n"] == 1 and spread["per_movie"] == [result[key]["pixel_correlation"]], key
+        assert {"ssim", "psnr", "rmse", "pixel_correlation_unsmoothed"} <= set(result[key]), key
+    paired = result["offline_1_paper_method"]["paired_vs_offline_1"]
+    assert paired["per_movie"][0] == pytest.approx(
+        result["offline_1_paper_method"]["pixel_correlation"] - result["offline_1"]["pixel_correlation"], abs=2e-4
+    )
     assert [r["fraction"] for r in result["neuron_ablation"]] == [1.0, 0.5, 0.25, 0.125]
     assert [r["neurons"] for r in result["neuron_ablation"]] == [50, 25, 12, 6]
     assert {(r["lag"], r["steps"]) for r in result["streaming"]} == {(2, 1), (8, 1)}

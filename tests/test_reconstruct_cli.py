@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from decoder.metrics import METRICS, corr
 from decoder.reconstruct import cli
 from streams.formats import save_session
 from streams.synthetic import TrialPlan, make_mouse, simulate_session
@@ -56,6 +57,10 @@ def test_offline_writes_aligned_uint8_movie_and_metrics(session_file, tmp_path, 
     metrics = json.loads(line)
     assert metrics["trials"] == [1] and metrics["frames"] == 40
     assert -1 <= metrics["pixel_correlation"] <= 1 and np.isfinite(metrics["response_correlation"])
+    # every metric, with the paper's post-smoothing and without it
+    assert metrics["smoothing_sigma"] == 0.5 and set(metrics["unsmoothed"]) == set(METRICS)
+    for m in (metrics, metrics["unsmoothed"]):
+        assert -1 <= m["ssim"] <= 1 and m["rmse"] > 0 and np.isfinite(m["psnr"]) and -1 <= m["frame_correlation"] <= 1
 
 
 def test_streaming_mode_and_video_output(session_file, tmp_path):
@@ -89,4 +94,4 @@ def test_the_built_in_model_on_both_backends_gives_the_same_movie(session_file, 
         argv = ["--session", str(path), "--trial", "0", "--iterations", "2", "--backend", backend]
         assert _run(*argv, "--out", str(outs[backend])) == 0
     a, b = (np.load(outs[k]).astype(np.float64).ravel() for k in ("torch", "onnx"))
-    assert np.corrcoef(a, b)[0, 1] > 0.99
+    assert corr(a, b) > 0.99

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from decoder.messages import as_decoded_frame
+from decoder.metrics import corr
 from streams.example import example_session_path
 from streams.formats import load_session
 from streams.protocol import Decoded
@@ -80,7 +81,7 @@ def test_replay_decode_record_correlates_with_truth(small_mouse: Path) -> None:
     assert [f.seq for f in frames] == list(range(150))  # one final frame per source frame, in order
     movie = np.stack([f.frame for f in frames]).astype(np.float64)[30:]
     truth = session.stimulus[30:150].astype(np.float64)
-    r = np.corrcoef(movie.ravel(), truth.ravel())[0, 1]
+    r = corr(movie.ravel(), truth.ravel())
     assert r > 0.1, r
     assert all(f.final and f.lag == 16 for f in frames[:-16])
     assert frames[-1].stats["frames_in"] == 150
@@ -115,7 +116,7 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
     recorded = [as_decoded_frame(m) for m in messages]
     assert [f.seq for f in recorded] == list(range(n)), (rec_err, err)
     movie = np.stack([f.frame for f in recorded]).astype(np.float64)[30:]
-    r = np.corrcoef(movie.ravel(), session.stimulus[30:n].astype(np.float64).ravel())[0, 1]
+    r = corr(movie.ravel(), session.stimulus[30:n].astype(np.float64).ravel())
     stats = json.loads(out_text)
     assert stats["provider"] == "CPUExecutionProvider", stats
     assert stats["decode"]["steps_run"] > n, stats  # it did optimise (most frames got their steps)

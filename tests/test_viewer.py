@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from decoder.messages import DecodedFrame, encode_decoded_frame
-from decoder.viewer import ViewerState, frame_correlation
+from decoder.metrics import corr
+from decoder.viewer import ViewerState
 from streams.protocol import SessionHeader
 from streams.session import new_session_id
 from streams.transport import Publisher
@@ -96,7 +97,7 @@ def test_offscreen_screenshot_shows_the_decoded_frame(tmp_path: Path) -> None:
     ys = (np.arange(36) + 0.5) * shown.shape[0] / 36
     xs = (np.arange(64) + 0.5) * shown.shape[1] / 64
     small = shown[ys.astype(int)][:, xs.astype(int)]
-    best = max(frame_correlation(small, pattern(summary["last_seq"] - k)) for k in range(3))
+    best = max(corr(small, pattern(summary["last_seq"] - k)) for k in range(3))
     assert best > 0.95
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from decoder.metrics import corr
 from streams.session import Session
 
 #: Trials shorter than a window cannot be trained on; a std below this is treated as this.
@@ -180,19 +181,10 @@ def sensorium_correlation(
     pred: Sequence[np.ndarray], obs: Sequence[np.ndarray], skip: int = METRIC_SKIP_FRAMES
 ) -> float:
     """Single-trial correlation: per neuron, Pearson r of prediction vs recording over all trials' frames
-    after the first `skip` of each trial, then the mean over neurons. NaN frames are left out per neuron;
-    a neuron without variance scores 0. pred/obs: per trial (T, N)."""
+    after the first `skip` of each trial, then the mean over neurons. `decoder.metrics.corr`'s rules: NaN
+    frames are left out per neuron, a flat neuron scores 0 and counts. pred/obs: per trial (T, N)."""
     p = np.concatenate([x[skip:] for x in pred]).astype(np.float64)
     o = np.concatenate([x[skip:] for x in obs]).astype(np.float64)
     if p.shape != o.shape or p.size == 0:
         raise ValueError(f"predictions {p.shape} and recordings {o.shape} must be equal and non-empty")
-    valid = ~(np.isnan(o) | np.isnan(p))
-    n = valid.sum(axis=0)
-    p = np.where(valid, p, 0.0)
-    o = np.where(valid, o, 0.0)
-    safe_n = np.maximum(n, 1)
-    pm, om = p.sum(0) / safe_n, o.sum(0) / safe_n
-    pc, oc = np.where(valid, p - pm, 0.0), np.where(valid, o - om, 0.0)
-    denom = np.sqrt((pc**2).sum(0) * (oc**2).sum(0))
-    r = np.where(denom > 0, (pc * oc).sum(0) / np.where(denom > 0, denom, 1.0), 0.0)
-    return float(r.mean())
+    return float(np.nanmean(corr(p, o, axis=0)))

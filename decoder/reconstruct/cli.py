@@ -1,8 +1,9 @@
 """`neurocine reconstruct`: decode a recorded session (or one trial of it) into a movie file.
 
 Writes (T, 36, 64) uint8, frame t aligned with the session's frame t (stimulus frame t). When the session
-carries the true stimulus it prints one JSON line of metrics (paper score, per-frame correlation, response
-correlation) on stdout; progress goes to stderr.
+carries the true stimulus it prints one JSON line of metrics on stdout (decoder.metrics: pixel correlation (the
+paper's score), frame-wise correlation, SSIM, PSNR, RMSE, each after the `--smooth` post-smoothing and again
+"unsmoothed"; the response correlation; per-trial values); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from decoder.metrics import SMOOTH_SIGMA
 from decoder.reconstruct.streaming import add_streaming_args
 
 OUT_SUFFIXES = (".npy", ".gif", ".mp4")
@@ -73,6 +75,9 @@ def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
         help="ONNX Runtime provider (auto: CUDA when available)",
     )
     p.add_argument("--no-mask", action="store_true", help="ignore the alpha mask beside the model")
+    p.add_argument("--smooth", type=float, default=SMOOTH_SIGMA, metavar="SIGMA",
+                   help=f"3-D Gaussian post-smoothing of the reconstruction before scoring (default {SMOOTH_SIGMA}, "
+                   "the paper's; the metrics without it are reported too, under 'unsmoothed')")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
 
@@ -194,7 +199,7 @@ def as_uint8(movie: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.metrics import movie_metrics, response_correlation
+    from decoder.metrics import mean_metrics, movie_metrics, response_correlation
     from decoder.reconstruct.backends import BackendError
     from decoder.reconstruct.models import session_arrays
     from decoder.reconstruct.offline import ReconstructionError, predict_movie
@@ -245,13 +250,13 @@ def run(args: argparse.Namespace) -> int:
     write_movie(movie_u8, out, session.frame_rate)
     print(f"reconstruct: wrote {out} ({movie_u8.shape[0]} frames) in {seconds:.1f} s", file=sys.stderr)
     if truths:
-        per = [movie_metrics(t, m, eval_mask) for t, m in zip(truths, movies, strict=True)]
+        per = [movie_metrics(t, m, eval_mask, sigma=args.smooth) for t, m in zip(truths, movies, strict=True)]
         result: dict[str, Any] = {
             "mode": args.mode,
             "trials": [tr.index for tr in session.trials],
             "frames": int(movie_u8.shape[0]),
             "seconds": round(seconds, 2),
-            **{key: float(np.mean([p[key] for p in per])) for key in per[0]},
+            **mean_metrics(per),
             "response_correlation": float(
                 np.mean([response_correlation(p, r) for p, r in zip(preds, recs, strict=True)])
             ),

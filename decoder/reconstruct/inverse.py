@@ -89,9 +89,9 @@ def _trial_arrays(session: Session) -> list[tuple[np.ndarray, np.ndarray, np.nda
 
 def _trial_scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
     """Mean over trials of the Pearson r over all (frame, pixel) pairs."""
-    from decoder.metrics import _pearson
+    from decoder.metrics import corr
 
-    return float(np.mean([_pearson(p.ravel(), y.ravel()) for p, y in zip(preds, truths, strict=True)]))
+    return float(np.mean([corr(p, y) for p, y in zip(preds, truths, strict=True)]))
 
 
 def fit_inverse(session: Session, log: callable = lambda msg: None) -> InverseFit:  # type: ignore[valid-type]
