@@ -186,7 +186,7 @@ def _reconstruct(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
     args, session, models = _member_models(unit, settings) if unit.member is not None else _load(unit, settings)
     try:
         info: dict[str, Any] = {}
-        movie = reconstruct_part(models, session, args, info=info)
+        movie = reconstruct_part(models, session, args, info=info, mix=unit.member is None)
     except (ReconstructionError, BackendError) as e:
         raise UnitError(f"{unit.name}: {e}") from e
     if unit.member is not None:
@@ -207,7 +207,7 @@ def _member_models(unit: Unit, settings: dict[str, Any]):
     _, _, ref = _load(dataclasses.replace(unit, models=(first,)), settings)
     if not np.array_equal(ref.columns, mine.columns):
         raise UnitError(f"{unit.name}: ensemble members map the session's neurons differently; use models of one mouse")
-    return args, session, dataclasses.replace(mine, opt_mask=ref.opt_mask, eval_mask=ref.eval_mask)
+    return args, session, dataclasses.replace(mine, opt_mask=ref.opt_mask, eval_mask=ref.eval_mask, inverse=ref.inverse)
 
 
 def _merge(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +218,9 @@ def _merge(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
         raise UnitError(f"{unit.name}: member movies missing: {missing}")
     movie = np.mean([np.load(m.movie_path) for m in members], axis=0).astype(np.float32)
     args, session, models = _load(unit, settings)
-    return _finish(unit, args, session, models, movie)
+    from decoder.reconstruct.cli import merge_with_prior
+
+    return _finish(unit, args, session, models, merge_with_prior(models, session, args, movie))
 
 
 def _finish(unit: Unit, args: argparse.Namespace, session, models, movie: np.ndarray,

@@ -162,10 +162,13 @@ def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -
     return session, loaded
 
 
-def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info: dict | None = None) -> np.ndarray:
+def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info: dict | None = None,
+                     mix: bool = True) -> np.ndarray:
     """Float32 movie (T, 36, 64) of one trial `part` (a Session) with `models` (LoadedModels), offline or
     streaming as args say. One definition, used by `reconstruct` and by `batch`'s tasks. `info` (a dict)
-    receives what was chosen on the way: the start, and the iteration count per encoder with --iterations auto."""
+    receives what was chosen on the way: the start, and the iteration count per encoder with --iterations auto.
+    mix False: offline, leave the inverse decoder's estimate out of the result (an ensemble member of `batch`,
+    mixed in once the members are merged: `merge_with_prior`)."""
     from decoder.reconstruct.inverse import INVERSE_MIX
     from decoder.reconstruct.models import session_arrays
     from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
@@ -183,7 +186,7 @@ def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info
         rec = reconstruct_offline(models.ensemble, responses, behaviour, opt_mask, config=cfg, progress=progress,
                                   init_video=inverse.movie(responses, behaviour) if use_inverse else None,
                                   auto_stop=AutoStop() if auto else None,
-                                  prior_mix=INVERSE_MIX if use_inverse else 0.0)
+                                  prior_mix=INVERSE_MIX if use_inverse and mix else 0.0)
         info.update(init="inverse" if use_inverse else "grey",
                     iterations=rec.stopped_at if auto else args.iterations)
         return rec.video
@@ -191,6 +194,19 @@ def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info
     info["warm_start"] = "previous" if cfg.warm_start == "inverse" and inverse is None else cfg.warm_start
     movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask, inverse=inverse)
     return movie
+
+
+def merge_with_prior(models, part, args: argparse.Namespace, movie: np.ndarray) -> np.ndarray:
+    """An offline ensemble's averaged members, with the inverse decoder's estimate mixed in as
+    `reconstruct_part` does for a whole ensemble (the same arithmetic, so the same bits)."""
+    from decoder.reconstruct.inverse import INVERSE_MIX
+    from decoder.reconstruct.models import session_arrays
+    from decoder.reconstruct.offline import mix_prior
+
+    if args.mode != "offline" or models.inverse is None or getattr(args, "init", "inverse") != "inverse":
+        return movie
+    responses, behaviour = session_arrays(part, models.columns)
+    return mix_prior(movie, models.inverse.movie(responses, behaviour), INVERSE_MIX)
 
 
 def as_uint8(movie: np.ndarray) -> np.ndarray:

@@ -276,6 +276,13 @@ def _optimise(
     return video, losses, taken, iterations, checks
 
 
+def mix_prior(video: np.ndarray, prior: np.ndarray, weight: float) -> np.ndarray:
+    """weight x prior (clipped to 0..255) + (1 - weight) x video, float32 (one definition: `batch` merges
+    an ensemble's members and mixes after, bit for bit as reconstruct_offline does)."""
+    g = np.float32(weight)
+    return g * np.clip(np.asarray(prior, np.float32), 0.0, 255.0) + (1 - g) * np.asarray(video, np.float32)
+
+
 def reconstruct_offline(
     backends: GradientBackend | Ensemble | Sequence[GradientBackend],
     responses: np.ndarray,
@@ -321,10 +328,8 @@ def reconstruct_offline(
     snaps = {i: np.mean([r[2][i] for r in runs], axis=0).astype(np.float32)
              for i in runs[0][2] if all(i in r[2] for r in runs)}
     if prior_mix:
-        prior = np.clip(np.asarray(init_video, np.float32), 0.0, 255.0)
-        g = np.float32(prior_mix)
-        video = g * prior + (1 - g) * video
-        snaps = {i: g * prior + (1 - g) * v for i, v in snaps.items()}
+        video = mix_prior(video, init_video, prior_mix)
+        snaps = {i: mix_prior(v, init_video, prior_mix) for i, v in snaps.items()}
     provider = ",".join(sorted({getattr(b, "provider", "?") for b in ens.members}))
     kept = [r[3] for r in runs]
     return Reconstruction(video, losses, time.perf_counter() - start, max(kept), provider, snaps,
