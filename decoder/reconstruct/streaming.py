@@ -318,8 +318,8 @@ class StreamingReconstructor:
 
     def estimate_at_age(self, age: int) -> np.ndarray | None:
         """The current estimate of the frame that arrived `age` frames ago (None if not held any more)."""
-        if age >= min(self.pending, self.cfg.lag + 1) or age < 0:
-            return None
+        if not 0 <= age <= self.cfg.lag or self.seqs[self.capacity - 1 - age] < 0:
+            return None  # age == lag: the frame just emitted final (its slot leaves at the next arrival)
         return self._out(self.capacity - 1 - age)
 
     def _provisional(self) -> list[DecodedFrame]:
