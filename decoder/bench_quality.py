@@ -354,7 +354,8 @@ def _first_guess(inverse: Any, encoder: Any, inputs: list, score: Any, args: arg
                            "fit": inverse.fit_report}
     _log(f"inverse decoder alone: {out['inverse_alone']['pixel_correlation']:.3f} (causal head "
          f"{out['inverse_alone_causal']['pixel_correlation']:.3f})")
-    points = tuple(i for i in (10, 20, 40, 60, 100, 200, 500, 1000) if i <= args.iterations)
+    points = tuple(sorted({i for i in (10, 20, 40, 60, 100, 200, 500, 1000) if i <= args.iterations}
+                          | ({args.iterations} if args.iterations > 0 else set())))
     offline_rows: dict[str, Any] = {}
     for init in ("grey", "inverse_unmixed", "inverse"):
         t0 = time.perf_counter()
@@ -368,7 +369,8 @@ def _first_guess(inverse: Any, encoder: Any, inputs: list, score: Any, args: arg
             for i, v in rec.snapshots.items():
                 snaps.setdefault(i, []).append(v)
         secs = time.perf_counter() - t0
-        by_it = {str(i): score(snaps[i])["pixel_correlation"] for i in sorted(snaps)}
+        by_it = {str(i): score(snaps[i])["pixel_correlation"] for i in sorted(snaps)} or {"0": score(videos)[
+            "pixel_correlation"]}
         best = max(by_it, key=lambda k: by_it[k])
         offline_rows[f"fixed_from_{init}"] = {
             "by_iterations": by_it, "best_in_hindsight": {"iterations": int(best), "pixel_correlation": by_it[best]},
