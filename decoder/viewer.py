@@ -36,8 +36,10 @@ PACE = 0.75
 class ViewerState:
     """What the window shows, kept apart from Qt so it can be tested and reused headless."""
 
-    def __init__(self, frame_rate_hz: float = 30.0) -> None:
+    def __init__(self, frame_rate_hz: float = 30.0, provisional: bool = False) -> None:
         self.period_s = 1.0 / frame_rate_hz
+        #: show provisional frames (each frame's estimate as it arrives, `decode --provisional`) instead of final ones
+        self.provisional = provisional
         self.decoded: Any = None  # latest final DecodedFrame
         self.pending: collections.deque[Any] = collections.deque()  # final frames not yet shown, oldest first
         self.skipped = 0  # decoded frames never shown because the queue was full
@@ -64,7 +66,7 @@ class ViewerState:
             self.truth.popitem(last=False)
 
     def on_decoded(self, d: Any, now_ns: int) -> None:
-        if not d.final:
+        if d.final == self.provisional:
             return
         if d.session_id != self._decoded_session:
             self._decoded_session, self._last_seq = d.session_id, None
@@ -158,6 +160,9 @@ def register(sub: Any) -> None:
     p.add_argument("--screenshot", help="render offscreen, save a PNG after --frames decoded frames, and exit")
     p.add_argument("--frames", type=int, default=30, help="decoded frames to wait for before --screenshot")
     p.add_argument("--timeout", type=float, default=60.0, help="give up on --screenshot after this many seconds")
+    p.add_argument("--provisional", action="store_true",
+                   help="show each frame's provisional estimate as it arrives (decode --provisional), not the final "
+                   "frames a lag later: the newest picture a closed loop would act on")
     p.add_argument("--seconds", type=float, default=None,
                    help="close the window by itself after this many seconds and print the summary (default: "
                    "run until closed or Ctrl-C)")
@@ -195,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from decoder.viewer_window import ViewerWindow
 
-    window = ViewerWindow(args.connect, args.truth, rate_hz=args.rate, scale=args.scale)
+    window = ViewerWindow(args.connect, args.truth, rate_hz=args.rate, scale=args.scale, provisional=args.provisional)
     if args.screenshot:
         ok = window.run_until(args.frames, args.timeout)
         window.save_png(args.screenshot)

@@ -24,17 +24,19 @@ STATS_REDRAW_HZ = 5.0
 class ViewerWindow(QtWidgets.QWidget):
     """Decoded | truth images, a running correlation plot and latency / rate / drop readouts."""
 
-    def __init__(self, connect: str, truth: str | None, rate_hz: float = 30.0, scale: int = 6) -> None:
+    def __init__(self, connect: str, truth: str | None, rate_hz: float = 30.0, scale: int = 6,
+                 provisional: bool = False) -> None:
         self.app = pg.mkQApp("neurocine view")
         super().__init__()
         self.setWindowTitle(f"neurocine view: {connect}")
-        self.state = ViewerState(rate_hz)
+        self.state = ViewerState(rate_hz, provisional)
         self.decoded_sub = Subscriber(connect, topics=[b"decoded", b"heartbeat"])
         self.truth_sub = Subscriber(truth, topics=[b"session", b"frame"]) if truth else None
 
         layout = QtWidgets.QVBoxLayout(self)
         row = QtWidgets.QHBoxLayout()
-        self.decoded_item = self._add_image(row, "decoded", scale)
+        self.decoded_item = self._add_image(row, "decoded (provisional: newest estimate)" if provisional else "decoded",
+                                            scale)
         self.truth_item = self._add_image(row, "true stimulus" if truth else "true stimulus (no --truth)", scale)
         layout.addLayout(row, stretch=3)
 

@@ -161,3 +161,10 @@ def test_view_and_demo_explain_why_there_is_no_window(monkeypatch: pytest.Monkey
     reason = viewer_or_reason(headless_asked=False)  # the demo then runs headless and prints this
     assert reason is not None and "Qt cannot open a window" in reason
     assert viewer_or_reason(headless_asked=True) == "--headless"
+
+
+def test_provisional_view_shows_the_estimates_and_ignores_final_frames() -> None:
+    s = ViewerState(frame_rate_hz=30.0, provisional=True)
+    s.on_decoded(DecodedFrame("s", 0, 0, 0, 0, 0, 8, True, pattern(0)), now_ns=0)  # final: not shown here
+    s.on_decoded(DecodedFrame("s", 5, 0, 0, 0, 0, 0, False, pattern(5)), now_ns=0)
+    assert s.decoded_received == 1 and s.next_to_show(100.0).seq == 5
