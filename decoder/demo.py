@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
                 procs["source"] = subprocess.Popen(_cli("rig", "--synthetic", "--bind", src, "--wait-subscribers", "2"),
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if not headless:
-                procs["viewer"] = subprocess.Popen(_cli("view", "--connect", dec, "--truth", src))
+                # its summary (JSON) is read at the end and goes into ours: stdout carries one JSON object
+                procs["viewer"] = subprocess.Popen(_cli("view", "--connect", dec, "--truth", src),
+                                                   stdout=subprocess.PIPE, text=True)
             t_end = time.monotonic() + args.seconds
             while time.monotonic() < t_end:
                 while (m := src_sub.recv(timeout_s=0)) is not None:
@@ -140,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
                 p.kill()
     summary = summarise(truth, decoded, latencies, steps, stats, args)
     summary["interrupted"] = interrupted
+    viewer = procs.get("viewer")
+    if viewer is not None and viewer.stdout is not None:
+        lines = viewer.stdout.read().strip().splitlines()
+        try:
+            summary["viewer"] = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            summary["viewer"] = {"unreadable_summary": lines[-1][:200]}
     video = write_side_by_side(truth, decoded, out_dir / "neurocine-demo.mp4")
     summary["video"] = str(video.resolve()) if video else None
     (out_dir / "neurocine-demo.json").write_text(json.dumps(summary, indent=2) + "\n")
