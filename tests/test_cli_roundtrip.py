@@ -122,15 +122,18 @@ def test_record_ctrl_c_prints_summary_and_keeps_the_file(tmp_path: Path) -> None
     save_session(make_session(n_frames=300, n_neurons=50, n_trials=1), tmp_path / "s.ncr")
     ep = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "o.ncr"
+    # a test runner started in the background (nohup, `&`) ignores SIGINT, and children inherit that; the user's
+    # terminal does not, so the recorder gets SIGINT's default disposition back (Python then raises Ctrl-C)
     rec = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", ep, "--out", str(out)],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rep = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
                             "--speed", "1", "--wait-subscribers", "1"], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: _frames_in(out) >= 30, timeout=30)
         rec.send_signal(signal.SIGINT)
-        stdout, _ = rec.communicate(timeout=60)  # a loaded machine is slow to start Python
+        stdout, _ = rec.communicate(timeout=20)
     finally:
         rep.terminate()
         rep.communicate(timeout=20)
