@@ -199,8 +199,7 @@ class DecodeService:
             self.log("inverse", "the model has no inverse decoder (inverse.onnx): new frames start from the previous "
                                 "estimate")
         self.recon = make_streaming(loaded.ensemble, self.config, mask=loaded.opt_mask, inverse=loaded.inverse)
-        warm = self.config.warm_start if loaded.inverse is not None or self.config.warm_start != "inverse" \
-            else "previous"
+        warm = self.config.warm_start_with(loaded.inverse)
         self.log("session", f"session {h.session_id} mouse {h.mouse_id}: {matched}/{n_model} model neurons "
                             f"matched; lag {self.lag}, {self.steps} steps/frame, warm start {warm}, "
                             f"{len(loaded.ensemble)} encoder(s) ({self.config.ensemble}) on {self.provider}"

@@ -175,3 +175,17 @@ def test_decode_publishes_provisional_frames_at_once_and_final_ones_after_the_la
     assert [f.seq for f in final] == list(range(n - 8))
     assert all(f.lag == 0 for f in provisional)
     assert np.std(provisional[-1].frame.astype(np.float64)) > 1  # a picture (the inverse decoder's), not grey
+
+
+def test_a_new_session_of_the_same_models_reuses_the_inverse_decoder_and_the_fused_ensemble() -> None:
+    from decoder.reconstruct.models import DEFAULT_MODEL_DIR, load_models
+    from streams.example import example_session_path
+    from streams.formats import load_session
+
+    session = load_session(example_session_path(), trials=[0])
+    specs = [str(DEFAULT_MODEL_DIR), str(DEFAULT_MODEL_DIR.parent / "seed1")]
+    cache: dict = {}
+    first = load_models(specs, session, None, backend="onnx", threads=1, cache=cache)
+    again = load_models(specs, session, None, backend="onnx", threads=1, cache=cache)
+    assert first.inverse is not None and again.inverse is first.inverse
+    assert first.ensemble.fused is not None and again.ensemble.fused is first.ensemble.fused

@@ -191,7 +191,7 @@ def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info
                     iterations=rec.stopped_at if auto else args.iterations)
         return rec.video
     cfg = streaming_config_from(args)
-    info["warm_start"] = "previous" if cfg.warm_start == "inverse" and inverse is None else cfg.warm_start
+    info["warm_start"] = cfg.warm_start_with(inverse)
     movie, _ = reconstruct_streaming(models.ensemble, responses, behaviour, cfg, opt_mask, inverse=inverse)
     return movie
 

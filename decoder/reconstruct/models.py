@@ -200,12 +200,23 @@ def load_models(
     alpha = load_alpha_mask(mask_from) if mask_from is not None else None
     opt, ev = masks_from_alpha(alpha) if alpha is not None else (None, None)
     ensemble = Ensemble(members)
+    key = tuple(models or ["oracle"])
     if backend == "onnx":
         from decoder.reconstruct.ort_fused import fuse_ensemble
 
-        if fuse_ensemble(ensemble):  # one session.run per step for all members
+        if cache is not None and ("fused", key) in cache:
+            ensemble.fused = cache[("fused", key)]  # a new session of the same models builds nothing again
+        elif fuse_ensemble(ensemble) and cache is not None:  # one session.run per step for all members
+            cache[("fused", key)] = ensemble.fused
+        if getattr(ensemble, "fused", None) is not None:
             notes.append(f"{len(members)} members fused into one ONNX Runtime call")
-    return LoadedModels(ensemble, columns[0], opt, ev, notes, load_inverse(folders, model_ids[0], threads))
+    if cache is not None and ("inverse", key) in cache:
+        inverse = cache[("inverse", key)]
+    else:
+        inverse = load_inverse(folders, model_ids[0], threads)
+        if cache is not None:
+            cache[("inverse", key)] = inverse
+    return LoadedModels(ensemble, columns[0], opt, ev, notes, inverse)
 
 
 def load_inverse(folders: Sequence[Path], model_ids: np.ndarray | None, threads: int | None) -> InverseDecoder | None:

@@ -86,6 +86,10 @@ class StreamingConfig:
     #: since the CPU-sized encoders need it (bench quality: 0.292 vs 0.208 offline); 0 is the paper's
     grad_blur: float = DEFAULT_GRAD_BLUR
 
+    def warm_start_with(self, inverse: object | None) -> str:
+        """The warm start that runs: "inverse" needs an inverse decoder and is "previous" without one."""
+        return "previous" if self.warm_start == "inverse" and inverse is None else self.warm_start
+
     def __post_init__(self) -> None:
         if self.lag < 0 or self.steps < 0 or self.window < 1 or self.stride < 1:
             raise ReconstructionError(
