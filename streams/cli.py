@@ -8,16 +8,13 @@ a light rig install still gets a working CLI.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PUB = "tcp://127.0.0.1:5555"
+from streams.commandline import DEFAULT_PUB, add_verb, emit_json, stop_on_sigterm
 
 
 def parse_trials(text: str) -> list[int]:
@@ -33,35 +30,6 @@ def parse_trials(text: str) -> list[int]:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--trials {text!r}: expected e.g. 0,3,5-8") from e
     return out
-
-
-def add_verb(sub: Any, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
-    """A subcommand parser whose --help ends with a worked example (the project's convention)."""
-    return sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        epilog="example:\n" + textwrap.indent(example.strip(), "  "),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-
-def emit_json(obj: dict, path: str | None = None) -> None:
-    """Print one JSON object; also write it to `path` when given."""
-    text = json.dumps(obj, indent=2, default=float)
-    print(text)
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text + "\n")
-
-
-def stop_on_sigterm() -> None:
-    """Make SIGTERM behave like Ctrl-C so services stop cleanly and print their summaries."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 # ---------------------------------------------------------------------------------------------- replay

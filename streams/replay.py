@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.formats.native import frame_trials, header_of
-from streams.session import Session, new_session_id
+from streams.session import Session, frame_trials, header_of, new_session_id
 from streams.transport import Publisher
 
 SPIN_NS = 1_000_000  # busy-wait the last millisecond before a deadline: sleep() overshoots

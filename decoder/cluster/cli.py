@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     except ClusterError as e:
         print(f"batch: {e}", file=sys.stderr)
         return 2
-    from streams.cli import stop_on_sigterm
+    from streams.commandline import stop_on_sigterm
 
     stop_on_sigterm()  # after ray.init, which installs its own: scancel / systemctl stop act like Ctrl-C
     try:

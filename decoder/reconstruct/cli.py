@@ -1,7 +1,7 @@
 """`neurocine reconstruct`: decode a recorded session (or one trial of it) into a movie file.
 
 Writes (T, 36, 64) uint8, frame t aligned with the session's frame t (stimulus frame t). When the session
-carries the true stimulus it prints one JSON line of metrics on stdout (decoder.metrics: pixel correlation (the
+carries the true stimulus it prints one JSON line of metrics on stdout (decoder.analysis.metrics: pixel correlation (the
 paper's score), frame-wise correlation, SSIM, PSNR, RMSE, each after the `--smooth` post-smoothing and again
 "unsmoothed"; the response correlation; per-trial values); progress goes to stderr.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.metrics import SMOOTH_SIGMA
+from decoder.analysis.metrics import SMOOTH_SIGMA
 from decoder.reconstruct.streaming import add_streaming_args
 
 OUT_SUFFIXES = (".npy", ".gif", ".mp4")
@@ -215,7 +215,7 @@ def as_uint8(movie: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.metrics import mean_metrics, movie_metrics, response_correlation
+    from decoder.analysis.metrics import mean_metrics, movie_metrics, response_correlation
     from decoder.reconstruct.backends import BackendError
     from decoder.reconstruct.models import session_arrays
     from decoder.reconstruct.offline import ReconstructionError, predict_movie

@@ -19,7 +19,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 
 
 def register(bench_subparsers: Any) -> None:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_subparsers, "rig", "synthetic rig: per-frame generation time on one core", EXAMPLE,
                  "Generate --seconds worth of 30 Hz frames of the synthetic mouse on one core and report "
@@ -65,7 +65,7 @@ def measure(n_neurons: int, seconds: float, seed: int = 0) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
 
     if args.neurons < 1 or args.seconds <= 0:
         raise ValueError(f"--neurons must be >= 1 and --seconds > 0, got {args.neurons}, {args.seconds}")

@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     result["same_outputs_bit_for_bit"] = _same(dirs, plan("serial"))
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["extrapolation"] = extrapolation(result, args, len(session.trials))
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
 
     emit_json(result, args.json)
     return 0

@@ -9,7 +9,7 @@ model or ensemble (default: the built-in model), from three sources of activity 
   (the paper's analysis: what the encoder + inversion can resolve at best);
 - `single`: the built-in synthetic mouse's noisy deconvolved responses, one presentation (a real trial);
 - `average`: the mean of `--trials` presentations (noise down by sqrt(trials)).
-Scored per clip with the paper's pixel correlation in the model's eval mask (decoder/resolution.py: per cell,
+Scored per clip with the paper's pixel correlation in the model's eval mask (decoder/analysis/resolution.py: per cell,
 the shuffle test, the inverted-copy analysis). Out: JSON (every cell), heat maps as a figure.
 
 Sizing: a clip costs 60 + `--gap` frames, and every frame costs an encoder pass per covering window per
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.metrics import SMOOTH_SIGMA
+from decoder.analysis.metrics import SMOOTH_SIGMA
 from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
 from streams.synthetic.resolution import CLIP_FRAMES, GRATING_SF_CPP
 
@@ -98,9 +98,9 @@ def _log(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from decoder.analysis.resolution import cut, grid, score_cells
     from decoder.reconstruct.models import default_models, load_models
     from decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
-    from decoder.resolution import cut, grid, score_cells
     from streams.session import Session
     from streams.synthetic import make_mouse
     from streams.synthetic.resolution import grating_clips, mean_behaviour, noise_clips, programme, watch

@@ -34,7 +34,7 @@ PERIOD_NS = round(1e9 / 30)
 
 
 def register(bench_sub: Any) -> None:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_sub, "loop", "closed-loop latency and detection: rig -> decode -> client -> rig (JSON)",
                  "neurocine bench loop --events 20 --json out/loop.json --figure out/loop.png\n"
@@ -359,7 +359,7 @@ def figure(loop: Loop, result: dict[str, Any], path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from decoder.client import DecodedStream
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
     from streams.control import TARGETS, AsyncRigControl
 
     if args.target not in TARGETS:

@@ -140,7 +140,7 @@ def run_profile(args: argparse.Namespace) -> int:
     """--profile: one JSON report on stdout, a readable table on stderr."""
     import onnxruntime
 
-    from decoder.profile_step import profile_step, render
+    from decoder.bench.profile_step import profile_step, render
     from decoder.reconstruct.models import DEFAULT_MODEL_DIR
 
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
