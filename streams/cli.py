@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from streams.commandline import DEFAULT_PUB, add_verb, emit_json, stop_on_sigterm
+from streams.commandline import DEFAULT_PUB, add_log_level, add_verb, configure_logging, emit_json, stop_on_sigterm
 
 
 def parse_trials(text: str) -> list[int]:
@@ -295,12 +295,29 @@ def build_parser() -> argparse.ArgumentParser:
     _register_bench(sub, _plugins("neurocine.benches"))
     for p in _security_parsers(sub):
         _add_security_options(p)
+    add_log_level(parser, top=True)
+    for p in _all_verb_parsers(sub):
+        add_log_level(p)
     return parser
+
+
+def _all_verb_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    """Every verb's parser, the bench's nested ones included."""
+    out = []
+    for p in dict.fromkeys(sub.choices.values()):
+        nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        out.extend(q for a in nested for q in dict.fromkeys(a.choices.values()))
+        out.append(p)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        configure_logging(args.log_level)
+    except ValueError as e:
+        parser.error(str(e))
     from streams.formats import FormatError
     from streams.session import SessionError
     from streams.transport import TransportError
