@@ -14,7 +14,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from streams.commandline import DEFAULT_PUB, add_log_level, add_verb, configure_logging, emit_json, stop_on_sigterm
+from streams.commandline import (
+    DEFAULT_PUB,
+    add_log_level,
+    add_verb,
+    configure_logging,
+    emit_json,
+    get_logger,
+    stop_on_sigterm,
+)
 
 
 def parse_trials(text: str) -> list[int]:
@@ -65,12 +73,12 @@ def _run_replay(args: argparse.Namespace) -> int:
     if args.decoded or _only_decoded(path):
         return _run_replay_decoded(args, path)
     session = load_session(path, trials=args.trials, tier=args.tier)
-    print(f"replay: {path}: {session.n_frames} frames x {session.n_neurons} neurons at {session.frame_rate} Hz "
-          f"({len(session.trials)} trials) on {args.bind}", file=sys.stderr)
+    get_logger("replay").info(f"{path}: {session.n_frames} frames x {session.n_neurons} neurons at "
+                              f"{session.frame_rate} Hz ({len(session.trials)} trials) on {args.bind}")
     stop_on_sigterm()
     with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
         if args.wait_subscribers:
-            print(f"replay: waiting for {args.wait_subscribers} subscriber(s)...", file=sys.stderr)
+            get_logger("replay").info(f"waiting for {args.wait_subscribers} subscriber(s)...")
             try:
                 pub.wait_subscribers(args.wait_subscribers)
             except KeyboardInterrupt:
@@ -95,7 +103,7 @@ def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
     from streams.replay import replay_decoded
     from streams.transport import DEFAULT_SNDHWM, Publisher
 
-    print(f"replay: {path}: its decoded stream on {args.bind}", file=sys.stderr)
+    get_logger("replay").info(f"{path}: its decoded stream on {args.bind}")
     stop_on_sigterm()
     with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
         if args.wait_subscribers:
@@ -103,7 +111,7 @@ def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
         try:
             report = replay_decoded(path, pub, speed=args.speed)
         except ValueError as e:
-            print(f"replay: {e}", file=sys.stderr)
+            get_logger("replay").error(str(e))
             return 2
         except KeyboardInterrupt:
             return 130
@@ -137,11 +145,11 @@ def _run_record(args: argparse.Namespace) -> int:
     from streams.transport import Subscriber
 
     if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
-        print(f"record: --out {args.out}: use a .ncr or .nwb file name", file=sys.stderr)
+        get_logger("record").error(f"--out {args.out}: use a .ncr or .nwb file name")
         return 2
     stop_on_sigterm()
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
-    print(f"record: {endpoints} -> {args.out} (Ctrl-C stops)", file=sys.stderr)
+    get_logger("record").info(f"{endpoints} -> {args.out} (Ctrl-C stops)")
     topics = TOPICS if args.decoded else RAW_TOPICS
     with Subscriber(endpoints, topics=topics) as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
@@ -181,7 +189,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
                     nan_traces=int(np.isnan(s.traces).sum()))
     emit_json(info)
     if info.get("damage", {}).get("damaged"):
-        print(f"inspect: {args.path} is damaged (see 'damage'); intact records were salvaged", file=sys.stderr)
+        get_logger("inspect").error(f"{args.path} is damaged (see 'damage'); intact records were salvaged")
         return 1
     return 0
 
@@ -275,7 +283,7 @@ def _unavailable(name: str, err: ImportError) -> Callable[[Any], None]:
 
 
 def _fail(message: str) -> int:
-    print(message, file=sys.stderr)
+    get_logger("cli").error(message)
     return 2
 
 
@@ -329,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure(args.keys, args.insecure)
         return int(args.func(args) or 0)
     except (FormatError, SessionError, TransportError, ValueError) as e:
-        print(f"neurocine {args.verb}: error: {e}", file=sys.stderr)
+        get_logger(args.verb).error(str(e))
         return 2
     except KeyboardInterrupt:
         return 130

@@ -12,6 +12,7 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,26 @@ def add_log_level(parser: argparse.ArgumentParser, top: bool = False) -> None:
     """`--log-level` on the top-level parser and on every verb (`neurocine decode --log-level debug`)."""
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=None if top else argparse.SUPPRESS,
                         help=f"what goes to stderr (default info, or ${LOG_LEVEL_ENV})")
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def progress(desc: str, total: int | None, unit: str = "it") -> Callable[..., None]:
+    """A progress line on stderr (tqdm, redrawn at most once a second): call it with the count done so far
+    and any figures to show beside it (`report(i, loss=0.12)`); it closes itself when the count reaches
+    `total`. Silent when the log level is above info."""
+    from tqdm import tqdm
+
+    quiet = not logging.getLogger("neurocine").isEnabledFor(logging.INFO)
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, disable=quiet,
+               dynamic_ncols=True, leave=True)
+
+    def report(done: int, **figures: Any) -> None:
+        if figures:
+            bar.set_postfix({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
+                            refresh=False)
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    report.close = bar.close  # type: ignore[attr-defined]  # for a run stopped before its total
+    return report

@@ -16,12 +16,15 @@ The first `--warmup` seconds (model loading, first steps) are reported apart fro
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from streams.commandline import get_logger, progress
+
+log = get_logger("bench.latency")
 
 
 def register(bench_sub: Any) -> None:
@@ -78,9 +81,8 @@ def run(args: argparse.Namespace) -> int:
     with pipe:
         t_start = time.monotonic()
         source_done_at = None
-        print(f"bench latency: {args.frames} frames at the session's rate through the decoder ...",
-              file=sys.stderr, flush=True)
-        last_print = 0.0
+        log.info(f"{args.frames} frames at the session's rate through the decoder ...")
+        shown = progress("bench latency: decoded", args.frames, unit="frame")
         while True:
             frames, d = pipe.poll(timeout_s=0.05)
             now_ns = time.time_ns()
@@ -96,15 +98,12 @@ def run(args: argparse.Namespace) -> int:
                              (d.t_recv_ns - d.trigger_t_pub_ns) / 1e6, d.queue_ns / 1e6, d.compute_ns / 1e6,
                              (d.t_done_ns - d.trigger_t_pub_ns) / 1e6, (now_ns - d.t_done_ns) / 1e6,
                              d.steps))
-            if time.monotonic() - last_print > 5:
-                last_print = time.monotonic()
-                print(f"\r  decoded {len(decoded)}/{args.frames}", end="", file=sys.stderr, flush=True)
+            shown(len(decoded))
             if len(decoded) >= args.frames - args.lag or (
                     source_done_at is not None and time.monotonic() - source_done_at > 10):
                 break
             if pipe.procs["decoder"].poll() is not None:
                 raise RuntimeError("the decoder exited: " + "\n".join(list(pipe.decoder_log)[-20:]))
-        print(file=sys.stderr)
         pipe.close(wait_s=30)
     result = summarise(np.array(rows, dtype=np.float64).reshape(-1, 8), args, truth, decoded, n_source)
     result["decoder_log_tail"] = list(pipe.decoder_log)[-3:]

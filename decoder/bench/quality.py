@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,9 @@ from typing import Any
 import numpy as np
 
 from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from streams.commandline import get_logger
+
+log = get_logger("bench.quality")
 
 DEFAULT_LAGS = (8, 16, 32, 48)
 DEFAULT_MODELS = ("default", "seed1", "seed2")
@@ -128,7 +130,7 @@ def _load_movies(args: argparse.Namespace) -> tuple[Any, Any, list[Movie]]:
 
 
 def _log(msg: str) -> None:
-    print(f"bench quality: {msg}", file=sys.stderr, flush=True)
+    log.info(f"{msg}")
 
 
 def _encoders(args: argparse.Namespace, session: Any) -> tuple[list[Any], np.ndarray, Any, list[str], str]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,10 @@ import numpy as np
 
 from decoder.analysis.metrics import SMOOTH_SIGMA
 from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from streams.commandline import get_logger
 from streams.synthetic.resolution import CLIP_FRAMES, GRATING_SF_CPP
+
+log = get_logger("bench.resolution")
 
 SOURCES = ("predicted", "single", "average")
 DEFAULT_SPATIAL = (0, 1, 4, 16)
@@ -94,7 +96,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _log(msg: str) -> None:
-    print(f"bench resolution: {msg}", file=sys.stderr, flush=True)
+    log.info(f"{msg}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     families = {s.strip() for s in args.families.split(",") if s.strip()}
     bad = [s for s in sources if s not in SOURCES] + [f for f in families if f not in ("noise", "gratings")]
     if bad or not sources or not families:
-        print(f"bench resolution: unknown or empty --sources/--families: {bad}", file=sys.stderr)
+        log.error(f"unknown or empty --sources/--families: {bad}")
         return 2
     spatial, temporal = _floats(args.spatial), _floats(args.temporal)
     sfs, tfs, dirs = _floats(args.sf), _floats(args.tf), _floats(args.directions)

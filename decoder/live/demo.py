@@ -14,12 +14,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from streams.commandline import get_logger
+
+log = get_logger("demo")
 
 DEFAULT_PORT = 5555
 
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     reason = viewer_or_reason(args.headless)
     headless = reason is not None
     if headless and reason != "--headless":
-        print(f"demo: no viewer window ({reason}); running headless instead", file=sys.stderr)
+        log.info(f"no viewer window ({reason}); running headless instead")
     decode_args = list(streaming_argv(args))
     for m in args.model or []:
         decode_args += ["--model", m]
@@ -82,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     interrupted = False
     pipe = LivePipeline(source, decode_args, args.port)
-    print(f"demo: source ({args.source}) on {pipe.source_ep} -> decoder on {pipe.decoded_ep} -> "
-          f"{'video + summary' if headless else 'viewer'}; {args.seconds:g} s, Ctrl-C stops", file=sys.stderr)
+    log.info(f"source ({args.source}) on {pipe.source_ep} -> decoder on {pipe.decoded_ep} -> "
+             f"{'video + summary' if headless else 'viewer'}; {args.seconds:g} s, Ctrl-C stops")
     try:
         with pipe:
             if not headless:
@@ -103,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
                     if name != "viewer":
                         raise RuntimeError(f"the {name} exited early (code {code})")
                     if code != 0:
-                        print(f"demo: the viewer exited (code {code}); the video and summary are still "
-                              "written at the end", file=sys.stderr)
+                        log.info(f"the viewer exited (code {code}); the video and summary are still "
+                                 "written at the end")
                     pipe.procs.pop("viewer")
     except KeyboardInterrupt:
         interrupted = True
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     summary["video"] = str(video.resolve()) if video else None
     (out_dir / "neurocine-demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    print(f"demo: wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}", file=sys.stderr)
+    log.info(f"wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}")
     return 0 if decoded else 1
 
 

@@ -13,9 +13,12 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import time
 from typing import Any
+
+from streams.commandline import get_logger
+
+log = get_logger("view")
 
 
 def register(sub: Any) -> None:
@@ -60,11 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.screenshot or not has_display():
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         if not args.screenshot:
-            print("view: no display found; rendering offscreen (use --screenshot to save what it draws)",
-                  file=sys.stderr)
+            log.info("no display found; rendering offscreen (use --screenshot to save what it draws)")
     problem = viewer_problem(offscreen=os.environ.get("QT_QPA_PLATFORM") == "offscreen")
     if problem:
-        print(f"view: {problem}", file=sys.stderr)
+        log.error(f"{problem}")
         return 2
     from decoder.view.window import ViewerWindow
 
@@ -77,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         window.close_streams()
         if not ok:
-            print(f"view: only {summary['decoded_frames']} decoded frames arrived within {args.timeout:g} s "
-                  f"from {args.connect}", file=sys.stderr)
+            log.error(f"only {summary['decoded_frames']} decoded frames arrived within {args.timeout:g} s "
+                      f"from {args.connect}")
             return 1
         return 0
     t0 = time.monotonic()

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from streams.commandline import get_logger
+
 EXAMPLE = "neurocine bench rig --neurons 8000 --seconds 10 --json out/bench-rig.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streams.synthetic.bench", str(args.neurons), str(args.seconds), str(args.seed)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        print(proc.stderr, file=sys.stderr)
+        get_logger("bench.rig").error(proc.stderr.strip())
         return proc.returncode
     emit_json(json.loads(proc.stdout), args.json)
     return 0

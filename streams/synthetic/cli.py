@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from streams.commandline import get_logger
+
+log = get_logger("rig")
+
 SIMULATE_EXAMPLE = """\
 neurocine simulate --out data/synthetic-0 --neurons 1000 --minutes 60
 neurocine simulate --out data/new-movies --movie-seed 7 --trials 40 --format native"""
@@ -83,10 +87,9 @@ def register_rig(subparsers: Any) -> None:
 
 
 def run_rig_verb(args: argparse.Namespace) -> int:
-    import sys
 
     if not args.synthetic:
-        print("neurocine rig: only the synthetic rig exists so far; pass --synthetic", file=sys.stderr)
+        log.error("only the synthetic rig exists so far; pass --synthetic")
         return 2
     from streams.commandline import stop_on_sigterm
     from streams.synthetic.rig import run_rig
