@@ -150,7 +150,7 @@ def test_alpha_mask_grows_where_the_neurons_look(mouse, tmp_path):
 def test_gradient_blur_matches_scipy_and_zero_sigma_is_the_identity() -> None:
     from scipy.ndimage import gaussian_filter
 
-    from decoder.reconstruct.offline import blur_gradient
+    from decoder.reconstruct.optimiser import blur_gradient
 
     g = np.random.default_rng(3).normal(size=(4, 36, 64)).astype(np.float32)
     assert blur_gradient(g, 0.0) is g

@@ -4,9 +4,9 @@ Per iteration (all windows in one batched backend call per encoder):
 1. cut the movie estimate into 32-frame windows, stride 8, the last aligned to the end;
 2. each encoder: Poisson loss (mean) of predicted vs recorded responses per window, d loss / d window,
    divided by its L2 norm + 1e-6; averaged over encoders (only in `ensemble="gradients"` mode);
-3. per frame, the mean over the windows covering it; times the binary mask (alpha >= 0.5); clipped to +-1;
-4. first-moment Adam: m = 0.9 m + 0.1 g, bias-corrected m / (1 - 0.9^i), step lr_i * m_hat with
-   lr_i = 1000 * min(1, i / 10) (linear warm-up over 10 iterations), then the video is clipped to [0, 255].
+3. per frame, the mean over the windows covering it; then the update of decoder/reconstruct/optimiser.py
+   (the binary mask alpha >= 0.5, clip +-1, first-moment Adam with beta 0.9, lr 1000 warmed up over 10
+   iterations, the video clipped to [0, 255]) with the iteration as the step number.
 Start: uniform grey 127.5 (the paper), or a given movie (`init_video`: the inverse decoder's estimate,
 decoder/reconstruct/inverse.py). Ensembles (the paper's default): each encoder reconstructs separately and
 the videos are averaged (`ensemble="videos"`); averaging gradients is the paper's worse alternative.
@@ -30,7 +30,6 @@ evaluation pixels"); the clip to [0, 1] is our reading that makes threshold 1 me
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
+from decoder.reconstruct.optimiser import blur_gradient, momentum_update, prepare_gradient
 from decoder.reconstruct.windows import (
     STRIDE,
     WINDOW,
@@ -58,31 +58,6 @@ EVAL_THRESHOLD = 1.0
 
 class ReconstructionError(ValueError):
     """Inputs to a reconstruction have the wrong shape or contents."""
-
-
-def blur_gradient(g: np.ndarray, sigma: float) -> np.ndarray:
-    """Spatial Gaussian blur of a (T, 36, 64) gradient, in place when possible (sigma 0: unchanged).
-
-    Why (not in the paper): an encoder with a strided stem has a gridded, pixel-noisy input gradient;
-    a blur of about the stride keeps the picture and drops the grid. Measured in `neurocine bench quality`.
-    """
-    if sigma <= 0:
-        return g
-    _, h, w = g.shape
-    return np.matmul(np.matmul(_blur_matrix(h, sigma), g), _blur_matrix(w, sigma).T)
-
-
-@functools.lru_cache(maxsize=16)
-def _blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) float32: a 1-D Gaussian blur (truncated at 3 sigma, edges repeated) as a matrix product."""
-    radius = max(1, int(3 * sigma + 0.5))  # scipy.ndimage.gaussian_filter's rule for truncate=3
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
-    m = np.zeros((n, n), np.float64)
-    for i in range(n):
-        for k, tap in zip(range(-radius, radius + 1), taps, strict=True):
-            m[i, min(max(i + k, 0), n - 1)] += tap
-    return m.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,14 +226,8 @@ def _optimise(
         loss, g_win = normalised_window_grad(
             ens, gather_windows(video, starts, window), beh_w, resp_w, weights, cfg.norm_eps
         )
-        g = blur_gradient(fold_windows(g_win, starts, t_len, average=True), cfg.grad_blur)
-        g *= mask
-        np.clip(g, -cfg.clip, cfg.clip, out=g)
-        m *= np.float32(cfg.beta)
-        m += np.float32(1.0 - cfg.beta) * g
-        lr = cfg.lr * (min(1.0, i / cfg.warmup) if cfg.warmup else 1.0)
-        video -= np.float32(lr / (1.0 - cfg.beta**i)) * m
-        np.clip(video, 0.0, 255.0, out=video)
+        g = prepare_gradient(fold_windows(g_win, starts, t_len, average=True), mask, cfg)
+        momentum_update(video, m, g, i, cfg)
         losses[i - 1] = float(loss.mean())
         if i in wanted:
             taken[i] = video.copy()
@@ -376,8 +345,6 @@ def train_alpha_mask(
     mse_backend must compute the MSE loss (TorchBackend(..., loss="mse")). Trial k is blended with trial
     k + 1 (cyclically), cycling through the trials over the iterations. Deterministic.
     """
-    from scipy.ndimage import gaussian_filter
-
     cfg = config or MaskConfig()
     if len(trials) < 2:
         raise ReconstructionError(f"the alpha mask needs at least 2 trials to blend, got {len(trials)}")
@@ -405,7 +372,7 @@ def train_alpha_mask(
         )
         g = fold_windows(g_win, starts, t_len, average=False) * (va - vb)
         g /= np.sqrt(np.sum(g.astype(np.float64) ** 2)) + 1e-6
-        g_alpha = gaussian_filter(g.mean(axis=0), cfg.blur_sigma, mode="reflect")
+        g_alpha = blur_gradient(g.mean(axis=0), cfg.blur_sigma)
         alpha = np.clip(alpha - cfg.step * g_alpha, 0.0, 1.0).astype(np.float32)
         if progress is not None:
             progress(i + 1, cfg.iterations, float(loss.mean()))

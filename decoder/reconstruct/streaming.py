@@ -36,7 +36,8 @@ import numpy as np
 
 from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
 from decoder.reconstruct.inverse import FULL_AGE, INVERSE_MIX, SPAN, InverseDecoder
-from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR, GREY, ReconstructionError, blur_gradient
+from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR, GREY, ReconstructionError
+from decoder.reconstruct.optimiser import momentum_update, prepare_gradient
 from decoder.reconstruct.windows import WINDOW
 
 #: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
@@ -82,7 +83,7 @@ class StreamingConfig:
     inverse_mix: float = INVERSE_MIX
     provisional: bool = False
     ensemble: str = "gradients"  # or "videos": one optimiser per encoder, emitted frames averaged
-    #: spatial Gaussian sigma (px) on each step's gradient (offline.blur_gradient); the command line's value,
+    #: spatial Gaussian sigma (px) on each step's gradient (optimiser.blur_gradient); the command line's value,
     #: since the CPU-sized encoders need it (bench quality: 0.292 vs 0.208 offline); 0 is the paper's
     grad_blur: float = DEFAULT_GRAD_BLUR
 
@@ -361,15 +362,11 @@ class StreamingReconstructor:
         active[c - self.n_active :] = True
         active &= count > 0
         a = np.flatnonzero(active)
-        ga = blur_gradient(g[a] / count[a, None, None], cfg.grad_blur)
-        ga *= self.mask
-        np.clip(ga, -cfg.clip, cfg.clip, out=ga)
+        ga = prepare_gradient(g[a] / count[a, None, None], self.mask, cfg)
         self.age[a] += 1
-        age = self.age[a].astype(np.float64)
-        self.m[a] = np.float32(cfg.beta) * self.m[a] + np.float32(1 - cfg.beta) * ga
-        lr = cfg.lr * (np.minimum(1.0, age / cfg.warmup) if cfg.warmup else np.ones_like(age))
-        scale = (lr / (1.0 - cfg.beta**age)).astype(np.float32)
-        self.video[a] = np.clip(self.video[a] - scale[:, None, None] * self.m[a], 0.0, 255.0)
+        video, m = self.video[a], self.m[a]  # copies (fancy indexing): updated, then put back
+        momentum_update(video, m, ga, self.age[a], cfg)
+        self.video[a], self.m[a] = video, m
 
     # ------------------------------------------------------------------ end
     def flush(self) -> list[DecodedFrame]:
