@@ -36,16 +36,21 @@ def make_session(
                    "mouse-test", stim, trials, source="replay", start_time_ns=1_700_000_000_000_000_000)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """One torch thread for the whole run: on a small shared machine torch's spinning worker threads make
-    the small convolutions of these models 10-40x slower than one thread."""
-    import torch
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """One torch thread for every test that has torch loaded: on a small shared machine torch's spinning
+    worker threads make the small convolutions of these models 10-40x slower than one thread. Torch is not
+    imported here, so the light `streams` tests run where it is not installed."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+@pytest.fixture(scope="session", autouse=True)
+def verb_logging() -> None:
+    """The verbs' log lines on stderr, as `neurocine` sets them up (tests call some verbs in-process)."""
+    from streams.commandline import configure_logging
+
+    configure_logging("info")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 from decoder.encoder import export as E
 from decoder.encoder.model import build_encoder, calibrate_batchnorm
 from decoder.encoder.presets import get_preset
-from decoder.encoder.samples import behaviour, smooth_movie
+from decoder.encoder.samples import behaviour, random_smooth_movies
 
 MOUSE = "m1"
 NEURONS = {"tiny": 60, "small": 40, "dwiseneuro": 8}
@@ -24,7 +24,7 @@ def _inputs(kind: str, enc, batch: int, seed: int) -> dict[str, torch.Tensor]:
         ex = E.example_inputs(enc, MOUSE, batch, seed=seed)
     else:
         ex = E.example_inputs(enc, MOUSE, batch, seed=seed)
-        ex["video"] = torch.from_numpy(smooth_movie(batch, 32, seed))
+        ex["video"] = torch.from_numpy(random_smooth_movies(batch, 32, seed))
         ex["behaviour"] = torch.from_numpy(behaviour(batch, 32, seed))
         with torch.no_grad():  # responses near the model's own predictions, as recorded ones would be
             pred = E.forward_function(enc, MOUSE)(ex["video"], ex["behaviour"])
@@ -45,7 +45,7 @@ def exported(request, tmp_path_factory):
     stats.response_std.copy_(torch.linspace(0.5, 2.0, NEURONS[preset]))
     # BatchNorm statistics from both kinds of input, as a trained model has them for its inputs
     beh = torch.from_numpy(behaviour(1, 32, seed=11))
-    smooth = torch.from_numpy(smooth_movie(1, 32, seed=11))
+    smooth = torch.from_numpy(random_smooth_movies(1, 32, seed=11))
     noise = torch.rand(1, 32, 36, 64, generator=torch.Generator().manual_seed(11)) * 255.0
     calibrate_batchnorm(enc, [(smooth, beh), (noise, beh)], MOUSE)
     enc.eval()

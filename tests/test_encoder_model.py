@@ -17,7 +17,7 @@ from decoder.encoder.model import (
     positional_encoding_3d,
 )
 from decoder.encoder.presets import PRESETS, EncoderConfig, get_preset
-from decoder.encoder.samples import behaviour, smooth_movie
+from decoder.encoder.samples import behaviour, random_smooth_movies
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def test_window_forward_equals_dwiseneuro_planes_and_is_non_negative(preset: str
     enc = build_encoder(get_preset(preset), {"m": 12}, seed=1).eval()
     enc.stats["m"].behaviour_mean.copy_(torch.tensor([5.0, 20.0, 30.0, 25.0]))
     enc.stats["m"].behaviour_std.copy_(torch.tensor([2.0, 3.0, 4.0, 5.0]))
-    video = torch.from_numpy(smooth_movie(2, 32, seed=0))
+    video = torch.from_numpy(random_smooth_movies(2, 32, seed=0))
     beh = torch.from_numpy(behaviour(2, 32, seed=0))
     with torch.no_grad():
         out = enc(video, beh, "m")
@@ -102,7 +102,7 @@ def test_seed_fixes_the_weights() -> None:
 
 def test_training_mode_uses_drop_path_and_dropout_but_eval_is_deterministic() -> None:
     enc = build_encoder(get_preset("small"), {"m": 4}, seed=0)
-    video = torch.from_numpy(smooth_movie(1, 32, seed=1))
+    video = torch.from_numpy(random_smooth_movies(1, 32, seed=1))
     beh = torch.from_numpy(behaviour(1, 32, seed=1))
     calibrate_batchnorm(enc, [(video, beh)], "m")
     enc.eval()

@@ -11,7 +11,7 @@ import torch
 
 from decoder.encoder.checkpoint import CheckpointError, load_encoder
 from decoder.encoder.data import DataError, sensorium_correlation, trial_windows
-from decoder.encoder.samples import smooth_movie
+from decoder.encoder.samples import random_smooth_movies
 from decoder.encoder.train import TrainOptions, lr_factor, predict_trials, train
 
 N_NEURONS = 20
@@ -25,7 +25,7 @@ def write_mouse(folder: Path, seed: int, n_frames: int = 80, pad_to: int = 100) 
     for sub in ("videos", "responses", "behavior", "pupil_center"):
         (folder / "data" / sub).mkdir(parents=True)
     for i, _ in enumerate(TIERS):
-        movie = smooth_movie(1, n_frames, seed=seed * 100 + i)[0]  # (T, 36, 64)
+        movie = random_smooth_movies(1, n_frames, seed=seed * 100 + i)[0]  # (T, 36, 64)
         patch = np.stack([movie[:, y : y + 8, x : x + 8].mean(axis=(1, 2)) for y, x in zip(ys, xs, strict=True)])
         running = np.abs(np.cumsum(rng.normal(0, 1, n_frames)))
         rate = np.log1p(np.exp((patch - 128.0) / 20.0)) + 0.05 * running

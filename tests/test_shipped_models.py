@@ -17,7 +17,7 @@ SHIPPED = ["default", "seed1", "seed2"]
 def test_shipped_graph_equals_torch_on_its_checkpoint(name: str) -> None:
     from decoder.encoder.checkpoint import load_encoder
     from decoder.encoder.export import GRAPH_VERSION
-    from decoder.encoder.samples import behaviour, smooth_movie
+    from decoder.encoder.samples import behaviour, random_smooth_movies
     from decoder.reconstruct.backends import OrtBackend, TorchBackend
 
     folder = MODELS / name
@@ -29,7 +29,7 @@ def test_shipped_graph_equals_torch_on_its_checkpoint(name: str) -> None:
     tb = TorchBackend.from_encoder(encoder, mouse, threads=1)
     ob = OrtBackend(folder, providers=["CPUExecutionProvider"], threads=1)
     assert ob.n_neurons == tb.n_neurons == len(meta["neuron_ids"])
-    video = smooth_movie(2, 32, seed=3)
+    video = random_smooth_movies(2, 32, seed=3)
     beh_raw = behaviour(2, 32, seed=3)
     stats = meta["statistics"]
     beh = (np.asarray(stats["behaviour_mean"], np.float32) + beh_raw * np.asarray(stats["behaviour_std"], np.float32))

@@ -83,10 +83,10 @@ def build(preset: str, neurons: int, seed: int, folder: Path) -> tuple[Any, Path
     from decoder.encoder import export as E
     from decoder.encoder.model import build_encoder, calibrate_batchnorm
     from decoder.encoder.presets import get_preset
-    from decoder.encoder.samples import behaviour, smooth_movie
+    from decoder.encoder.samples import behaviour, random_smooth_movies
 
     enc = build_encoder(get_preset(preset), {MOUSE: neurons}, seed=seed)
-    video = torch.from_numpy(smooth_movie(2, enc.config.window, seed=seed))
+    video = torch.from_numpy(random_smooth_movies(2, enc.config.window, seed=seed))
     beh = torch.from_numpy(behaviour(2, enc.config.window, seed=seed))
     enc.stats[MOUSE].behaviour_mean.copy_(beh.mean(dim=(0, 1)))
     enc.stats[MOUSE].behaviour_std.copy_(beh.std(dim=(0, 1)).clamp_min(1e-3))

@@ -77,11 +77,11 @@ def bench_preset(name: str, args: argparse.Namespace, workdir: Path) -> dict[str
     from decoder.encoder import export as E
     from decoder.encoder.model import build_encoder, calibrate_batchnorm, count_parameters
     from decoder.encoder.presets import get_preset
-    from decoder.encoder.samples import behaviour, smooth_movie
+    from decoder.encoder.samples import behaviour, random_smooth_movies
 
     mouse = "bench"
     enc = build_encoder(get_preset(name), {mouse: args.neurons}, seed=0)
-    video = torch.from_numpy(smooth_movie(args.batch, enc.config.window, seed=0))
+    video = torch.from_numpy(random_smooth_movies(args.batch, enc.config.window, seed=0))
     beh = torch.from_numpy(behaviour(args.batch, enc.config.window, seed=0))
     enc.stats[mouse].behaviour_mean.copy_(beh.mean(dim=(0, 1)))
     enc.stats[mouse].behaviour_std.copy_(beh.std(dim=(0, 1)).clamp_min(1e-3))

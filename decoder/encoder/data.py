@@ -85,7 +85,7 @@ def _statistics(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, f
     )
 
 
-def load_mouse(folder: str | Path, window: int, valid_tier: str = "oracle") -> MouseData:
+def load_training_data(folder: str | Path, window: int, valid_tier: str = "oracle") -> MouseData:
     """Read the train tier (and the validation tier, if the folder has one) of one mouse folder."""
     from streams.formats import FormatError
     from streams.formats.sensorium import read_sensorium
@@ -108,7 +108,7 @@ def load_mouse(folder: str | Path, window: int, valid_tier: str = "oracle") -> M
 def load_mice(folders: Sequence[str | Path], window: int, valid_tier: str = "oracle") -> list[MouseData]:
     if not folders:
         raise DataError("no data folders given")
-    mice = [load_mouse(f, window, valid_tier) for f in folders]
+    mice = [load_training_data(f, window, valid_tier) for f in folders]
     ids = [m.mouse for m in mice]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def smooth_movie(batch: int, frames: int, seed: int) -> np.ndarray:
+def random_smooth_movies(batch: int, frames: int, seed: int) -> np.ndarray:
     """(batch, frames, 36, 64) float32 in 0..255: drifting gratings plus a moving bright blob."""
     rng = np.random.default_rng(seed)
     t = np.arange(frames)[:, None, None]

@@ -158,20 +158,12 @@ def write_side_by_side(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarr
     gap = np.full((36, 2), 255, np.uint8)
     frames = [np.hstack([truth[s], gap, decoded[s]]) for s in seqs]
     frames = [np.kron(f, np.ones((scale, scale), np.uint8)) for f in frames]
+    from decoder.reconstruct.movie_file import MovieFileError, write_movie
+
     try:
-        import av
-    except ImportError:
+        write_movie(np.stack(frames), path, fps=fps)
+    except MovieFileError:
         npy = path.with_suffix(".npy")
         np.save(npy, np.stack(frames))
         return npy
-    h, w = frames[0].shape
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "18"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="gray")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
     return path

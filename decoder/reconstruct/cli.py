@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from decoder.analysis.metrics import SMOOTH_SIGMA
+from decoder.reconstruct.movie_file import write_movie
 from decoder.reconstruct.streaming import add_streaming_args
 from streams.commandline import get_logger, progress
 
@@ -94,37 +95,6 @@ def _iterations(text: str) -> int | str:
     if n < 0:
         raise argparse.ArgumentTypeError(f"--iterations must be >= 0, got {n}")
     return n
-
-
-def write_movie(movie: np.ndarray, out: Path, fps: float = 30.0) -> None:
-    """uint8 (T, H, W) -> .npy, or .gif/.mp4 through PyAV (optional: a clear error when missing)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, movie)
-        return
-    try:
-        import av
-    except ImportError as e:
-        raise SystemExit(
-            f"reconstruct: writing {out.suffix} needs PyAV (pip install av), or use .npy ({e})"
-        ) from e
-    from fractions import Fraction
-
-    with av.open(str(out), mode="w") as container:
-        if out.suffix == ".gif":
-            stream = container.add_stream("gif", rate=Fraction(round(fps)))
-            stream.pix_fmt = "rgb8"
-        else:
-            stream = container.add_stream("libx264", rate=Fraction(round(fps)))
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "12"}
-        stream.height, stream.width = movie.shape[1:]
-        for frame in movie:
-            rgb = np.repeat(frame[:, :, None], 3, axis=2)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def _progress(prefix: str) -> Callable[[int, int, float], None]:

@@ -143,8 +143,9 @@ def streaming_argv(args: argparse.Namespace) -> list[str]:
 
 
 @dataclasses.dataclass
-class DecodedFrame:
-    """One emitted frame: source sequence number, the frame (36, 64) float32 0..255, final or provisional."""
+class EstimatedFrame:
+    """The optimiser's estimate of one frame: source sequence number, the frame (36, 64) float32 0..255, final
+    or provisional (the service wraps it into the wire message, decoder.live.decoded.DecodedFrame)."""
 
     seq: int
     frame: np.ndarray
@@ -212,7 +213,7 @@ class StreamingReconstructor:
         seq: int | None = None,
         session_id: str | None = None,
         steps: int | None = None,
-    ) -> list[DecodedFrame]:
+    ) -> list[EstimatedFrame]:
         """Add source frame `seq` (default: the next one); returns the frames emitted (final first).
 
         `steps` overrides the configured steps for this frame (a service that falls behind sheds steps).
@@ -235,7 +236,7 @@ class StreamingReconstructor:
             )
         steps = self.cfg.steps if steps is None else max(0, int(steps))
         gap_steps = steps if seq - self.last_seq - 1 <= self.cfg.lag else 0
-        out: list[DecodedFrame] = []
+        out: list[EstimatedFrame] = []
         # A first frame starts the movie where it is (a late joiner inserts nothing); a longer gap than the
         # buffer inserts only the last `capacity` missing frames: the earlier ones would leave it unseen.
         # So a jump costs O(lag + window), never O(jump).
@@ -306,7 +307,7 @@ class StreamingReconstructor:
         g = np.float32(self.cfg.inverse_mix)
         return g * self.prior[i] + (1 - g) * self.video[i]
 
-    def _advance(self, seq: int, resp: np.ndarray, beh: np.ndarray, steps: int) -> list[DecodedFrame]:
+    def _advance(self, seq: int, resp: np.ndarray, beh: np.ndarray, steps: int) -> list[EstimatedFrame]:
         self._shift_in(seq, resp, beh)
         start = time.perf_counter()
         for _ in range(steps):
@@ -315,7 +316,7 @@ class StreamingReconstructor:
         out = []
         if self.pending > self.cfg.lag:
             idx = self.capacity - 1 - self.cfg.lag
-            out.append(DecodedFrame(int(self.seqs[idx]), self._out(idx), True))
+            out.append(EstimatedFrame(int(self.seqs[idx]), self._out(idx), True))
             self.pending -= 1
         if self.cfg.provisional:
             out += self._provisional()
@@ -327,10 +328,10 @@ class StreamingReconstructor:
             return None  # age == lag: the frame just emitted final (its slot leaves at the next arrival)
         return self._out(self.capacity - 1 - age)
 
-    def _provisional(self) -> list[DecodedFrame]:
+    def _provisional(self) -> list[EstimatedFrame]:
         c = self.capacity
         return [
-            DecodedFrame(int(self.seqs[i]), self._out(i), False)
+            EstimatedFrame(int(self.seqs[i]), self._out(i), False)
             for i in range(c - min(self.pending, self.cfg.lag), c)
         ]
 
@@ -369,11 +370,11 @@ class StreamingReconstructor:
         self.video[a], self.m[a] = video, m
 
     # ------------------------------------------------------------------ end
-    def flush(self) -> list[DecodedFrame]:
+    def flush(self) -> list[EstimatedFrame]:
         """Emit the frames still active as final (end of the session), oldest first."""
         c = self.capacity
         out = [
-            DecodedFrame(int(self.seqs[i]), self._out(i), True) for i in range(c - self.pending, c)
+            EstimatedFrame(int(self.seqs[i]), self._out(i), True) for i in range(c - self.pending, c)
         ]
         self.pending = 0
         return out
@@ -409,9 +410,9 @@ class StreamingEnsemble:
         self.step_seconds: list[float] = []
 
     @staticmethod
-    def _merge(outs: list[list[DecodedFrame]]) -> list[DecodedFrame]:
+    def _merge(outs: list[list[EstimatedFrame]]) -> list[EstimatedFrame]:
         return [
-            DecodedFrame(first.seq, np.mean([o[k].frame for o in outs], axis=0), first.final)
+            EstimatedFrame(first.seq, np.mean([o[k].frame for o in outs], axis=0), first.final)
             for k, first in enumerate(outs[0])
         ]
 
@@ -420,13 +421,13 @@ class StreamingEnsemble:
             m.reset(session_id)
 
     def push(self, responses: np.ndarray, behaviour: np.ndarray, seq: int | None = None,
-             session_id: str | None = None, steps: int | None = None) -> list[DecodedFrame]:  # fmt: skip
+             session_id: str | None = None, steps: int | None = None) -> list[EstimatedFrame]:  # fmt: skip
         start = time.perf_counter()
         outs = [m.push(responses, behaviour, seq, session_id, steps) for m in self.members]
         self.step_seconds.append(time.perf_counter() - start)
         return self._merge(outs)
 
-    def flush(self) -> list[DecodedFrame]:
+    def flush(self) -> list[EstimatedFrame]:
         return self._merge([m.flush() for m in self.members])
 
     def estimate_at_age(self, age: int) -> np.ndarray | None:
