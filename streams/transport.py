@@ -27,7 +27,6 @@ from streams.protocol import (
     Message,
     ProtocolError,
     SessionHeader,
-    encode_decoded,
     encode_end,
     encode_frame,
     encode_heartbeat,
@@ -199,12 +198,6 @@ class Publisher:
         self._send(encode_frame(self.header.session_id, seq, t_acq_ns, t_pub, traces, behaviour, stimulus, trial))
         self.last_seq = max(self.last_seq, seq)
         return t_pub
-
-    def send_decoded(self, session_id: str, fields: dict[str, Any], arrays: Sequence[tuple[str, np.ndarray]]) -> bool:
-        """Publish a `decoded` message (the decoder's output)."""
-        now = _now_ns()
-        self._maybe_resend_header(now)
-        return self._send(encode_decoded(session_id, fields, arrays))
 
     def send_raw(self, parts: Sequence[Any]) -> bool:
         """Forward already-encoded parts unchanged (bit-identical relays and recordings)."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streams.synthetic.model import DRIVE_SCALE, MAX_SHIFT_PX
-from streams.synthetic.mouse import Mouse, load_mouse, make_mouse
+from streams.synthetic.mouse import Mouse, load_mouse
 
 
 def find_mouse_folder(path: str | Path) -> Path:
@@ -67,10 +67,6 @@ class OracleEncoder(nn.Module):
     @classmethod
     def from_dataset(cls, path: str | Path) -> OracleEncoder:
         return cls(load_mouse(find_mouse_folder(path)))
-
-    @classmethod
-    def from_seed(cls, seed: int = 0, n_neurons: int = 1000) -> OracleEncoder:
-        return cls(make_mouse(seed, n_neurons))
 
     # ------------------------------------------------------------------ pieces
     def _shift(self, x: torch.Tensor, behaviour: torch.Tensor) -> torch.Tensor:

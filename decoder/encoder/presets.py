@@ -12,7 +12,6 @@ so the core's output width is core_features[-1]; spatial_strides[i] is block i's
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 #: How the 36x64 movie frame is laid out at the model input.
@@ -173,7 +172,3 @@ def get_preset(name: str) -> EncoderConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown encoder preset {name!r}; known: {', '.join(PRESETS)}") from None
-
-
-def config_json(config: EncoderConfig) -> str:
-    return json.dumps(config.to_dict(), indent=2)

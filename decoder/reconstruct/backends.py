@@ -91,11 +91,6 @@ def check_batch(
     return video, behaviour, responses, np.array(weights, dtype=np.float32, copy=True)
 
 
-def window_weight(responses: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(B,) total weight of each window's loss: sum over (N, T) of finite(obs) * weight."""
-    return (np.isfinite(responses).sum(axis=2) * weights).sum(axis=1, dtype=np.float64)
-
-
 class TorchBackend:
     """Autograd through a torch model(video, behaviour) -> (B, N, T).
 

@@ -209,11 +209,6 @@ def natural_movie(n_frames: int, seed: int = 0, split: str = "train") -> np.ndar
     return NaturalMovie(seed, split).frames(n_frames)
 
 
-def movie_clips(n_clips: int, n_frames: int, seed: int, split: str) -> list[np.ndarray]:
-    """`n_clips` distinct clips of one split; clip k depends only on (seed, split, k)."""
-    return [NaturalMovie(seed * 100_003 + k, split).frames(n_frames) for k in range(n_clips)]
-
-
 # ---------------------------------------------------------------------------------------------- parametric
 def _to_uint8(contrast_image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(127.5 + 127.5 * contrast_image), 0, 255).astype(np.uint8)
