@@ -2,8 +2,8 @@
 
 Why: the gradient inversion needs tens of steps per frame to leave grey, and live on a CPU it affords about one
 step per frame. A direct decoder fitted on the encoder's training tier gives every frame a starting picture
-at once (DESIGN.md, measured while planning: a ridge map from 6 response lags scores 0.244 alone; as the
-offline start, 0.288 after 10 iterations against 0.239 at best from grey).
+at once (`neurocine bench quality`, its `inverse` group, scores it alone, as the offline start and under the
+streaming optimiser; README, "The first guess").
 
 The model is a reduced-rank ridge regression, i.e. a two-layer linear network, fitted in closed form with
 numpy (no torch, deterministic): features are each neuron's standardised response (and the 4 behaviour

@@ -10,8 +10,8 @@ Per iteration (all windows in one batched backend call per encoder):
 Start: uniform grey 127.5 (the paper), or a given movie (`init_video`: the inverse decoder's estimate,
 decoder/reconstruct/inverse.py). Ensembles (the paper's default): each encoder reconstructs separately and
 the videos are averaged (`ensemble="videos"`); averaging gradients is the paper's worse alternative.
-Stopping (`AutoStop`, not in the paper): a fixed count overfits single-trial noise (the built-in model on new
-movies: 0.239 at 60 iterations, 0.164 at 1,000), and the best count depends on the movie. So a tenth of the
+Stopping (`AutoStop`, not in the paper): a fixed count overfits single-trial noise (`neurocine bench quality`
+scores the counts; README, "The first guess"), and the best count depends on the movie. So a tenth of the
 neurons is left out of the loss, their Poisson loss is checked every few iterations, the optimisation stops
 once it has not improved for a while, and (by default) restarts with every neuron for the best count found.
 No ground truth is needed, and no randomness anywhere: the same inputs give the same movie.
@@ -23,8 +23,8 @@ alpha * A + (1 - alpha) * B, the MSE between predicted and A's recorded response
 w.r.t. the blend, d/d alpha_t = g_t * (A_t - B_t) is divided by its L2 norm over (t, y, x), averaged over
 time, Gaussian-blurred (sigma 5 px), and alpha takes a step of 10 down that gradient, then is clipped to
 [0, 1]. Thresholds: alpha >= 0.5 is the optimisation mask; alpha >= 1 (pixels whose alpha saturated:
-fully the trial's own video) is the evaluation mask, as DESIGN.md says ("threshold 1 selects the
-evaluation pixels"); the clip to [0, 1] is our reading that makes threshold 1 meaningful.
+fully the trial's own video) is the evaluation mask (the paper's threshold 1 for the evaluation pixels); the
+clip to [0, 1] is our reading that makes threshold 1 meaningful.
 """
 
 from __future__ import annotations

@@ -41,9 +41,8 @@ from decoder.reconstruct.optimiser import momentum_update, prepare_gradient
 from decoder.reconstruct.windows import WINDOW
 
 #: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
-#: indicator), so a shorter lag finalises frames before their evidence has arrived (built-in mouse, noisy
-#: 10-s movie: lag 8 scores 0.15, lag 32 0.34 = 0.92 of the best offline result and above the paper's
-#: 1000-iteration offline setting, 0.25); see `neurocine bench quality` for the curve.
+#: indicator), so a shorter lag finalises frames before their evidence has arrived; `neurocine bench quality`
+#: measures the curve over lags and steps (README, "Reconstruction quality").
 DEFAULT_LAG = 32
 DEFAULT_STEPS = 2
 
@@ -58,8 +57,8 @@ class StreamingConfig:
     window: int = WINDOW
     #: Windows end at the newest frame and every `stride` frames back to the lag. Anchored at the newest
     #: frame, they shift by one frame per arrival, so each active frame meets every window position anyway:
-    #: overlapping windows (the offline stride 8) buy nothing here and cost 2.5x (measured, lag 32, 2 steps:
-    #: stride 8 0.257 at 178 ms/frame, stride 32 0.262 at 69 ms/frame, bench quality's movies).
+    #: overlapping windows (the offline stride 8) buy nothing here and cost 2.5x the compute
+    #: (`neurocine bench quality` compares the strides).
     stride: int = WINDOW
     lr: float = 1000.0
     warmup: int = 10
@@ -70,7 +69,8 @@ class StreamingConfig:
     warm_start: str = "inverse"
     #: A new frame starts at grey + warm_decay * (previous estimate - grey). Why below 1: with a plain copy
     #: every frame inherits all earlier frames' updates, so over minutes the contrast random-walks to
-    #: saturation (measured live: image std 26 -> 90 and pixel correlation 0.27 -> 0 over 10 minutes).
+    #: saturation over minutes (seen live in `neurocine bench latency --frames 18000`: the image's contrast
+    #: grew until the correlation fell to 0).
     warm_decay: float = WARM_DECAY
     #: With warm_start="inverse": a new frame starts at inverse_weight x the causal estimate + the rest x the
     #: decayed previous estimate; when a frame is FULL_AGE frames old it moves inverse_refresh of the way to
@@ -78,13 +78,13 @@ class StreamingConfig:
     inverse_weight: float = 1.0
     inverse_refresh: float = 1.0
     #: ... and every emitted frame is inverse_mix x the decoder's own estimate + the rest x the optimised one:
-    #: on the built-in model the inverse decoder alone beats the gradient inversion (0.406 vs 0.30), and
-    #: gradient steps pull a frame away from it (1 step 0.379, 2 steps 0.364); mixed 0.7 they give 0.42.
+    #: on the built-in model the inverse decoder alone beats the gradient inversion, and unmixed gradient
+    #: steps pull a frame away from it; the mix is chosen by `neurocine bench quality` (README, "The first guess").
     inverse_mix: float = INVERSE_MIX
     provisional: bool = False
     ensemble: str = "gradients"  # or "videos": one optimiser per encoder, emitted frames averaged
     #: spatial Gaussian sigma (px) on each step's gradient (optimiser.blur_gradient); the command line's value,
-    #: since the CPU-sized encoders need it (bench quality: 0.292 vs 0.208 offline); 0 is the paper's
+    #: since the CPU-sized encoders need it (`neurocine bench quality` measures both); 0 is the paper's
     grad_blur: float = DEFAULT_GRAD_BLUR
 
     def warm_start_with(self, inverse: object | None) -> str:
