@@ -20,15 +20,6 @@ from decoder.encoder.presets import PRESETS, EncoderConfig, get_preset
 from decoder.encoder.samples import behaviour, random_smooth_movies
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads can be 50x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(("preset", "core"), [("dwiseneuro", 3_075_736), ("dwiseneuro7", 3_673_404)])
 def test_dwiseneuro_parameter_counts_match_the_published_ones(preset: str, core: int) -> None:
     enc = Encoder(get_preset(preset), {"a": 7, "b": 1000})
