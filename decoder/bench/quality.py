@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from decoder.analysis.metrics import METRICS, movie_metrics, spread
     from decoder.encoder.oracle import OracleEncoder
     from decoder.reconstruct.backends import TorchBackend
+    from decoder.reconstruct.models import in_model_order
     from decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
     from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
 
@@ -167,13 +168,7 @@ def run(args: argparse.Namespace) -> int:
     members, columns, first, notes, backend = _encoders(args, session)
     encoder = members[0]
     ok = columns >= 0
-
-    def responses(traces: np.ndarray) -> np.ndarray:
-        out = np.full((traces.shape[0], columns.size), np.nan, np.float32)
-        out[:, ok] = traces[:, columns[ok]]
-        return out
-
-    inputs = [(stim, beh, responses(traces)) for stim, beh, traces in movies]
+    inputs = [(stim, beh, in_model_order(traces, columns)) for stim, beh, traces in movies]
     oracle = TorchBackend.from_oracle(OracleEncoder(mouse))
     blur = args.grad_blur
     paper_cfg = OfflineConfig(iterations=args.iterations)

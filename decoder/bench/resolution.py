@@ -101,7 +101,7 @@ def _log(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from decoder.analysis.resolution import cut, grid, score_cells
-    from decoder.reconstruct.models import default_models, load_models
+    from decoder.reconstruct.models import default_models, in_model_order, load_models
     from decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
     from streams.session import Session
     from streams.synthetic import make_mouse
@@ -134,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
     _log(f"{len(clips)} clips, {t_len} frames; models: {'; '.join(models.description)}")
 
     def to_model(traces: np.ndarray) -> np.ndarray:
-        out = np.full((traces.shape[0], cols.size), np.nan, np.float32)
-        out[:, cols >= 0] = traces[:, cols[cols >= 0]]
-        return out
+        return in_model_order(traces, cols)
 
     needs_trials = {"single": 1, "average": args.trials}
     n_trials = max([needs_trials[s] for s in sources if s in needs_trials] or [0])

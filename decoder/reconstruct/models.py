@@ -272,10 +272,17 @@ def _oracle_ids(oracle: object) -> np.ndarray | None:
     return np.arange(n, dtype=np.int64) if n else None
 
 
+def in_model_order(traces: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Session traces (..., N_session) -> the model's neurons (..., N_model), NaN where the session lacks one
+    (`columns`: match_columns' session column per model neuron, -1 for none). The one place this mapping is
+    written: offline, streaming, the service and the benches all go through it."""
+    traces = np.asarray(traces)
+    out = np.full((*traces.shape[:-1], columns.size), np.nan, np.float32)
+    ok = columns >= 0
+    out[..., ok] = traces[..., columns[ok]]
+    return out
+
+
 def session_arrays(session: Session, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(responses (T, N_model) with NaN for neurons the session lacks, behaviour (T, 4))."""
-    traces = session.traces
-    out = np.full((traces.shape[0], columns.size), np.nan, np.float32)
-    ok = columns >= 0
-    out[:, ok] = traces[:, columns[ok]]
-    return out, session.behaviour
+    return in_model_order(session.traces, columns), session.behaviour
