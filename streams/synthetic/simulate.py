@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from streams.commandline import get_logger
 from streams.session import Session, Trial
 from streams.synthetic.behaviour import BehaviourGenerator
 from streams.synthetic.calcium import Deconvolver, Indicator, Spiker
@@ -31,6 +31,8 @@ ITI_FRAMES = 30
 DEFAULT_REPEATS = 10
 DEFAULT_MOVIE_SEED = 0
 FORMATS = ("sensorium", "nwb", "native")
+
+log = get_logger("simulate")
 
 
 class SimulationError(ValueError):
@@ -128,19 +130,18 @@ def clip_frames(plan: TrialPlan, movie_seed: int, n_frames: int = TRIAL_FRAMES) 
     return NaturalMovie(int(movie_seed) * 1_000_003 + plan.clip, plan.split).frames(n_frames)
 
 
-def _progress(prefix: str) -> Callable[[int, int], None]:
+def _progress(prefix: str, every_s: float = 5.0) -> Callable[[int, int], None]:
+    """A progress reporter: one log line at most every `every_s` seconds, and one at the end."""
     start = time.monotonic()
-    last = [0.0]
+    last = [start]
 
     def report(done: int, total: int) -> None:
         now = time.monotonic()
-        if done == total or now - last[0] > 1.0:
+        if done == total or now - last[0] >= every_s:
             last[0] = now
             rate = done / max(now - start, 1e-9)
             eta = (total - done) / rate if rate > 0 else float("nan")
-            end = "\n" if done == total else ""
-            print(f"\r{prefix}: {done}/{total} trials, {now - start:.0f} s elapsed, ~{eta:.0f} s left",
-                  end=end, file=sys.stderr, flush=True)
+            log.info("%s: %d/%d trials, %.0f s elapsed, ~%.0f s left", prefix, done, total, now - start, eta)
 
     return report
 
@@ -202,7 +203,7 @@ def simulate_dataset(
     mouse = make_mouse(seed, n_neurons)
     plans = plan_trials(n_trials, repeats, movie_seed)
     out = Path(out)
-    report = _progress(f"simulate {out.name}") if progress else None
+    report = _progress(out.name) if progress else None
     trials = simulate_trials(mouse, plans, movie_seed, progress=report)
     if fmt == "sensorium":
         from streams.formats.sensorium import SensoriumWriter
@@ -221,7 +222,9 @@ def simulate_dataset(
             out = out.with_suffix(suffix)
         if out.exists() and not overwrite:
             raise SimulationError(f"{out}: exists (pass overwrite to replace it)")
-        session = _session_from(mouse, list(trials), movie_seed)
+        # A file is a session that happened: it starts now (the simulation's wall clock, not the 1970 epoch
+        # that NWB checkers rightly flag), and its frame times are on that clock, as the live rig's are.
+        session = _session_from(mouse, list(trials), movie_seed, start_time_ns=time.time_ns())
         if out.exists():
             out.unlink()
         save_session(session, out)
@@ -235,7 +238,8 @@ def simulate_dataset(
 
 
 def _session_from(mouse: Mouse, trials: list[tuple[TrialPlan, np.ndarray, list[SimFrame]]],
-                  movie_seed: int) -> Session:
+                  movie_seed: int, start_time_ns: int = 0) -> Session:
+    """One Session of the simulated trials; frame k of the recording is acquired at start + k periods."""
     traces, beh, stim, stamps, trial_list = [], [], [], [], []
     pos = 0
     period = 1e9 / mouse.fps
@@ -244,13 +248,13 @@ def _session_from(mouse: Mouse, trials: list[tuple[TrialPlan, np.ndarray, list[S
         traces.append(tr)
         beh.append(b)
         stim.append(video)
-        stamps.append(np.round(np.array([f.seq for f in frames]) * period).astype(np.int64))
+        stamps.append(start_time_ns + np.round(np.array([f.seq for f in frames]) * period).astype(np.int64))
         trial_list.append(Trial(plan.index, pos, pos + len(frames), plan.tier))
         pos += len(frames)
     return Session(
         traces=np.concatenate(traces), behaviour=np.concatenate(beh), timestamps_ns=np.concatenate(stamps),
         neuron_ids=mouse.neuron_ids, frame_rate=mouse.fps, mouse_id=mouse.mouse_id,
-        stimulus=np.concatenate(stim), trials=trial_list, source="synthetic",
+        stimulus=np.concatenate(stim), trials=trial_list, source="synthetic", start_time_ns=start_time_ns,
     )
 
 
