@@ -3,13 +3,20 @@
 Written layout (and what `read_nwb` looks for first):
 
 - ``processing/ophys``: ImageSegmentation/PlaneSegmentation whose row ids are the neuron ids, and
-  Fluorescence/RoiResponseSeries "deconvolved" (T, N) float32 with timestamps in seconds.
+  Fluorescence/RoiResponseSeries "deconvolved" (T, N) float32 with timestamps in seconds (starting_time
+  and rate instead when the clock is exactly regular, as NWB best practice asks).
 - ``processing/behavior``: BehavioralTimeSeries/"running_speed", PupilTracking/"pupil_dilation",
   EyeTracking/"pupil_center" (T, 2) = [x, y]; their timestamps link to the traces' timestamps.
+- Sample times and values are read with pynwb's own ``get_timestamps()`` and ``get_data_in_units()``
+  (conversion, per-channel ``channel_conversion``, offset).
 - ``stimulus/stimulus``: ImageSeries (T, H, W) uint8, the frame on screen at each acquisition.
 - ``intervals/trials``: start_time, stop_time, trial_index, tier.
 - The frame rate is the imaging plane's ``imaging_rate``; the session source and the exact start time
   in nanoseconds live in ``general/data_collection`` as JSON ``{"neurocine": {...}}``.
+- Subject, imaging-plane location and behaviour units come from `recording_facts`: what the synthetic
+  mouse states about itself for ``source == "synthetic"``, NWB's "unknown" conventions otherwise (the
+  wire protocol carries no age, sex, brain area or behaviour units). What we write passes pynwb's
+  validator with no CRITICAL or BEST_PRACTICE_VIOLATION finding from nwbinspector (tests prove it).
 
 Files written by other tools are read by convention (module and series names vary), with behaviour and
 stimulus resampled onto the trace frames. pynwb is optional: it is imported only when a file is used.
@@ -17,6 +24,7 @@ stimulus resampled onto the trace frames. pynwb is optional: it is imported only
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from streams.commandline import get_logger
 from streams.formats import FormatError
 from streams.session import DEFAULT_FRAME_RATE, Session, SessionError, Trial
 
@@ -44,6 +53,57 @@ _TIME_TOLERANCE_S = 1e-9
 #: Grey shown where a foreign stimulus does not cover a trace frame (the blank screen between movies).
 _BLANK_GREY = 128
 _PREFERRED_TRACE_WORDS = ("deconv", "spike", "event")
+
+log = get_logger("nwb")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingFacts:
+    """What an NWB file states about the animal and the measurement beyond the session's own arrays."""
+
+    sex: str  # NWB: "F", "M", "U" (unknown) or "O" (other)
+    age: str  # ISO 8601 duration, or a range "lower/upper" with either side open
+    subject_description: str
+    location: str  # an Allen CCF term (nwbinspector requires one for mouse imaging planes)
+    running_unit: str
+    pupil_size_unit: str
+    pupil_centre_unit: str  # one of the SpatialSeries units nwbinspector accepts
+    pupil_reference_frame: str
+
+
+#: The synthetic mouse (streams.synthetic) models an adult mouse's primary visual cortex (Gabor receptive
+#: fields, Sensorium-like V1 data); no sex and no exact age are simulated, so sex is "U" and the age an open
+#: adult range. Units are the generator's (streams/synthetic/behaviour.py).
+SYNTHETIC_FACTS = RecordingFacts(
+    sex="U",
+    age="P60D/",
+    subject_description="synthetic mouse simulated by neurocine (streams.synthetic); the seed is in subject_id",
+    location="VISp",
+    running_unit="cm/s",
+    pupil_size_unit="pixels",
+    pupil_centre_unit="degrees",
+    pupil_reference_frame="gaze angle in degrees, 0 = resting eye position; +x right, +y down the screen",
+)
+
+#: A rig or replayed stream states none of these (docs/protocol.md), so NWB's "unknown" conventions are used
+#: rather than invented facts: sex "U"; age "P0D/", an open range (NWB has no "unknown" age, and a missing
+#: one is a CRITICAL nwbinspector finding); location "VIS" ("Visual areas", the CCF term that covers every
+#: visual area, since the stream does not say which); units "n.a." (not available).
+UNKNOWN_FACTS = RecordingFacts(
+    sex="U",
+    age="P0D/",
+    subject_description="not stated by the stream: sex and age are NWB's 'unknown' placeholders",
+    location="VIS",
+    running_unit="n.a.",
+    pupil_size_unit="n.a.",
+    pupil_centre_unit="n.a.",
+    pupil_reference_frame="eye camera image, columns [x, y] (units not stated by the stream)",
+)
+
+
+def recording_facts(session: Session) -> RecordingFacts:
+    """The facts to write for `session`: the synthetic mouse's own, else NWB's 'unknown' values."""
+    return SYNTHETIC_FACTS if session.source == "synthetic" else UNKNOWN_FACTS
 
 
 def _import_pynwb() -> Any:
@@ -96,6 +156,22 @@ def _time_reference(session: Session, path: Path) -> tuple[int, np.ndarray]:
     raise FormatError(f"{path}: timestamps span {int(ts.max() - ts.min())} ns, too long to store exactly as seconds")
 
 
+def _timing(timestamps_ns: np.ndarray, ref_ns: int, rel_s: np.ndarray) -> dict[str, Any]:
+    """How a series states its sample times: starting_time and rate when the frames are exactly regular and
+    pynwb's `get_timestamps` (k / rate + starting_time) gives back every ns, else the timestamps.
+
+    NWB best practice (nwbinspector's check_regular_timestamps) wants a rate for a constant-rate clock,
+    such as the synthetic rig's; a real rig's jittered clock keeps its timestamps.
+    """
+    steps = np.diff(timestamps_ns)
+    if steps.size >= 2 and steps[0] > 0 and (steps == steps[0]).all():
+        start, rate = float(rel_s[0]), 1e9 / float(steps[0])
+        again = np.arange(timestamps_ns.size) / rate + start
+        if np.array_equal(np.int64(ref_ns) + _seconds_to_ns(again), timestamps_ns):
+            return {"starting_time": start, "rate": rate}
+    return {"timestamps": rel_s}
+
+
 # ---------------------------------------------------------------------------------------------- write
 def write_nwb(session: Session, path: str | Path) -> None:
     """Write `session` as an NWB file at `path`, atomically (a crash leaves any old file untouched)."""
@@ -131,6 +207,11 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
     from pynwb.ophys import Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
 
     ref_ns, rel_s = _time_reference(session, path)
+    timing = _timing(session.timestamps_ns, ref_ns, rel_s)
+    facts = recording_facts(session)
+    if session.start_time_ns == 0:  # the protocol's default: the publisher did not say when it started
+        log.warning("%s: session %s states no start time (start_time_ns 0); session_start_time is the Unix "
+                    "epoch, which NWB tools flag as suspect", path, session.session_id)
     metadata = {
         METADATA_KEY: {
             "version": METADATA_VERSION,
@@ -148,7 +229,17 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
         session_start_time=_ns_to_datetime(session.start_time_ns),
         timestamps_reference_time=_ns_to_datetime(ref_ns),
         data_collection=json.dumps(metadata),
-        subject=Subject(subject_id=session.mouse_id, species="Mus musculus"),
+        experiment_description=(
+            f"two-photon calcium activity of mouse visual cortex, {session.source} stream recorded by neurocine"
+        ),
+        keywords=["two-photon calcium imaging", "mouse", "visual cortex", "neurocine"],
+        subject=Subject(
+            subject_id=session.mouse_id,
+            species="Mus musculus",
+            sex=facts.sex,
+            age=facts.age,
+            description=facts.subject_description,
+        ),
     )
 
     device = nwbfile.create_device(name="microscope", description="two-photon microscope")
@@ -160,7 +251,7 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
         device=device,
         excitation_lambda=np.nan,
         indicator="unknown",
-        location="visual cortex",
+        location=facts.location,
         imaging_rate=float(session.frame_rate),
     )
 
@@ -179,9 +270,11 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
         rois=rois.create_roi_table_region(
             region=list(range(session.n_neurons)), description="all neurons, in trace column order"
         ),
-        timestamps=rel_s,
+        **timing,
     )
     fluorescence.add_roi_response_series(traces)
+    # the other series share the traces' clock: a link to their timestamps, or the same start and rate
+    same_clock = {"timestamps": traces} if "timestamps" in timing else timing
 
     behavior = nwbfile.create_processing_module(name="behavior", description="running and pupil")
     running = BehavioralTimeSeries(name="BehavioralTimeSeries")
@@ -190,8 +283,8 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
         TimeSeries(
             name="running_speed",
             data=session.behaviour[:, 0],
-            unit="a.u.",
-            timestamps=traces,
+            unit=facts.running_unit,
+            **same_clock,
             description="running speed of the mouse",
         )
     )
@@ -201,8 +294,8 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
         TimeSeries(
             name="pupil_dilation",
             data=session.behaviour[:, 1],
-            unit="a.u.",
-            timestamps=traces,
+            unit=facts.pupil_size_unit,
+            **same_clock,
             description="pupil size",
         )
     )
@@ -212,9 +305,9 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
         SpatialSeries(
             name="pupil_center",
             data=session.behaviour[:, 2:4],
-            reference_frame="eye camera image, columns [x, y]",
-            unit="a.u.",
-            timestamps=traces,
+            reference_frame=facts.pupil_reference_frame,
+            unit=facts.pupil_centre_unit,
+            **same_clock,
             description="pupil centre position [x, y]",
         )
     )
@@ -226,7 +319,7 @@ def _build_nwbfile(session: Session, path: Path) -> Any:
                 data=session.stimulus,
                 unit="grey level 0-255",
                 format="raw",
-                timestamps=traces,
+                **same_clock,
                 description="frame on screen when each imaging frame was acquired, (T, height, width)",
             )
         )
@@ -400,13 +493,27 @@ def _pick_roi_response_series(ophys: Any, path: Path) -> Any:
     return chosen[1]
 
 
-def _scaled(series: Any, values: np.ndarray) -> np.ndarray:
-    """Apply NWB's data * conversion + offset, leaving values untouched when that is the identity."""
-    conversion = float(getattr(series, "conversion", 1.0) or 1.0)
-    offset = float(getattr(series, "offset", 0.0) or 0.0)
-    if conversion == 1.0 and offset == 0.0:
-        return values
-    return values.astype(np.float64) * conversion + offset
+def _in_units(series: Any, data: np.ndarray, path: Path, where: str) -> np.ndarray:
+    """A series' data (`data`, as read) in its unit, by pynwb's `get_data_in_units` (conversion,
+    channel_conversion, offset).
+
+    Data whose scaling is the identity is returned as read: the arithmetic would promote float32 to
+    float64 and turn -0.0 into 0.0, and our own files round-trip bit for bit.
+    """
+    channel = series.fields.get("channel_conversion")
+    conversion, offset = getattr(series, "conversion", None), getattr(series, "offset", None)
+    if conversion in (None, 1.0) and offset in (None, 0.0) and channel is None:
+        return data
+    if channel is not None and (data.ndim != 2 or len(channel) != data.shape[1]):
+        raise FormatError(
+            f"{path}: {where} has {len(channel)} channel_conversion factors for data of shape {data.shape}"
+        )
+    if not np.issubdtype(data.dtype, np.number):
+        raise FormatError(f"{path}: {where} holds non-numeric {data.dtype}")
+    try:
+        return np.asarray(series.get_data_in_units())
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"{path}: {where}: cannot apply its conversion and offset: {e}") from e
 
 
 def _trace_matrix(series: Any, path: Path) -> np.ndarray:
@@ -425,20 +532,23 @@ def _trace_matrix(series: Any, path: Path) -> np.ndarray:
         )
     if not np.issubdtype(data.dtype, np.number):
         raise FormatError(f"{path}: RoiResponseSeries '{series.name}' holds non-numeric {data.dtype}")
-    return _scaled(series, data)
+    return _in_units(series, data, path, f"RoiResponseSeries '{series.name}'").reshape(data.shape)
 
 
 def _series_seconds(series: Any, n: int, path: Path) -> np.ndarray:
-    """A TimeSeries' sample times in seconds: its timestamps, or starting_time + k / rate."""
-    if series.timestamps is not None:
-        ts = np.asarray(series.timestamps[:], dtype=np.float64)
-        if ts.shape != (n,):
-            raise FormatError(f"{path}: '{series.name}' has {n} samples but timestamps of shape {ts.shape}")
-        return ts
-    if series.rate is None or not series.rate > 0:
+    """A TimeSeries' n sample times in seconds, by pynwb's `get_timestamps` (stored, or starting_time + k/rate).
+
+    pynwb counts samples in `data`; an IndexSeries's samples are its indices, which is the same count.
+    """
+    if series.timestamps is None and (series.rate is None or not series.rate > 0):
         raise FormatError(f"{path}: '{series.name}' has neither timestamps nor a positive rate")
-    start = float(series.starting_time or 0.0)
-    return start + np.arange(n, dtype=np.float64) / float(series.rate)
+    try:
+        ts = np.asarray(series.get_timestamps()[:], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"{path}: '{series.name}': cannot tell its sample times: {e}") from e
+    if ts.shape != (n,):
+        raise FormatError(f"{path}: '{series.name}' has {n} samples but timestamps of shape {ts.shape}")
+    return ts
 
 
 def _frame_rate(series: Any, rel_s: np.ndarray, meta: dict | None, path: Path) -> float:
@@ -528,7 +638,7 @@ def _read_behaviour(nwbfile: Any, ophys: Any, rel_s: np.ndarray, path: Path) -> 
             warnings.warn(f"{path}: no {channel} series found; {names} set to NaN", stacklevel=4)
             continue
         where, _, series = hit
-        values = _scaled(series, np.asarray(series.data[:]))
+        values = _in_units(series, np.asarray(series.data[:]), path, where)
         if width == 1 and values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
         if width == 1 and values.ndim != 1:

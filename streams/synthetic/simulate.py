@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,8 @@ ITI_FRAMES = 30
 DEFAULT_REPEATS = 10
 DEFAULT_MOVIE_SEED = 0
 FORMATS = ("sensorium", "nwb", "native")
+
+
 
 
 class SimulationError(ValueError):
@@ -196,7 +199,7 @@ def simulate_dataset(
     mouse = make_mouse(seed, n_neurons)
     plans = plan_trials(n_trials, repeats, movie_seed)
     out = Path(out)
-    report = _progress(f"simulate {out.name}") if progress else None
+    report = _progress(out.name) if progress else None
     trials = simulate_trials(mouse, plans, movie_seed, progress=report)
     if fmt == "sensorium":
         from streams.formats.sensorium import SensoriumWriter
@@ -215,7 +218,9 @@ def simulate_dataset(
             out = out.with_suffix(suffix)
         if out.exists() and not overwrite:
             raise SimulationError(f"{out}: exists (pass overwrite to replace it)")
-        session = _session_from(mouse, list(trials), movie_seed)
+        # A file is a session that happened: it starts now (the simulation's wall clock, not the 1970 epoch
+        # that NWB checkers rightly flag), and its frame times are on that clock, as the live rig's are.
+        session = _session_from(mouse, list(trials), movie_seed, start_time_ns=time.time_ns())
         if out.exists():
             out.unlink()
         save_session(session, out)
@@ -229,7 +234,8 @@ def simulate_dataset(
 
 
 def _session_from(mouse: Mouse, trials: list[tuple[TrialPlan, np.ndarray, list[SimFrame]]],
-                  movie_seed: int) -> Session:
+                  movie_seed: int, start_time_ns: int = 0) -> Session:
+    """One Session of the simulated trials; frame k of the recording is acquired at start + k periods."""
     traces, beh, stim, stamps, trial_list = [], [], [], [], []
     pos = 0
     period = 1e9 / mouse.fps
@@ -238,13 +244,13 @@ def _session_from(mouse: Mouse, trials: list[tuple[TrialPlan, np.ndarray, list[S
         traces.append(tr)
         beh.append(b)
         stim.append(video)
-        stamps.append(np.round(np.array([f.seq for f in frames]) * period).astype(np.int64))
+        stamps.append(start_time_ns + np.round(np.array([f.seq for f in frames]) * period).astype(np.int64))
         trial_list.append(Trial(plan.index, pos, pos + len(frames), plan.tier))
         pos += len(frames)
     return Session(
         traces=np.concatenate(traces), behaviour=np.concatenate(beh), timestamps_ns=np.concatenate(stamps),
         neuron_ids=mouse.neuron_ids, frame_rate=mouse.fps, mouse_id=mouse.mouse_id,
-        stimulus=np.concatenate(stim), trials=trial_list, source="synthetic",
+        stimulus=np.concatenate(stim), trials=trial_list, source="synthetic", start_time_ns=start_time_ns,
     )
 
 
