@@ -33,8 +33,6 @@ DEFAULT_MOVIE_SEED = 0
 FORMATS = ("sensorium", "nwb", "native")
 
 
-
-
 class SimulationError(ValueError):
     """A simulation was asked for with inconsistent sizes or options."""
 
