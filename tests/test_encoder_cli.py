@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from decoder import bench_encoder
+from decoder.bench import encoder as bench_encoder
 from decoder.encoder import cli
 from decoder.encoder.checkpoint import load_encoder, save_checkpoint
 from decoder.encoder.export import onnx_session

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from decoder import bench_resolution
 from decoder.analysis.resolution import cut, grid, score_cells
+from decoder.bench import resolution as bench_resolution
 from streams.synthetic.resolution import grating_clips, noise_clips, programme
 from streams.synthetic.stimuli import StimulusError
 
