@@ -44,6 +44,11 @@ MAX_BACKLOG_BYTES = 256 << 20  # ... and at most this many bytes (a few huge mes
 RELOAD_MIN_S = 2.0  # a session needing models not loaded yet waits this long after the previous load
 MODEL_CACHE = 4  # loaded model sets kept (a flapping or restarted rig reuses them)
 JOIN_S = 30.0  # how long a stopping service waits for the compute thread's current work
+# ONNX Runtime intra-op threads of `neurocine decode`. Measured with `bench latency --frames 1800` on the
+# 2-core development machine (shared, load 6-10), alternating runs: 1 thread afforded 0.41-0.72 of 2 steps
+# per frame (end-to-end p99 424-706 ms), 2 threads 0.10-0.26 (p99 522-1105 ms): the second ORT thread spins
+# on the core that the I/O thread, the rig and the viewer also need. On more cores, try --threads 2 or 0.
+DEFAULT_THREADS = 1
 
 log = get_logger("decode", rate_limit_s=1.0)
 
@@ -238,7 +243,7 @@ class DecodeService:
                      extra={"key": "inverse"})
         self.recon = make_streaming(loaded.ensemble, self.config, mask=loaded.opt_mask, inverse=loaded.inverse)
         warm = self.config.warm_start_with(loaded.inverse)
-        threads = f"{self.threads} thread(s)" if self.threads else "default threads"
+        threads = f"{self.threads} compute thread(s)" if self.threads else "all cores"
         log.info(f"session {h.session_id} mouse {h.mouse_id}: {matched}/{n_model} model neurons "
                  f"matched; lag {self.lag}, {self.steps} steps/frame, warm start {warm}, "
                  f"{len(loaded.ensemble)} encoder(s) ({self.config.ensemble}) on {self.provider}, {threads}"
@@ -453,7 +458,9 @@ def register(sub: Any) -> None:
                    help="also publish each arriving frame's current estimate at once (final=False), for closed loops")
     p.add_argument("--provider", choices=["cuda", "cpu"], default=None,
                    help="ONNX Runtime provider (default: CUDA when available, else CPU)")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"ONNX Runtime intra-op (or torch) threads; 0 = all cores (default {DEFAULT_THREADS}: measured "
+                        "best on a 2-core machine, where a second thread competes with the I/O thread)")
     p.add_argument("--min-fraction", type=float, default=0.5,
                    help="refuse a stream holding fewer than this fraction of the model's neurons")
     p.add_argument("--max-decoded", type=int, default=None, help="stop after publishing this many frames")
@@ -496,5 +503,5 @@ def run(args: Any) -> int:
             return 2
         log.info(f"{args.connect} -> {args.bind}, model {models}, waiting for a session (Ctrl-C stops)")
         stats = service.run(max_decoded=args.max_decoded)
-    emit_json({"decode": stats.as_dict(), "provider": service.provider}, args.json)
+    emit_json({"decode": stats.as_dict(), "provider": service.provider, "threads": args.threads}, args.json)
     return 0
