@@ -43,7 +43,7 @@ MAX_BACKLOG = 2048  # frames the inbox holds for the compute thread (~70 s at 30
 MAX_BACKLOG_BYTES = 256 << 20  # ... and at most this many bytes (a few huge messages cannot pile up)
 RELOAD_MIN_S = 2.0  # a session needing models not loaded yet waits this long after the previous load
 MODEL_CACHE = 4  # loaded model sets kept (a flapping or restarted rig reuses them)
-JOIN_S = 30.0  # how long a stopping service waits for the compute thread's current work
+JOIN_S = 10.0  # how long a stopping service waits for the compute thread's current frame (or model load)
 # ONNX Runtime intra-op threads of `neurocine decode`. Measured with `bench latency --frames 1800` on the
 # 2-core development machine (shared, load 6-10), alternating runs: 1 thread afforded 0.41-0.72 of 2 steps
 # per frame (end-to-end p99 424-706 ms), 2 threads 0.10-0.26 (p99 522-1105 ms): the second ORT thread spins
