@@ -1,11 +1,14 @@
 """The decode service: subscribe to a rig's traces, decode continuously, publish `decoded` frames.
 
-One loop, one thread (ZeroMQ sockets are not thread-safe): drain what has arrived, run the streaming
-optimiser on each new frame, publish the frames it finalises. It keeps up by shedding optimiser steps:
-every arriving frame earns one frame period of compute credit, a step costs its measured time (a
-running average), a frame runs min(K, credit / step cost) steps, and none while frames wait behind it.
-So the backlog stays bounded whatever the model costs, and a model too slow for K steps per frame
-still gets every step the machine can afford; shed steps are counted in the stats on every message.
+Two threads, so that I/O never waits on compute. The I/O thread (the caller's, which created the sockets
+and gets Ctrl-C / SIGTERM) owns the ZeroMQ Subscriber and Publisher: it reads every message as it comes
+into a bounded inbox and publishes what the compute thread hands back over an inproc PAIR socket (the
+same poll wakes it for both). The compute thread runs the streaming optimiser on each frame in order and
+publishes the frames it finalises. It keeps up by shedding optimiser steps (`StepBudget`): every arriving
+frame earns one frame period of compute credit, a step costs its measured running-average time, a frame
+runs min(K, credit / step cost) steps, and none while frames wait behind it in the inbox. So the backlog
+stays bounded whatever the model costs; should the inbox still fill (compute stalled for seconds), the
+frames it cannot hold are counted (`backlog_overflow`) and logged, never silently lost.
 A new session id resets the optimiser; a stream whose neurons the model does not know (matched by id)
 is refused with a message naming the mismatch, and the service waits for the next session.
 With `provisional`, each arriving frame's current estimate is also published at once (final=False): what a
@@ -15,24 +18,39 @@ closed loop acts on without waiting the lag; the final frame follows `lag` frame
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
-import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import zmq
 
 from decoder.live.decoded import DecodedFrame, encode_decoded_frame
+from decoder.live.step_budget import StepBudget
 from decoder.reconstruct.streaming import StreamingConfig
+from streams.commandline import get_logger
 from streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
 from streams.session import Session
+from streams.tracker import StreamStats
 from streams.transport import Publisher, Subscriber
 
-MAX_DRAIN = 1000  # messages read from the socket per loop turn (the socket's HWM bounds the rest)
-MAX_DRAIN_BYTES = 256 << 20  # ... and at most this many bytes (a few huge messages cannot pile up)
+MAX_DRAIN = 1000  # messages read from the socket per I/O turn before publishing what is ready
+MAX_BACKLOG = 2048  # frames the inbox holds for the compute thread (~70 s at 30 Hz: a model load fits)
+MAX_BACKLOG_BYTES = 256 << 20  # ... and at most this many bytes (a few huge messages cannot pile up)
 RELOAD_MIN_S = 2.0  # a session needing models not loaded yet waits this long after the previous load
 MODEL_CACHE = 4  # loaded model sets kept (a flapping or restarted rig reuses them)
+JOIN_S = 10.0  # how long a stopping service waits for the compute thread's current frame (or model load)
+# ONNX Runtime intra-op threads of `neurocine decode`. Measured with `bench latency --frames 1800` on the
+# 2-core development machine (shared, load 6-10), alternating runs: 1 thread afforded 0.41-0.72 of 2 steps
+# per frame (end-to-end p99 424-706 ms), 2 threads 0.10-0.26 (p99 522-1105 ms): the second ORT thread spins
+# on the core that the I/O thread, the rig and the viewer also need. On more cores, try --threads 2 or 0.
+DEFAULT_THREADS = 1
+
+log = get_logger("decode", rate_limit_s=1.0)
 
 
 class NeuronMismatch(ValueError):
@@ -49,6 +67,7 @@ class ServiceStats:
     steps_run: int = 0
     steps_shed: int = 0
     backlog_max: int = 0
+    backlog_overflow: int = 0  # frames the full inbox could not take: dropped, counted, logged
     compute_ms_last: float = 0.0
     neurons_matched: int = 0
     dropped_stale: int = 0  # frames not after the last decoded one (late or replayed): dropped, counted
@@ -67,28 +86,50 @@ def header_session(h: SessionHeader) -> Session:
                    np.asarray(h.neuron_ids), h.frame_rate, h.mouse_id, session_id=h.session_id, source=h.source)
 
 
-class RateLimitedLog:
-    """Print at most one line per `interval_s` per key, with how many were suppressed."""
+class Inbox:
+    """The bounded FIFO from the I/O thread to the compute thread; `get` says how many frames wait.
 
-    def __init__(self, interval_s: float = 1.0, stream: Any = None) -> None:
-        self.interval_s = interval_s
-        self.stream = stream or sys.stderr
-        self._last: dict[str, float] = {}
-        self._suppressed: collections.Counter[str] = collections.Counter()
+    Frames beyond `max_frames` (or `max_bytes`) are refused, for the caller to count; session headers and
+    ends always fit unless the inbox holds 2 x `max_frames` items of any kind (a header flood)."""
 
-    def __call__(self, key: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) >= self.interval_s:
-            extra = f" (+{self._suppressed[key]} more)" if self._suppressed[key] else ""
-            print(f"decode: {message}{extra}", file=self.stream, flush=True)
-            self._last[key] = now
-            self._suppressed[key] = 0
-        else:
-            self._suppressed[key] += 1
+    def __init__(self, max_frames: int = MAX_BACKLOG, max_bytes: int = MAX_BACKLOG_BYTES) -> None:
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self._items: collections.deque[tuple[Any, int, int]] = collections.deque()
+        self._cond = threading.Condition()
+        self.frames = 0
+        self.bytes = 0
+
+    def put(self, msg: Any, recv_ns: int, nbytes: int) -> bool:
+        is_frame = isinstance(msg, Frame)
+        with self._cond:
+            full = is_frame and (self.frames >= self.max_frames or self.bytes + nbytes > self.max_bytes)
+            if full or len(self._items) >= 2 * self.max_frames:
+                return False
+            self._items.append((msg, recv_ns, nbytes))
+            self.frames += is_frame
+            self.bytes += nbytes
+            self._cond.notify()
+            return True
+
+    def get(self, timeout_s: float) -> tuple[Any, int, int] | None:
+        """(message, receive time ns, frames waiting including this one) or None after `timeout_s`."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout_s)
+            if not self._items:
+                return None
+            msg, recv_ns, nbytes = self._items.popleft()
+            waiting = self.frames
+            self.frames -= isinstance(msg, Frame)
+            self.bytes -= nbytes
+            return msg, recv_ns, waiting
 
 
 class DecodeService:
-    """Turns one rig stream into a decoded stream (see module docstring)."""
+    """Turns one rig stream into a decoded stream (see module docstring).
+
+    `start_session`, `on_frame` and `end_session` are the compute side; called directly (tests) they
+    publish on `pub` at once, under `run()` they hand their messages to the I/O thread."""
 
     def __init__(
         self,
@@ -102,7 +143,7 @@ class DecodeService:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         min_fraction: float = 0.5,
-        log: Callable[[str, str], None] | None = None,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         self.models = list(models or [])
         self.sub, self.pub = sub, pub
@@ -112,7 +153,6 @@ class DecodeService:
         self._said_no_inverse = False
         self.backend, self.providers, self.threads = backend, providers, threads
         self.min_fraction = min_fraction
-        self.log = log or RateLimitedLog()
         self.stats = ServiceStats()
         self.recon: Any = None
         self.columns: np.ndarray | None = None
@@ -120,14 +160,19 @@ class DecodeService:
         self.refused: str | None = None  # session id of a refused stream
         self.provider = ""
         self._timing: collections.OrderedDict[int, tuple[int, int, int]] = collections.OrderedDict()
-        self.period_s = 1 / 30
-        self._credit_s = 0.0
-        self._last_recv_ns = 0
-        self._step_cost_s: float | None = None  # running average of one optimiser step's time
+        self.budget = StepBudget(self.steps, 1 / 30)
         self._loaded: collections.OrderedDict[Any, Any] = collections.OrderedDict()
         self._members: dict[str, Any] = {}  # session-independent models (ONNX), loaded once
         self._last_load = -1e9
         self._deferred: SessionHeader | None = None
+        # the thread split: compute -> I/O messages go through `_emit`; I/O -> compute through `inbox`
+        self.inbox = Inbox(max_backlog)
+        self._emit: Callable[[Sequence[Any]], Any] = pub.send_raw
+        self._wire: StreamStats | None = None  # the I/O thread's latest snapshot of the subscriber's stats
+        self._wire_session_id: str | None = None  # the subscriber's current session, as the I/O thread saw it
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._out_sock: Any = None
         sub.on_error = self._on_wire_error
 
     def preload(self) -> None:
@@ -137,7 +182,7 @@ class DecodeService:
         preload_models(self.models, self.backend, self.providers, self.threads, cache=self._members)
 
     def _on_wire_error(self, e: ProtocolError) -> None:
-        self.log(e.kind, f"rejected message: {e}")
+        log.warning(f"rejected message: {e}", extra={"key": e.kind})
 
     # ------------------------------------------------------------------ sessions
     def _load(self, h: SessionHeader) -> Any:
@@ -167,15 +212,13 @@ class DecodeService:
             self._flush()  # the previous session's last `lag` frames are final now
         self._deferred = None
         if self._key(h) not in self._loaded and time.monotonic() - self._last_load < RELOAD_MIN_S:
-            self.session_id, self.recon, self._deferred = h.session_id, None, h  # retried by run()
+            self.session_id, self.recon, self._deferred = h.session_id, None, h  # retried by the compute loop
             self.stats.deferred_loads += 1
             return
         self.session_id = h.session_id
         self.recon = None
         self._timing.clear()
-        self.period_s = 1.0 / h.frame_rate
-        self._credit_s = 0.0
-        self._last_recv_ns = 0
+        self.budget.reset(1.0 / h.frame_rate)
         self.stats.sessions += 1
         try:
             loaded = self._load(h)
@@ -188,7 +231,7 @@ class DecodeService:
         except (NeuronMismatch, BackendError) as e:
             self.refused = h.session_id
             self.stats.refused_sessions += 1
-            self.log("refused", f"REFUSED session {h.session_id}: {e}")
+            log.warning(f"REFUSED session {h.session_id}: {e}", extra={"key": "refused"})
             return
         self.refused = None
         self.columns = loaded.columns
@@ -196,18 +239,20 @@ class DecodeService:
         self.provider = ",".join(getattr(m, "provider", "torch") for m in loaded.ensemble.members)
         if self.config.warm_start == "inverse" and loaded.inverse is None and not self._said_no_inverse:
             self._said_no_inverse = True
-            self.log("inverse", "the model has no inverse decoder (inverse.onnx): new frames start from the previous "
-                                "estimate")
+            log.info("the model has no inverse decoder (inverse.onnx): new frames start from the previous estimate",
+                     extra={"key": "inverse"})
         self.recon = make_streaming(loaded.ensemble, self.config, mask=loaded.opt_mask, inverse=loaded.inverse)
         warm = self.config.warm_start_with(loaded.inverse)
-        self.log("session", f"session {h.session_id} mouse {h.mouse_id}: {matched}/{n_model} model neurons "
-                            f"matched; lag {self.lag}, {self.steps} steps/frame, warm start {warm}, "
-                            f"{len(loaded.ensemble)} encoder(s) ({self.config.ensemble}) on {self.provider}"
-                            f"{', provisional frames' if self.provisional else ''}")
+        threads = f"{self.threads} compute thread(s)" if self.threads else "all cores"
+        log.info(f"session {h.session_id} mouse {h.mouse_id}: {matched}/{n_model} model neurons "
+                 f"matched; lag {self.lag}, {self.steps} steps/frame, warm start {warm}, "
+                 f"{len(loaded.ensemble)} encoder(s) ({self.config.ensemble}) on {self.provider}, {threads}"
+                 f"{', provisional frames' if self.provisional else ''}", extra={"key": "session"})
 
     # ------------------------------------------------------------------ frames
     def on_frame(self, f: Frame, recv_ns: int, backlog: int) -> None:
-        """Decode one frame (shedding steps when `backlog` frames wait) and publish what it finalises."""
+        """Decode one frame (shedding steps when `backlog` frames wait, itself included) and publish what it
+        finalises."""
         if self.recon is None or f.session_id != self.session_id:
             return
         if f.seq <= getattr(self.recon, "last_seq", -1):
@@ -215,9 +260,7 @@ class DecodeService:
             return
         self.stats.frames_in += 1
         self._timing[f.seq] = (f.t_acq_ns, f.t_pub_ns, recv_ns)
-        since = (recv_ns - self._last_recv_ns) / 1e9 if self._last_recv_ns else self.period_s
-        self._last_recv_ns = recv_ns
-        k = self._affordable_steps(backlog, since)
+        k = self.budget.grant(backlog, arrived_s=recv_ns / 1e9)
         self.stats.steps_shed += self.steps - k
         self.stats.steps_run += k
         resp = np.full(self.columns.size, np.nan, np.float32)
@@ -227,29 +270,12 @@ class DecodeService:
         outs = self.recon.push(resp, f.behaviour, f.seq, f.session_id, steps=k)
         compute = time.time_ns() - t0
         self.stats.compute_ms_last = round(compute / 1e6, 3)
-        self._credit_s -= compute / 1e9
-        if k:
-            cost = compute / 1e9 / k
-            self._step_cost_s = cost if self._step_cost_s is None else 0.8 * self._step_cost_s + 0.2 * cost
+        self.budget.charge(k, compute / 1e9)
         for out in outs:
             if out.final:
                 self._publish(out, f, queue_ns=t0 - recv_ns, compute_ns=compute, steps=k)
         if self.provisional and (est := self.recon.estimate_at_age(0)) is not None:
             self._publish_provisional(est, f, queue_ns=t0 - recv_ns, compute_ns=compute, steps=k)
-
-    def _affordable_steps(self, backlog: int, since_s: float) -> int:
-        """Steps for this frame: none while others wait behind it, else as many as the credit pays for.
-
-        Credit accrues with the time since the previous frame arrived (a slowed replay affords more steps,
-        a burst fewer) and is capped at one frame's full work, so an idle pause cannot buy a later backlog.
-        """
-        earned = min(max(since_s, 0.0), 4 * self.period_s)
-        self._credit_s = min(self._credit_s + earned, self.steps * (self._step_cost_s or 0) + self.period_s)
-        if self._step_cost_s is None:
-            return self.steps  # the first frame measures what a step costs
-        if backlog > 1:
-            return 0
-        return int(min(self.steps, max(0.0, self._credit_s) // max(self._step_cost_s, 1e-9)))
 
     def end_session(self, e: End) -> None:
         """The rig finished: the frames still inside the lag become final now. The optimiser stays: frames
@@ -278,7 +304,7 @@ class DecodeService:
             trigger_t_pub_ns=trigger.t_pub_ns if trigger is not None else t_pub,
             queue_ns=queue_ns, compute_ns=compute_ns, steps=steps, stats=self._wire_stats(),
         )
-        self.pub.send_raw(encode_decoded_frame(d))
+        self._emit(encode_decoded_frame(d))
 
     def _publish_provisional(self, frame: np.ndarray, f: Frame, queue_ns: int, compute_ns: int, steps: int) -> None:
         """The newest frame's estimate right after its own steps (final=False, lag 0)."""
@@ -290,70 +316,129 @@ class DecodeService:
             queue_ns=queue_ns, compute_ns=compute_ns, steps=steps, stats=self._wire_stats(),
         )
         self.stats.provisional_out += 1
-        self.pub.send_raw(encode_decoded_frame(d))
+        self._emit(encode_decoded_frame(d))
 
     def _trigger_recv(self, trigger: Frame) -> int:
         t = self._timing.get(trigger.seq)
         return t[2] if t else 0
 
     def _wire_stats(self) -> dict[str, Any]:
-        w = self.sub.stats
+        w = self._wire if self._wire is not None else self.sub.stats  # compute never touches the socket's object
         return {"frames_in": self.stats.frames_in, "steps_shed": self.stats.steps_shed,
                 "backlog_max": self.stats.backlog_max, "gaps": w.gaps, "missing": w.missing,
                 "malformed": w.malformed, "sessions": self.stats.sessions}
 
-    # ------------------------------------------------------------------ loop
-    def run(self, should_stop: Callable[[], bool] = lambda: False, max_decoded: int | None = None,
-            status_every_s: float = 5.0) -> ServiceStats:
-        """Serve until `should_stop()` (or Ctrl-C / SIGTERM), or until `max_decoded` frames were published."""
-        last_status = time.monotonic()
+    # ------------------------------------------------------------------ compute thread
+    def _handle(self, msg: Any, recv_ns: int, waiting: int) -> None:
+        if isinstance(msg, SessionHeader):
+            self.start_session(msg)
+        elif isinstance(msg, Frame):
+            self.stats.backlog_max = max(self.stats.backlog_max, waiting)
+            self.on_frame(msg, recv_ns, waiting)
+        elif isinstance(msg, End):
+            self.end_session(msg)
+
+    def _compute_loop(self, out_address: str, max_decoded: int | None) -> None:
+        """Frames from the inbox through the optimiser, in order; results to the I/O thread over inproc."""
+        sock = zmq.Context.instance().socket(zmq.PAIR)
+        sock.connect(out_address)
+        self._out_sock = sock  # closed by the I/O thread once it has read everything (after join)
+        self._emit = lambda parts: sock.send_multipart(parts, copy=False)
         try:
-            while not should_stop():
-                batch = self._drain()
-                frames = [(m, t) for m, t in batch if isinstance(m, Frame)]
-                self.stats.backlog_max = max(self.stats.backlog_max, len(frames))
-                waiting = len(frames)
-                for m, recv_ns in batch:
-                    if isinstance(m, SessionHeader):
-                        self.start_session(m)
-                    elif isinstance(m, Frame):
-                        self.on_frame(m, recv_ns, waiting)
-                        waiting -= 1
-                    elif isinstance(m, End):
-                        self.end_session(m)
+            while not self._stop.is_set():
+                item = self.inbox.get(timeout_s=0.05)
+                if item is not None:
+                    self._handle(*item)
                 d = self._deferred
                 if d is not None and time.monotonic() - self._last_load >= RELOAD_MIN_S:
-                    if self.sub.session is not None and self.sub.session.session_id == d.session_id:
+                    if self._wire_session_id == d.session_id:
                         self.start_session(d)
                     else:
                         self._deferred = None
+                if max_decoded is not None and self.stats.decoded_out >= max_decoded:
+                    break
+        except BaseException as e:  # re-raised by run() on the I/O thread: a bug must not leave a deaf service
+            self._failure = e
+        finally:
+            self._stop.set()
+            with contextlib.suppress(zmq.Again):  # a full pipe: the I/O thread is awake anyway
+                sock.send(b"", zmq.NOBLOCK)  # wakes the I/O thread's poll (an empty part: nothing to publish)
+
+    # ------------------------------------------------------------------ I/O thread
+    def _receive(self) -> None:
+        """Everything the subscriber has (up to MAX_DRAIN) into the inbox, each with its receive time."""
+        for _ in range(MAX_DRAIN):
+            msg = self.sub.recv(timeout_s=0)
+            if msg is None:
+                break
+            nbytes = sum(len(p) for p in self.sub.last_parts)
+            if not self.inbox.put(msg, self.sub.last_recv_ns, nbytes):
+                self.stats.backlog_overflow += 1
+                what = f"frame {msg.seq}" if isinstance(msg, Frame) else type(msg).__name__
+                log.warning(f"decode backlog full ({self.inbox.frames} frames waiting): dropped {what} of session "
+                            f"{msg.session_id} ({self.stats.backlog_overflow} so far)", extra={"key": "overflow"})
+        self._wire = self.sub.stats
+        session = self.sub.session
+        self._wire_session_id = session.session_id if session is not None else None
+
+    def _forward(self, sock: Any) -> None:
+        """Publish what the compute thread has handed over."""
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(parts) > 1 or len(parts[0]) > 0:
+                self.pub.send_raw(parts)
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False, max_decoded: int | None = None,
+            status_every_s: float = 5.0) -> ServiceStats:
+        """Serve until `should_stop()` (or Ctrl-C / SIGTERM), or until `max_decoded` frames were published.
+
+        Call it on the thread that created `sub` and `pub`: it becomes the I/O thread."""
+        address = f"inproc://decode-{uuid.uuid4().hex}"
+        back = zmq.Context.instance().socket(zmq.PAIR)
+        back.bind(address)
+        self._stop.clear()
+        self._wire = self.sub.stats
+        compute = threading.Thread(target=self._compute_loop, args=(address, max_decoded), name="decode-compute",
+                                   daemon=True)
+        poller = zmq.Poller()
+        poller.register(self.sub._sock, zmq.POLLIN)
+        poller.register(back, zmq.POLLIN)
+        last_status = time.monotonic()
+        compute.start()
+        try:
+            while not self._stop.is_set() and not should_stop():
+                ready = dict(poller.poll(50))
+                if back in ready:
+                    self._forward(back)
+                if self.sub._sock in ready:
+                    self._receive()
                 self.pub.tick()
                 if time.monotonic() - last_status >= status_every_s:
                     last_status = time.monotonic()
-                    self.log("status", f"status {self.status_line()}")
-                if max_decoded is not None and self.stats.decoded_out >= max_decoded:
-                    break
+                    log.info(f"status {self.status_line()}", extra={"key": "status"})
         except KeyboardInterrupt:
             pass
+        finally:
+            self._stop.set()
+            compute.join(JOIN_S)  # the compute thread ends after its current frame
+            self._forward(back)  # what it finished is published
+            if self._out_sock is not None and not compute.is_alive():
+                self._out_sock.close(0)
+            back.close(0)
+            self._emit = self.pub.send_raw
         self.stats.wire = self.sub.stats.as_dict()
+        if self._failure is not None:
+            raise self._failure
         return self.stats
-
-    def _drain(self) -> list[tuple[Any, int]]:
-        out = []
-        size = 0
-        msg = self.sub.recv(timeout_s=0.05)
-        while msg is not None:
-            out.append((msg, self.sub.last_recv_ns))
-            size += sum(len(p) for p in self.sub.last_parts)
-            if len(out) >= MAX_DRAIN or size >= MAX_DRAIN_BYTES:
-                break
-            msg = self.sub.recv(timeout_s=0)
-        return out
 
     def status_line(self) -> str:
         s, w = self.stats, self.sub.stats
         return (f"in {s.frames_in} out {s.decoded_out} steps {s.steps_run} shed {s.steps_shed} "
-                f"backlog_max {s.backlog_max} compute {s.compute_ms_last} ms gaps {w.gaps} malformed {w.malformed}")
+                f"backlog_max {s.backlog_max} compute {s.compute_ms_last} ms gaps {w.gaps} malformed {w.malformed}"
+                f"{f' overflow {s.backlog_overflow}' if s.backlog_overflow else ''}")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -373,7 +458,9 @@ def register(sub: Any) -> None:
                    help="also publish each arriving frame's current estimate at once (final=False), for closed loops")
     p.add_argument("--provider", choices=["cuda", "cpu"], default=None,
                    help="ONNX Runtime provider (default: CUDA when available, else CPU)")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"ONNX Runtime intra-op (or torch) threads; 0 = all cores (default {DEFAULT_THREADS}: measured "
+                        "best on a 2-core machine, where a second thread competes with the I/O thread)")
     p.add_argument("--min-fraction", type=float, default=0.5,
                    help="refuse a stream holding fewer than this fraction of the model's neurons")
     p.add_argument("--max-decoded", type=int, default=None, help="stop after publishing this many frames")
@@ -392,7 +479,7 @@ def run(args: Any) -> int:
     try:
         backend = backend_of(models)
     except BackendError as err:
-        print(f"neurocine decode: {err}", file=sys.stderr)
+        log.error(str(err))
         return 2
     providers = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"],
                  None: None}[args.provider]
@@ -402,7 +489,7 @@ def run(args: Any) -> int:
         try:
             check_graphs(models, providers, args.threads or 0)
         except BackendError as err:
-            print(f"neurocine decode: {err}", file=sys.stderr)
+            log.error(str(err))
             return 2
     stop_on_sigterm()
     with Subscriber(args.connect, topics=RAW_TOPICS, in_order=True) as sub, Publisher(args.bind) as pub:
@@ -412,10 +499,9 @@ def run(args: Any) -> int:
         try:
             service.preload()
         except (BackendError, ReconstructionError) as e:
-            print(f"decode: cannot load the models: {e}", file=sys.stderr, flush=True)
+            log.error(f"cannot load the models: {e}")
             return 2
-        print(f"decode: {args.connect} -> {args.bind}, model {models}, waiting for a session (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
+        log.info(f"{args.connect} -> {args.bind}, model {models}, waiting for a session (Ctrl-C stops)")
         stats = service.run(max_decoded=args.max_decoded)
-    emit_json({"decode": stats.as_dict(), "provider": service.provider}, args.json)
+    emit_json({"decode": stats.as_dict(), "provider": service.provider, "threads": args.threads}, args.json)
     return 0
