@@ -67,11 +67,13 @@ def stop(proc: subprocess.Popen) -> tuple[str, str]:
 def test_replay_decode_record_correlates_with_truth(small_mouse: Path) -> None:
     session = example_slice(150)
     rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    dec = start_decoder(small_mouse, rig, out, "--lag", "16", "--steps", "2")
+    # flat out, and every step on every frame: the quality asserted does not depend on the machine's load
+    # (pacing is the demo's and the viewer's tests' job, speed `neurocine bench latency`'s)
+    dec = start_decoder(small_mouse, rig, out, "--lag", "16", "--steps", "2", "--every-step")
     try:
         with Subscriber(out) as sub, Publisher(rig, nodrop=True) as pub:
             assert pub.wait_subscribers(1, timeout_s=60)  # the decoder is listening
-            th = threading.Thread(target=replay, args=(session, pub), kwargs={"speed": 0.5}, daemon=True)
+            th = threading.Thread(target=replay, args=(session, pub), kwargs={"speed": 0}, daemon=True)
             th.start()
             frames = collect(sub, time.monotonic() + 60, want=150)
             th.join(30)
@@ -99,13 +101,12 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
     recorder = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--decoded", "--connect", out, "--out",
                                  str(rec_path), "--frames", str(n)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    dec = start_decoder(None, rig, out, "--lag", "16", "--steps", "2")
+    dec = start_decoder(None, rig, out, "--lag", "16", "--steps", "2", "--every-step")
     try:
         with Publisher(rig, nodrop=True) as pub:
             assert pub.wait_subscribers(1, timeout_s=60)
-            # a fifth of real time: one CPU thread affords the 2 steps per frame asked (the 30 Hz figure is
-            # `neurocine bench latency`'s job)
-            replay(session, pub, speed=0.2)
+            # flat out with every step on every frame (the 30 Hz figure is `neurocine bench latency`'s job)
+            replay(session, pub, speed=0)
         _, rec_err = recorder.communicate(timeout=120)
     finally:
         recorder.kill()
@@ -119,7 +120,7 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
     r = corr(movie.ravel(), session.stimulus[30:n].astype(np.float64).ravel())
     stats = json.loads(out_text)
     assert stats["provider"] == "CPUExecutionProvider", stats
-    assert stats["decode"]["steps_run"] > n, stats  # it did optimise (most frames got their steps)
+    assert stats["decode"]["steps_run"] == 2 * n and stats["decode"]["steps_shed"] == 0, stats  # --every-step
     assert r > 0.2, (r, json.dumps(stats))
 
     # the recording replays as a decoded stream, message for message

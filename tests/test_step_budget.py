@@ -133,3 +133,14 @@ def test_nonsense_settings_are_refused() -> None:
         StepBudget(2, 0.0)
     with pytest.raises(ValueError):
         StepBudget(-1, PERIOD)
+
+
+def test_without_shedding_every_frame_gets_every_step_however_far_behind() -> None:
+    clock = Clock()
+    budget = StepBudget(2, 1 / 30, clock=clock, shed=False)
+    assert budget.grant(backlog=1) == 2
+    budget.charge(2, 1.0)  # a step far slower than a frame
+    clock.t += 0.001
+    assert budget.grant(backlog=50) == 2
+    budget.charge(2, 1.0)
+    assert budget.grant(backlog=1) == 2

@@ -31,6 +31,7 @@ import zmq
 
 from decoder.live.decoded import DecodedFrame, encode_decoded_frame
 from decoder.live.step_budget import StepBudget
+from decoder.reconstruct.models import in_model_order
 from decoder.reconstruct.streaming import StreamingConfig
 from streams.commandline import get_logger
 from streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
@@ -144,6 +145,7 @@ class DecodeService:
         threads: int | None = None,
         min_fraction: float = 0.5,
         max_backlog: int = MAX_BACKLOG,
+        every_step: bool = False,
     ) -> None:
         self.models = list(models or [])
         self.sub, self.pub = sub, pub
@@ -160,7 +162,7 @@ class DecodeService:
         self.refused: str | None = None  # session id of a refused stream
         self.provider = ""
         self._timing: collections.OrderedDict[int, tuple[int, int, int]] = collections.OrderedDict()
-        self.budget = StepBudget(self.steps, 1 / 30)
+        self.budget = StepBudget(self.steps, 1 / 30, shed=not every_step)
         self._loaded: collections.OrderedDict[Any, Any] = collections.OrderedDict()
         self._members: dict[str, Any] = {}  # session-independent models (ONNX), loaded once
         self._last_load = -1e9
@@ -263,9 +265,7 @@ class DecodeService:
         k = self.budget.grant(backlog, arrived_s=recv_ns / 1e9)
         self.stats.steps_shed += self.steps - k
         self.stats.steps_run += k
-        resp = np.full(self.columns.size, np.nan, np.float32)
-        ok = self.columns >= 0
-        resp[ok] = f.traces[self.columns[ok]]
+        resp = in_model_order(f.traces, self.columns)
         t0 = time.time_ns()
         outs = self.recon.push(resp, f.behaviour, f.seq, f.session_id, steps=k)
         compute = time.time_ns() - t0
@@ -461,6 +461,9 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help=f"ONNX Runtime intra-op (or torch) threads; 0 = all cores (default {DEFAULT_THREADS}: measured "
                         "best on a 2-core machine, where a second thread competes with the I/O thread)")
+    p.add_argument("--every-step", action="store_true",
+                   help="never shed steps: every frame gets --steps however far behind the decoder falls (replays "
+                        "where real time does not matter; frames then wait in the inbox, up to its bound)")
     p.add_argument("--min-fraction", type=float, default=0.5,
                    help="refuse a stream holding fewer than this fraction of the model's neurons")
     p.add_argument("--max-decoded", type=int, default=None, help="stop after publishing this many frames")
@@ -495,7 +498,8 @@ def run(args: Any) -> int:
     with Subscriber(args.connect, topics=RAW_TOPICS, in_order=True) as sub, Publisher(args.bind) as pub:
         service = DecodeService(models, sub, pub, config=streaming_config_from(args), provisional=args.provisional,
                                 backend=backend,
-                                providers=providers, threads=args.threads, min_fraction=args.min_fraction)
+                                providers=providers, threads=args.threads, min_fraction=args.min_fraction,
+                                every_step=args.every_step)
         try:
             service.preload()
         except (BackendError, ReconstructionError) as e:

@@ -19,10 +19,13 @@ class StepBudget:
     """Grants optimiser steps per frame from earned credit and the measured cost of a step."""
 
     def __init__(self, steps: int, period_s: float, *, clock: Callable[[], float] = time.monotonic,
-                 smoothing: float = 0.2, max_gap_periods: float = 4.0) -> None:
+                 smoothing: float = 0.2, max_gap_periods: float = 4.0, shed: bool = True) -> None:
         if steps < 0 or period_s <= 0 or not 0 < smoothing <= 1:
             raise ValueError(f"need steps >= 0, period_s > 0, 0 < smoothing <= 1; got {steps}, {period_s}, {smoothing}")
         self.steps = steps
+        #: False: every frame gets all its steps, however far behind (a replay where real time does not
+        #: matter and every step should count; the backlog then waits in the service's inbox)
+        self.shed = shed
         self.clock = clock
         self.smoothing = smoothing
         self.max_gap_periods = max_gap_periods
@@ -46,7 +49,7 @@ class StepBudget:
         self._last_arrival_s = now
         earned = min(max(since, 0.0), self.max_gap_periods * self.period_s)
         self.credit_s = min(self.credit_s + earned, self.steps * (self.step_cost_s or 0.0) + self.period_s)
-        if self.step_cost_s is None:
+        if self.step_cost_s is None or not self.shed:
             return self.steps  # the first frame measures what a step costs
         if backlog > 1:
             return 0
