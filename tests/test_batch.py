@@ -80,7 +80,8 @@ def _serial(tmp_path: Path, session: Path, trial: int, models: list[str], capsys
 STREAMING = ["--mode", "streaming", "--lag", "4", "--steps", "1"]
 
 
-@pytest.mark.parametrize(("n_models", "mode"), [(1, []), (2, []), (1, STREAMING)])
+@pytest.mark.parametrize(("n_models", "mode"), [(1, []), pytest.param(2, [], marks=pytest.mark.slow),
+                                               pytest.param(1, STREAMING, marks=pytest.mark.slow)])
 def test_batch_equals_serial_reconstruct_bit_for_bit(data, tmp_path, capsys, n_models, mode):
     session, models = data
     models = models[:n_models]
@@ -187,6 +188,7 @@ def test_bad_sessions_and_encoders_fail_their_tasks_and_the_rest_completes(data,
     assert code.func(code) == 2 and "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains and exports two encoders on Ray
 def test_train_seeds_fans_out_one_model_folder_per_seed_each_exported(tmp_path, capsys):
     import torch
     from safetensors.torch import load_file

@@ -33,7 +33,8 @@ def _inputs(kind: str, enc, batch: int, seed: int) -> dict[str, torch.Tensor]:
     return ex
 
 
-@pytest.fixture(scope="module", params=["tiny", "small", pytest.param("dwiseneuro", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["tiny", pytest.param("small", marks=pytest.mark.slow),
+                                                  pytest.param("dwiseneuro", marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory):
     """One calibrated encoder per preset, exported once (the export is the slow part)."""
     torch.set_num_threads(1)

@@ -62,6 +62,7 @@ def test_gather_and_fold_are_adjoint_averages():
     np.testing.assert_array_equal(counts, coverage(s, 32, 100))
 
 
+@pytest.mark.slow  # hundreds of torch iterations
 def test_offline_from_noise_free_responses_recovers_the_movie(backend, movie):
     video, behaviour, responses = movie
     short = reconstruct_offline(backend, responses, behaviour, config=OfflineConfig(iterations=4))

@@ -94,6 +94,7 @@ def _triggered_average(stimulus, responses, lags=range(1, 7)):
     return out.reshape(responses.shape[1], *stimulus.shape[1:])
 
 
+@pytest.mark.slow  # minutes of simulated white noise
 def test_spike_triggered_averages_recover_receptive_field_centres():
     m = make_mouse(0, 150)
     video = gaussian_noise_movie(3000, spatial_length=1, temporal_length=1, seed=2, rms_contrast=0.5)

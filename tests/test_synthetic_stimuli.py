@@ -83,6 +83,7 @@ def test_grey_movie():
     assert g.shape == (5, 36, 64) and (g == 128).all()
 
 
+@pytest.mark.slow  # decodes an H.264 clip
 def test_big_buck_bunny_clip_decodes_to_grey_frames() -> None:
     from streams.synthetic.stimuli import bunny_movie
 
