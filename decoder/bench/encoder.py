@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -161,7 +160,7 @@ def run_profile(args: argparse.Namespace) -> int:
             return 2
     result = {"bench": "encoder-profile", "onnxruntime": onnxruntime.__version__,
               "platform": platform.platform(), **result}  # fmt: skip
-    print(render(result), file=sys.stderr)
+    log.info("per-operator profile:\n" + render(result))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
