@@ -140,6 +140,7 @@ def logged(unit: Unit, settings: dict) -> dict:
     return run_unit(unit, settings)
 
 
+@pytest.mark.slow  # two batches on Ray
 def test_a_resumed_batch_does_only_the_missing_work(data, tmp_path):
     session, models = data
     out = tmp_path / "r"
@@ -229,6 +230,7 @@ def test_extrapolation_counts_waves_of_member_tasks_per_gpu_and_merges_per_cpu()
                                           round((101 + 11) / 3600, 3)]
 
 
+@pytest.mark.slow  # a batch subprocess joining Ray
 def test_the_cli_joins_an_existing_cluster_with_address(data, tmp_path):
     """`neurocine batch --address` as a user runs it: a second driver on the running cluster, nothing started."""
     from tests.conftest import neurocine

@@ -6,6 +6,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from decoder.bench import encoder as bench_encoder
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@pytest.mark.slow  # an export at another window
 def test_export_cli_writes_graphs_for_another_window(tmp_path, capsys) -> None:
     torch.set_num_threads(1)
     enc = build_encoder(get_preset("tiny"), {"a": 6, "b": 4}, seed=0)

@@ -90,7 +90,7 @@ def test_onnx_gradient_equals_torch_autograd(exported, kind: str) -> None:
         assert rel < 1e-4
 
 
-@pytest.mark.parametrize("exported", ["tiny", "small"], indirect=True)  # the loss head is the same for all
+@pytest.mark.parametrize("exported", ["tiny", pytest.param("small", marks=pytest.mark.slow)], indirect=True)
 def test_gradient_graph_masks_nan_responses_and_zero_weights(exported) -> None:
     _preset, enc, sessions, _ = exported
     ex = _inputs("realistic", enc, BATCH[exported[0]], seed=6)

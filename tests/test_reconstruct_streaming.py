@@ -85,6 +85,7 @@ def test_a_new_session_resets(backend, movie):
     assert (rec.video[:-1] == 127.5).all()
 
 
+@pytest.mark.slow  # an offline and a streaming reconstruction with torch
 def test_streaming_at_a_generous_lag_approaches_offline(backend, movie):
     video, behaviour, responses = movie
     off = reconstruct_offline(backend, responses, behaviour, config=OfflineConfig(iterations=16))
