@@ -80,7 +80,9 @@ def _register_replay(sub: Any) -> None:
     p.add_argument("--loop", action="store_true", help="start again at the end (same session continues)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="wait until N neurocine subscribers are connected before the first frame")
-    p.add_argument("--sndhwm", type=int, default=None, help="publisher queue limit per subscriber (messages)")
+    p.add_argument("--sndhwm", type=int, default=None, help="publisher queue limit per subscriber (messages, "
+                   "default 100: a replay waits for its slowest subscriber, so a deeper queue only adds what a "
+                   "killed subscriber loses)")
     p.add_argument("--decoded", action="store_true",
                    help="replay the decoded stream a .ncr recording holds (automatic when it holds no traces)")
     p.add_argument("--json", help="also write the end-of-run report here")
@@ -90,8 +92,7 @@ def _register_replay(sub: Any) -> None:
 def _run_replay(args: argparse.Namespace) -> int:
     from streams.example import example_session_path
     from streams.formats import load_session
-    from streams.replay import print_progress, replay
-    from streams.transport import DEFAULT_SNDHWM, Publisher
+    from streams.replay import print_progress, replay, replay_publisher
 
     path = args.path or example_session_path()
     if args.decoded or _only_decoded(path):
@@ -100,7 +101,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     print(f"replay: {path}: {session.n_frames} frames x {session.n_neurons} neurons at {session.frame_rate} Hz "
           f"({len(session.trials)} trials) on {args.bind}", file=sys.stderr)
     stop_on_sigterm()
-    with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
+    with replay_publisher(args.bind, args.sndhwm) as pub:
         if args.wait_subscribers:
             print(f"replay: waiting for {args.wait_subscribers} subscriber(s)...", file=sys.stderr)
             try:
@@ -124,12 +125,11 @@ def _only_decoded(path: str | Path) -> bool:
 
 
 def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
-    from streams.replay import replay_decoded
-    from streams.transport import DEFAULT_SNDHWM, Publisher
+    from streams.replay import replay_decoded, replay_publisher
 
     print(f"replay: {path}: its decoded stream on {args.bind}", file=sys.stderr)
     stop_on_sigterm()
-    with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
+    with replay_publisher(args.bind, args.sndhwm) as pub:
         if args.wait_subscribers:
             pub.wait_subscribers(args.wait_subscribers)
         try:
@@ -165,7 +165,7 @@ def _register_record(sub: Any) -> None:
 
 def _run_record(args: argparse.Namespace) -> int:
     from streams.protocol import RAW_TOPICS, TOPICS
-    from streams.record import record
+    from streams.record import RECORD_RCVBUF, RECORD_RCVHWM, record
     from streams.transport import Subscriber
 
     if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
@@ -175,7 +175,7 @@ def _run_record(args: argparse.Namespace) -> int:
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
     print(f"record: {endpoints} -> {args.out} (Ctrl-C stops)", file=sys.stderr)
     topics = TOPICS if args.decoded else RAW_TOPICS
-    with Subscriber(endpoints, topics=topics) as sub:
+    with Subscriber(endpoints, topics=topics, rcvhwm=RECORD_RCVHWM, rcvbuf=RECORD_RCVBUF) as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
                          until_end=args.until_end)
     emit_json({"record": summary.as_dict()}, args.json)

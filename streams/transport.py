@@ -64,6 +64,7 @@ class Publisher:
         bind: str,
         *,
         sndhwm: int = DEFAULT_SNDHWM,
+        sndbuf: int | None = None,
         nodrop: bool = False,
         linger_ms: int = DEFAULT_LINGER_MS,
         header_interval_s: float = HEADER_INTERVAL_S,
@@ -83,6 +84,8 @@ class Publisher:
             secure_server(self._sock, keys)
         self.secure = keys is not None
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        if sndbuf is not None:  # the kernel's send buffer (SO_SNDBUF); unset, Linux autotunes it up to 4 MB
+            self._sock.setsockopt(zmq.SNDBUF, sndbuf)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.XPUB_NODROP, int(nodrop))
         self._sock.setsockopt(zmq.SNDTIMEO, 100)
@@ -254,10 +257,13 @@ class Subscriber:
         on_error: Any = None,
         in_order: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        rcvbuf: int | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
+        if rcvbuf is not None:  # the kernel's receive buffer (SO_RCVBUF); unset, Linux autotunes it (MBs)
+            self._sock.setsockopt(zmq.RCVBUF, rcvbuf)
         keys = keys or default_keys()
         if keys is not None:
             secure_client(self._sock, keys)
