@@ -1,6 +1,6 @@
 """Closed-loop clients: receive the decoded movie as numpy frames with their source seq and timing.
 
-Lives in `decoder/` because the `decoded` message's fields are defined here (decoder/messages.py) and
+Lives in `decoder/` because the `decoded` message's fields are defined here (decoder/live/decoded.py) and
 `streams` never imports `decoder`; like messages.py it imports no torch or onnxruntime, so a client
 machine with the light install (numpy, pyzmq, msgpack) can use it (tests/test_client.py checks it).
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from decoder.messages import DecodedFrame, as_decoded_frame
+from decoder.live.decoded import DecodedFrame, as_decoded_frame
 from streams.protocol import TOPIC_DECODED, Decoded, ProtocolError
 from streams.transport import Subscriber
 

@@ -4,7 +4,8 @@ Needs only numpy, pyzmq and msgpack, so that a rig machine installs it light; it
 or onnxruntime.
 """
 
-from streams.session import BEHAVIOUR_CHANNELS, Session, SessionError, Trial
+from streams.protocol import BEHAVIOUR_CHANNELS
+from streams.session import Session, SessionError, Trial
 
 __all__ = ["BEHAVIOUR_CHANNELS", "Session", "SessionError", "Trial"]
 __version__ = "0.1.0"

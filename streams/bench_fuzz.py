@@ -29,7 +29,7 @@ KINDS = ("random_bytes", "unknown_topic", "bad_header", "wrong_neuron_count", "i
 
 
 def register(bench_sub: Any) -> None:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_sub, "fuzz", "hostile messages interleaved with a valid 30 Hz stream into real decode and "
                  "record processes: crashes, valid frames lost, RSS", "neurocine bench fuzz --hostile 20000 "
@@ -95,7 +95,7 @@ class Hostile:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
 
     emit_json(fuzz(args.hostile, args.seconds, args.seed), args.json)
     return 0
@@ -118,8 +118,9 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     """One run (see the module docstring); returns the JSON-able result."""
     from streams.example import example_session_path
     from streams.formats import load_session
-    from streams.formats.native import header_of, read_recording
+    from streams.formats.native import read_recording
     from streams.protocol import Decoded, Heartbeat
+    from streams.session import header_of
     from streams.transport import Publisher, Subscriber
 
     session = load_session(example_session_path())

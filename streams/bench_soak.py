@@ -13,7 +13,7 @@ import numpy as np
 
 
 def register(bench_sub: Any) -> None:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_sub, "soak", "a real decoder under a valid 30 Hz stream for M minutes: RSS, latency and "
                  "steps over time", "neurocine bench soak --minutes 60 --json out/soak.json")
@@ -27,7 +27,7 @@ def register(bench_sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
 
     emit_json(soak(args.minutes, args.lag, args.steps, args.threads, args.sample_s), args.json)
     return 0
@@ -44,8 +44,8 @@ def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: fl
     from streams.bench_fuzz import _free_port, _rss_mb
     from streams.example import example_session_path
     from streams.formats import load_session
-    from streams.formats.native import header_of
     from streams.protocol import Decoded, Heartbeat
+    from streams.session import header_of
     from streams.transport import Publisher, Subscriber
 
     session = load_session(example_session_path())

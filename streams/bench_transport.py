@@ -17,7 +17,7 @@ import numpy as np
 
 
 def register(bench_sub: Any) -> None:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_sub, "transport",
                  "ZeroMQ transport: messages/s and latency for N-neuron frames at 30 Hz and flat out",
@@ -146,7 +146,7 @@ def _curve_cost(args: argparse.Namespace, n_live: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
 
     n_live = max(1, int(args.seconds * args.rate))
     if args.curve:

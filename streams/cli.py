@@ -8,16 +8,21 @@ a light rig install still gets a working CLI.
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PUB = "tcp://127.0.0.1:5555"
+from streams.commandline import (
+    DEFAULT_PUB,
+    add_log_level,
+    add_verb,
+    configure_logging,
+    emit_json,
+    get_logger,
+    stop_on_sigterm,
+)
 
 
 def parse_trials(text: str) -> list[int]:
@@ -33,35 +38,6 @@ def parse_trials(text: str) -> list[int]:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--trials {text!r}: expected e.g. 0,3,5-8") from e
     return out
-
-
-def add_verb(sub: Any, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
-    """A subcommand parser whose --help ends with a worked example (the project's convention)."""
-    return sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        epilog="example:\n" + textwrap.indent(example.strip(), "  "),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-
-def emit_json(obj: dict, path: str | None = None) -> None:
-    """Print one JSON object; also write it to `path` when given."""
-    text = json.dumps(obj, indent=2, default=float)
-    print(text)
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text + "\n")
-
-
-def stop_on_sigterm() -> None:
-    """Make SIGTERM behave like Ctrl-C so services stop cleanly and print their summaries."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -98,12 +74,12 @@ def _run_replay(args: argparse.Namespace) -> int:
     if args.decoded or _only_decoded(path):
         return _run_replay_decoded(args, path)
     session = load_session(path, trials=args.trials, tier=args.tier)
-    print(f"replay: {path}: {session.n_frames} frames x {session.n_neurons} neurons at {session.frame_rate} Hz "
-          f"({len(session.trials)} trials) on {args.bind}", file=sys.stderr)
+    get_logger("replay").info(f"{path}: {session.n_frames} frames x {session.n_neurons} neurons at "
+                              f"{session.frame_rate} Hz ({len(session.trials)} trials) on {args.bind}")
     stop_on_sigterm()
     with replay_publisher(args.bind, args.sndhwm) as pub:
         if args.wait_subscribers:
-            print(f"replay: waiting for {args.wait_subscribers} subscriber(s)...", file=sys.stderr)
+            get_logger("replay").info(f"waiting for {args.wait_subscribers} subscriber(s)...")
             try:
                 pub.wait_subscribers(args.wait_subscribers)
             except KeyboardInterrupt:
@@ -127,7 +103,7 @@ def _only_decoded(path: str | Path) -> bool:
 def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
     from streams.replay import replay_decoded, replay_publisher
 
-    print(f"replay: {path}: its decoded stream on {args.bind}", file=sys.stderr)
+    get_logger("replay").info(f"{path}: its decoded stream on {args.bind}")
     stop_on_sigterm()
     with replay_publisher(args.bind, args.sndhwm) as pub:
         if args.wait_subscribers:
@@ -135,7 +111,7 @@ def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
         try:
             report = replay_decoded(path, pub, speed=args.speed)
         except ValueError as e:
-            print(f"replay: {e}", file=sys.stderr)
+            get_logger("replay").error(str(e))
             return 2
         except KeyboardInterrupt:
             return 130
@@ -169,11 +145,11 @@ def _run_record(args: argparse.Namespace) -> int:
     from streams.transport import Subscriber
 
     if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
-        print(f"record: --out {args.out}: use a .ncr or .nwb file name", file=sys.stderr)
+        get_logger("record").error(f"--out {args.out}: use a .ncr or .nwb file name")
         return 2
     stop_on_sigterm()
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
-    print(f"record: {endpoints} -> {args.out} (Ctrl-C stops)", file=sys.stderr)
+    get_logger("record").info(f"{endpoints} -> {args.out} (Ctrl-C stops)")
     topics = TOPICS if args.decoded else RAW_TOPICS
     with Subscriber(endpoints, topics=topics, rcvhwm=RECORD_RCVHWM, rcvbuf=RECORD_RCVBUF) as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
@@ -213,7 +189,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
                     nan_traces=int(np.isnan(s.traces).sum()))
     emit_json(info)
     if info.get("damage", {}).get("damaged"):
-        print(f"inspect: {args.path} is damaged (see 'damage'); intact records were salvaged", file=sys.stderr)
+        get_logger("inspect").error(f"{args.path} is damaged (see 'damage'); intact records were salvaged")
         return 1
     return 0
 
@@ -307,7 +283,7 @@ def _unavailable(name: str, err: ImportError) -> Callable[[Any], None]:
 
 
 def _fail(message: str) -> int:
-    print(message, file=sys.stderr)
+    get_logger("cli").error(message)
     return 2
 
 
@@ -327,12 +303,29 @@ def build_parser() -> argparse.ArgumentParser:
     _register_bench(sub, _plugins("neurocine.benches"))
     for p in _security_parsers(sub):
         _add_security_options(p)
+    add_log_level(parser, top=True)
+    for p in _all_verb_parsers(sub):
+        add_log_level(p)
     return parser
+
+
+def _all_verb_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    """Every verb's parser, the bench's nested ones included."""
+    out = []
+    for p in dict.fromkeys(sub.choices.values()):
+        nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        out.extend(q for a in nested for q in dict.fromkeys(a.choices.values()))
+        out.append(p)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        configure_logging(args.log_level)
+    except ValueError as e:
+        parser.error(str(e))
     from streams.formats import FormatError
     from streams.session import SessionError
     from streams.transport import TransportError
@@ -344,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure(args.keys, args.insecure)
         return int(args.func(args) or 0)
     except (FormatError, SessionError, TransportError, ValueError) as e:
-        print(f"neurocine {args.verb}: error: {e}", file=sys.stderr)
+        get_logger(args.verb).error(str(e))
         return 2
     except KeyboardInterrupt:
         return 130

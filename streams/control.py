@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from typing import Any
 
 import numpy as np
 import zmq
+
+from streams.commandline import get_logger
+
+log = get_logger("rig")
 
 FRAME_SHAPE = (36, 64)
 GREY = 128
@@ -177,7 +180,7 @@ class ControlServer:
         except CommandError as e:
             self.refused += 1
             self.last_error = str(e)
-            print(f"rig: refused a control command: {e}", file=sys.stderr, flush=True)
+            log.warning(f"refused a control command: {e}")
             self._reply({"ok": False, "error": str(e)})
             return
         if cmd.cmd == "status":

@@ -17,9 +17,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from streams.session import BEHAVIOUR_CHANNELS, SOURCES
-
 PROTOCOL_VERSION = 1
+
+#: Behaviour channels, in the order they travel and are stored.
+BEHAVIOUR_CHANNELS: tuple[str, ...] = ("running_speed", "pupil_dilation", "pupil_x", "pupil_y")
+
+#: Where a session came from.
+SOURCES: tuple[str, ...] = ("rig", "replay", "synthetic")
 
 TOPIC_SESSION = b"session"
 TOPIC_FRAME = b"frame"

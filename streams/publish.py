@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from streams.protocol import MAX_NEURONS, SessionHeader
-from streams.session import BEHAVIOUR_CHANNELS, SOURCES, new_session_id
+from streams.protocol import BEHAVIOUR_CHANNELS, MAX_NEURONS, SOURCES, SessionHeader
+from streams.session import new_session_id
 from streams.transport import HEARTBEAT_INTERVAL_S, Publisher
 
 #: How often the background thread wakes to send a due heartbeat or header re-send (s).

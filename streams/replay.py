@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from streams.formats.native import frame_trials, header_of
-from streams.session import Session, new_session_id
+from streams.commandline import progress
+from streams.session import Session, frame_trials, header_of, new_session_id
 from streams.transport import Publisher
 
 SPIN_NS = 1_000_000  # busy-wait the last millisecond before a deadline: sleep() overshoots
@@ -179,13 +178,5 @@ def _wait_until(deadline_ns: int, pub: Publisher, should_stop: Callable[[], bool
 
 
 def print_progress(total: int) -> Callable[[int], None]:
-    """A progress callback writing 'frames i/total' to stderr about once a second."""
-    last = [0.0]
-
-    def show(i: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 1.0 or i == total:
-            last[0] = now
-            print(f"\rreplay: {i}/{total} frames", end="" if i < total else "\n", file=sys.stderr, flush=True)
-
-    return show
+    """A progress callback: frames published so far, as one progress line on stderr."""
+    return progress("replay", total, unit="frame")

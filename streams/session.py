@@ -12,11 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-#: Behaviour channels, in the order they travel and are stored (wire protocol v1).
-BEHAVIOUR_CHANNELS: tuple[str, ...] = ("running_speed", "pupil_dilation", "pupil_x", "pupil_y")
-
-#: Where a session came from.
-SOURCES: tuple[str, ...] = ("rig", "replay", "synthetic")
+from streams.protocol import BEHAVIOUR_CHANNELS, SOURCES, SessionHeader
 
 #: Sensorium 2023 tier names.
 TIERS: tuple[str, ...] = (
@@ -182,3 +178,25 @@ class Session:
 def regular_timestamps(n_frames: int, frame_rate: float, start_ns: int = 0) -> np.ndarray:
     """Acquisition times for frames at a fixed rate, exact in integer nanoseconds."""
     return start_ns + np.round(np.arange(n_frames) * (1e9 / frame_rate)).astype(np.int64)
+
+
+def header_of(session: Session) -> SessionHeader:
+    """The wire header describing a session (what a replay publishes and a recording stores first)."""
+    return SessionHeader(
+        session_id=session.session_id,
+        source=session.source,
+        mouse_id=session.mouse_id,
+        frame_rate=session.frame_rate,
+        neuron_ids=session.neuron_ids,
+        stimulus_shape=session.stimulus_shape,
+        start_time_ns=session.start_time_ns,
+        trial_tiers={tr.index: tr.tier for tr in session.trials},
+    )
+
+
+def frame_trials(session: Session) -> np.ndarray:
+    """Source trial index of every frame (the `trial` field of each frame message)."""
+    out = np.empty(session.n_frames, np.int64)
+    for tr in session.trials:
+        out[tr.start : tr.stop] = tr.index
+    return out

@@ -218,7 +218,7 @@ def test_train_seeds_fans_out_one_model_folder_per_seed_each_exported(tmp_path, 
 
 
 def test_extrapolation_counts_waves_of_member_tasks_per_gpu_and_merges_per_cpu():
-    from decoder.bench_batch import extrapolate
+    from decoder.bench.batch import extrapolate
 
     rows = extrapolate(100.0, 10.0, 1.0, sessions=10, trials=4, encoders=7, gpus_per_node=8, cpus_per_node=32,
                        nodes=(1, 2, 35))

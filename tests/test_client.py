@@ -14,7 +14,7 @@ import pytest
 
 from decoder.client import DecodedStream
 from decoder.detect import DetectorConfig, TargetDetector
-from decoder.messages import DecodedFrame, encode_decoded_frame
+from decoder.live.decoded import DecodedFrame, encode_decoded_frame
 from streams.control import TARGETS, ControlServer
 from streams.protocol import encode_decoded
 from streams.transport import Publisher
@@ -160,7 +160,7 @@ def test_bench_loop_scores_hits_false_alarms_and_overhead_from_what_it_recorded(
     windows (one with a false alarm)."""
     import argparse
 
-    from decoder.bench_loop import PERIOD_NS, Loop, summarise
+    from decoder.bench.loop import PERIOD_NS, Loop, summarise
 
     args = argparse.Namespace(window=1.0, provisional=False, events=4, lag=16, target="bar")
     loop = Loop.__new__(Loop)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder.oracle import OracleEncoder
+from decoder.encoder.oracle import OracleEncoder
 from decoder.reconstruct.backends import TorchBackend
 from decoder.reconstruct.inverse import FULL_AGE, InverseDecoder, export_inverse, fit_inverse
 from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline

@@ -36,7 +36,7 @@ def test_round_trip_bit_identical_with_trials_and_nan(tmp_path: Path) -> None:
 
 def _write_frames(path: Path, n: int, sync_interval: float = 1.0) -> NativeWriter:
     s = make_session(n_frames=n, n_trials=1)
-    from streams.formats.native import header_of
+    from streams.session import header_of
 
     w = NativeWriter(path, fsync_interval_s=sync_interval)
     w.write(encode_session(header_of(s)))

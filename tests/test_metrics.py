@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from decoder.metrics import (
+from decoder.analysis.metrics import (
     METRICS,
     MetricsError,
     corr,

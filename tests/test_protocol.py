@@ -253,7 +253,7 @@ def _arrays(draw, dtype: str, shape: tuple[int, ...], elements) -> np.ndarray:
 
 @st.composite
 def _headers(draw) -> SessionHeader:
-    from streams.session import SOURCES
+    from streams.protocol import SOURCES
 
     ids = draw(st.lists(st.integers(-(1 << 40), 1 << 40), max_size=12, unique=True))
     shape = draw(st.none() | st.tuples(st.integers(1, 4096), st.integers(1, 4096)))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.oracle import OracleEncoder
+from decoder.encoder.oracle import OracleEncoder
 from decoder.reconstruct.backends import BackendError, Ensemble, TorchBackend, normalised_window_grad
 from streams.synthetic import make_mouse
 
@@ -203,7 +203,7 @@ def test_unloadable_or_unbatched_graphs_are_refused_naming_the_file(tmp_path):
 
 @pytest.mark.slow
 def test_onnx_and_torch_give_the_same_gradient_and_reconstruction(exported):
-    from decoder.metrics import movie_correlation
+    from decoder.analysis.metrics import movie_correlation
     from decoder.reconstruct.backends import OrtBackend
     from decoder.reconstruct.offline import OfflineConfig, reconstruct_offline
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from decoder.metrics import METRICS, corr
+from decoder.analysis.metrics import METRICS, corr
 from decoder.reconstruct import cli
 from streams.formats import save_session
 from streams.synthetic import TrialPlan, make_mouse, simulate_session

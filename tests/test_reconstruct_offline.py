@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from decoder.metrics import corr, movie_correlation
-from decoder.oracle import OracleEncoder
+from decoder.analysis.metrics import corr, movie_correlation
+from decoder.encoder.oracle import OracleEncoder
 from decoder.reconstruct import fold_windows, gather_windows, window_starts
 from decoder.reconstruct.backends import TorchBackend
 from decoder.reconstruct.offline import (

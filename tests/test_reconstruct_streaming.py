@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from decoder.metrics import movie_correlation
-from decoder.oracle import OracleEncoder
+from decoder.analysis.metrics import movie_correlation
+from decoder.encoder.oracle import OracleEncoder
 from decoder.reconstruct.backends import TorchBackend
 from decoder.reconstruct.offline import OfflineConfig, ReconstructionError, reconstruct_offline
 from decoder.reconstruct.streaming import (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from decoder import bench_resolution
-from decoder.resolution import cut, grid, score_cells
+from decoder.analysis.resolution import cut, grid, score_cells
 from streams.synthetic.resolution import grating_clips, noise_clips, programme
 from streams.synthetic.stimuli import StimulusError
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder.messages import as_decoded_frame
-from decoder.metrics import corr
+from decoder.analysis.metrics import corr
+from decoder.live.decoded import as_decoded_frame
 from streams.example import example_session_path
 from streams.formats import load_session
 from streams.protocol import Decoded

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.formats.native import header_of
 from streams.protocol import End, Heartbeat, encode_end, encode_frame, encode_heartbeat
+from streams.session import header_of
 from streams.transport import Publisher, Subscriber
 from tests.conftest import free_port
 from tests.test_service import collect, example_slice, start_decoder, stop
@@ -117,9 +117,9 @@ class _Capture:
 
 
 def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(small_mouse: Path, monkeypatch) -> None:
+    from decoder.live.service import DecodeService
     from decoder.reconstruct import models as model_module
     from decoder.reconstruct.streaming import StreamingConfig
-    from decoder.service import DecodeService
 
     loads = []
     real = model_module.load_models

@@ -47,7 +47,7 @@ def test_shipped_graph_equals_torch_on_its_checkpoint(name: str) -> None:
 
 def test_profile_splits_a_live_step_of_the_builtin_model(tmp_path) -> None:
     """`bench encoder --profile`: ORT's own per-operator times, one session.run per step, parts add up."""
-    from decoder.profile_step import profile_step, render
+    from decoder.bench.profile_step import profile_step, render
 
     result = profile_step(DEFAULT_MODEL_DIR, frames=3, warmup=2, steps=1, threads=1, workdir=tmp_path)
     assert result["calls_per_frame"] == 1.0  # one session.run per step

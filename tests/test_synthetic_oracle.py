@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.oracle import OracleEncoder
+from decoder.encoder.oracle import OracleEncoder
 from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
 
 

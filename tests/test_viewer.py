@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder.messages import DecodedFrame, encode_decoded_frame
-from decoder.metrics import corr
-from decoder.viewer import ViewerState
+from decoder.analysis.metrics import corr
+from decoder.live.decoded import DecodedFrame, encode_decoded_frame
+from decoder.view.state import ViewerState
 from streams.protocol import SessionHeader
 from streams.session import new_session_id
 from streams.transport import Publisher

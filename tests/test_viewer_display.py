@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from decoder.messages import DecodedFrame
-from decoder.qt_checks import debian_package, leaked_none_refs, missing_libraries, window_problem
-from decoder.viewer import MAX_PENDING, ViewerState
+from decoder.live.decoded import DecodedFrame
+from decoder.view.qt_checks import debian_package, leaked_none_refs, missing_libraries, window_problem
+from decoder.view.state import MAX_PENDING, ViewerState
 from tests.conftest import REPO, free_port
 from tests.test_viewer import pattern, publish_streams
 
@@ -156,7 +156,7 @@ def test_view_and_demo_explain_why_there_is_no_window(monkeypatch: pytest.Monkey
     r = subprocess.run([sys.executable, "-m", "streams.cli", "view", "--connect", f"tcp://127.0.0.1:{free_port()}"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Qt cannot open a window" in r.stderr and ":1987" in r.stderr
-    from decoder.demo import viewer_or_reason
+    from decoder.live.demo import viewer_or_reason
 
     reason = viewer_or_reason(headless_asked=False)  # the demo then runs headless and prints this
     assert reason is not None and "Qt cannot open a window" in reason

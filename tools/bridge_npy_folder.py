@@ -31,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.commandline import get_logger
 from streams.publish import RigPublisher
+
+log = get_logger("bridge")
 
 POLL_S = 0.1
 
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if not args.folder.is_dir():
-        print(f"bridge: {args.folder} is not a folder", file=sys.stderr)
+        log.error(f"{args.folder} is not a folder")
         return 2
     ids = np.load(args.neuron_ids, allow_pickle=False)
     summary: dict = {"files": 0, "frames": 0, "skipped": {}}
@@ -135,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["session_id"] = rig.session_id
             if args.wait_subscribers:
                 rig.wait_subscribers(args.wait_subscribers)
-            print(f"bridge: watching {args.folder} -> {rig.endpoint} ({rig.n_neurons} neurons, {args.rate:g} Hz)",
-                  file=sys.stderr, flush=True)
+            log.info(f"watching {args.folder} -> {rig.endpoint} ({rig.n_neurons} neurons, {args.rate:g} Hz)")
             last_new = time.monotonic()
             next_t = time.monotonic()
             while True:
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         traces, behaviour = load_trial(path, rig.n_neurons, args.time_first, args.behaviour_dir)
                     except ValueError as e:
                         summary["skipped"][path.name] = str(e)
-                        print(f"bridge: skipped {e}", file=sys.stderr, flush=True)
+                        log.info(f"skipped {e}")
                         continue
                     next_t = max(next_t, time.monotonic())
                     for t in range(traces.shape[0]):
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         next_t += period
                     summary["files"] += 1
                     summary["frames"] += traces.shape[0]
-                    print(f"bridge: {path.name}: {traces.shape[0]} frames", file=sys.stderr, flush=True)
+                    log.info(f"{path.name}: {traces.shape[0]} frames")
             summary["dropped"] = rig.dropped
     except KeyboardInterrupt:
         summary["interrupted"] = True

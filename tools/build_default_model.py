@@ -22,6 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from streams.commandline import get_logger
+
+log = get_logger("build")
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -165,8 +169,7 @@ def train_mask(dest: Path, run: Path, data: Path, iterations: int, mouse: str): 
 
     def progress(i: int, n: int, loss: float) -> None:
         if i == 1 or i % 10 == 0 or i == n:
-            print(f"alpha mask: iteration {i}/{n}, loss {loss:.4f}, {time.time() - t0:.0f} s", file=sys.stderr,
-                  flush=True)
+            log.info(f"iteration {i}/{n}, loss {loss:.4f}, {time.time() - t0:.0f} s")
 
     alpha = train_alpha_mask(backend, trials, MaskConfig(iterations=iterations), progress=progress)
     save_alpha_mask(alpha, dest)

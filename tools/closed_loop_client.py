@@ -25,7 +25,10 @@ import time
 
 from decoder.client import DecodedStream, LiveFrame
 from decoder.detect import DetectorConfig, TargetDetector
+from streams.commandline import get_logger
 from streams.control import TARGETS, RigControl
+
+log = get_logger("client")
 
 
 def act(rig: RigControl | None, movie: int) -> dict:
@@ -58,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     rig = RigControl(args.rig) if args.rig else None
     decisions = 0
     stop_at = None if args.seconds is None else time.monotonic() + args.seconds
-    print(f"client: {args.connect} -> detector ({args.target}, threshold {cfg.threshold}, {cfg.frames} frames)"
-          f" -> {args.rig or 'no rig'}", file=sys.stderr, flush=True)
+    log.info(f"{args.connect} -> detector ({args.target}, threshold {cfg.threshold}, {cfg.frames} frames)"
+             f" -> {args.rig or 'no rig'}")
     with DecodedStream(args.connect, final=want_final, provisional=want_prov) as stream:
         try:
             while (args.max_decisions is None or decisions < args.max_decisions) and (

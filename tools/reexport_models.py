@@ -16,6 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+from streams.commandline import get_logger
+
+log = get_logger("reexport")
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -50,9 +54,9 @@ def main() -> int:
     for name in (m.strip() for m in args.models.split(",") if m.strip()):
         folder = MODELS / name
         if not (folder / "checkpoint").is_dir() or not (folder / "graph.json").is_file():
-            print(f"reexport: {folder} has no checkpoint/ or graph.json", file=sys.stderr)
+            log.error(f"{folder} has no checkpoint/ or graph.json")
             return 2
-        print(f"reexport: {name} ...", file=sys.stderr, flush=True)
+        log.info(f"{name} ...")
         report[name] = reexport(folder)
     print(json.dumps(report, indent=2))
     return 0

@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streams.commandline import get_logger
+
+log = get_logger("batch")
+
 EXAMPLE = """example:
   neurocine batch --sessions s1.ncr s2.ncr --model m0 --model m1 --model m2 --iterations 1000 --out runs/b1
   neurocine batch --session streams/data/example.ncr --trial 0 --trial 1 --iterations 20 --num-cpus 2 --out /tmp/b
@@ -74,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
     from decoder.reconstruct.models import default_models
 
     if args.max_retries < 0:
-        print("batch: --max-retries must be >= 0", file=sys.stderr)
+        log.error("--max-retries must be >= 0")
         return 2
     grain = args.grain if args.grain != "auto" else ("member" if args.mode == "offline" else "trial")
     if grain == "member" and args.mode == "streaming":
-        print("batch: --grain member is for offline mode (streaming ensembles average gradients)", file=sys.stderr)
+        log.error("--grain member is for offline mode (streaming ensembles average gradients)")
         return 2
     sessions = ([args.session] if args.session else []) + list(args.sessions)
     if not sessions:
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_batch_file(out, settings, models)
     except UnitError as e:
-        print(f"batch: {e}", file=sys.stderr)
+        log.error(str(e))
         return 2
     start = time.perf_counter()
     names, plan, rows = session_names(sessions), [], []
@@ -107,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         started = start_ray(args.address, args.num_cpus)
     except ClusterError as e:
-        print(f"batch: {e}", file=sys.stderr)
+        log.error(str(e))
         return 2
-    from streams.cli import stop_on_sigterm
+    from streams.commandline import stop_on_sigterm
 
     stop_on_sigterm()  # after ray.init, which installs its own: scancel / systemctl stop act like Ctrl-C
     try:
@@ -119,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
             rows += run_plan(plan, settings, max_retries=args.max_retries, num_gpus=gpus,
                              progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"\nbatch: interrupted; finished trials are kept in {out}, rerun the same command to resume",
-              file=sys.stderr)
+        log.warning(f"interrupted; finished trials are kept in {out}, rerun the same command to resume")
         return 130
     finally:
         if started:
@@ -137,10 +140,10 @@ def run(args: argparse.Namespace) -> int:
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The summary as a table on stderr: one line per task; failures with their reason."""
     width = max([len(r["name"]) for r in rows] + [4])
-    print(f"{'task':<{width}}  status   seconds  pixel_r", file=sys.stderr)
+    log.info(f"{'task':<{width}}  status   seconds  pixel_r")
     for r in rows:
         secs = f"{r['seconds']:8.1f}" if "seconds" in r else " " * 8
         corr = f"{r['pixel_correlation']:8.4f}" if "pixel_correlation" in r else ""
-        print(f"{r['name']:<{width}}  {r['status']:<7} {secs} {corr}", file=sys.stderr)
+        log.info(f"{r['name']:<{width}}  {r['status']:<7} {secs} {corr}")
         if r["status"] == "failed":
-            print(f"  -> {r.get('error')}", file=sys.stderr)
+            log.info(f"  -> {r.get('error')}")

@@ -226,7 +226,7 @@ def _merge(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
 def _finish(unit: Unit, args: argparse.Namespace, session, models, movie: np.ndarray,
             info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the trial's uint8 movie, then its metrics JSON (the 'finished' mark)."""
-    from decoder.metrics import movie_metrics, response_correlation
+    from decoder.analysis.metrics import movie_metrics, response_correlation
     from decoder.reconstruct.cli import as_uint8
     from decoder.reconstruct.models import session_arrays
     from decoder.reconstruct.offline import predict_movie

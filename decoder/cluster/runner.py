@@ -5,12 +5,11 @@ Ray is imported here only (the `cluster` extra); nothing in `streams/` or the ri
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from decoder.cluster.jobs import Unit, merge_unit, run_unit
+from streams.commandline import progress
 
 
 class ClusterError(RuntimeError):
@@ -54,31 +53,20 @@ def gpus_per_task(backend: str, provider: str, requested: float | None = None) -
 
 
 class Progress:
-    """tqdm on stderr when installed (the train extra has it), else a line every few seconds."""
+    """Tasks finished so far, as one progress line (streams.commandline.progress), the last task beside it."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
-        self.total, self.done, self.enabled, self._last = total, 0, enabled, 0.0
-        self._bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, file=sys.stderr, unit="task", desc="batch")
-            except ImportError:
-                pass
+        self.total, self.done = total, 0
+        self._report = progress("batch", total, unit="task") if enabled else None
 
     def update(self, name: str, status: str) -> None:
         self.done += 1
-        if self._bar is not None:
-            self._bar.set_postfix_str(f"{status}: {name}", refresh=False)
-            self._bar.update(1)
-        elif self.enabled and (time.monotonic() - self._last > 2 or self.done == self.total):
-            self._last = time.monotonic()
-            print(f"batch: {self.done}/{self.total} tasks ({status}: {name})", file=sys.stderr, flush=True)
+        if self._report is not None:
+            self._report(self.done, last=f"{status}: {name}")
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if self._report is not None:
+            self._report.close()  # type: ignore[attr-defined]
 
 
 def _error_text(err: BaseException) -> str:

@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streams.commandline import get_logger
+
+log = get_logger("train")
+
 
 def parse_seeds(text: str) -> list[int]:
     try:
@@ -57,7 +61,7 @@ def run_seeds(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds)
         started = start_ray(args.address, args.num_cpus)
     except (ValueError, ClusterError) as e:
-        print(f"neurocine train: {e}", file=sys.stderr)
+        log.error(str(e))
         return 2
     ray = import_ray()
     start = time.perf_counter()
@@ -76,7 +80,7 @@ def run_seeds(args: argparse.Namespace) -> int:
                     rows.append(ray.get(ref))
             except Exception as e:  # a crash or an error past its retry: report it, keep the others
                 rows.append({"name": f"seed{seed}", "status": "failed", "error": f"{type(e).__name__}: {e}"[:500]})
-            print(f"neurocine train: seed {seed}: {rows[-1]['status']}", file=sys.stderr)
+            log.info(f"seed {seed}: {rows[-1]['status']}")
     finally:
         if started:
             ray.shutdown()

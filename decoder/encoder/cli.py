@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
+
+from streams.commandline import get_logger
 
 TRAIN_EXAMPLE = """example:
   neurocine train --data data/mouse_a data/mouse_b --preset small --out models/small --epochs 20
@@ -79,7 +80,7 @@ def run_train_inverse(args: argparse.Namespace) -> int:
     from streams.formats.sensorium import read_sensorium
 
     if len(args.data) != 1:
-        print("neurocine train --inverse: give one --data folder (one mouse)", file=sys.stderr)
+        get_logger("train").error("give one --data folder (one mouse)")
         return 2
     out = Path(args.out)
     graph = out / "graph.json"
@@ -88,11 +89,11 @@ def run_train_inverse(args: argparse.Namespace) -> int:
         ids = json.loads(graph.read_text()).get("neuron_ids") if graph.is_file() else None
         if ids is not None and [int(i) for i in ids] != [int(i) for i in session.neuron_ids]:
             raise InverseError(f"{args.data[0]}: its neurons are not those of the model in {out} ({graph})")
-        fit = fit_inverse(session, log=lambda m: print(m, file=sys.stderr, flush=True))
+        fit = fit_inverse(session, log=get_logger("train").info)
         path = export_inverse(fit, out)
         InverseDecoder(path)  # loads back, or says why not
     except (FormatError, InverseError, OSError, ValueError) as err:
-        print(f"neurocine train --inverse: {err}", file=sys.stderr)
+        get_logger("train").error(str(err))
         return 2
     print(json.dumps({"inverse": str(path), "bytes": path.stat().st_size, "fit": fit.report}))
     return 0
@@ -143,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(opts)
     except (DataError, ValueError) as err:
-        print(f"neurocine train: {err}", file=sys.stderr)
+        get_logger("train").error(str(err))
         return 2
     summary.pop("history", None)
     print(json.dumps(summary))
@@ -175,16 +176,16 @@ def run_export(args: argparse.Namespace) -> int:
     from decoder.encoder.export import ExportError
 
     if args.window is not None and (args.window < 2 or args.window % 2):
-        print(f"neurocine export: --window must be even and >= 2, got {args.window}", file=sys.stderr)
+        get_logger("export").error(f"--window must be even and >= 2, got {args.window}")
         return 2
     graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
     try:
         written = export_model(args.model_dir, args.out, args.mouse, args.window, graphs, half=args.half)
     except ExportError as err:
-        print(f"neurocine export: {err}", file=sys.stderr)
+        get_logger("export").error(str(err))
         return 1
     except (CheckpointError, ValueError) as err:
-        print(f"neurocine export: {err}", file=sys.stderr)
+        get_logger("export").error(str(err))
         return 2
     print(json.dumps(written))
     return 0
@@ -221,5 +222,5 @@ def export_model(model_dir: str | Path, out: str | Path, mice: list[str] | None 
         if half and "gradient" in paths:
             paths["gradient_fp16"] = write_half_precision(paths["gradient"])
         written[mouse] = {k: str(v) for k, v in paths.items()}
-        print(f"exported {mouse} -> {Path(out) / mouse}", file=sys.stderr)
+        get_logger("export").info(f"exported {mouse} -> {Path(out) / mouse}")
     return written

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder.metrics import corr
+from decoder.analysis.metrics import corr
 from streams.session import Session
 
 #: Trials shorter than a window cannot be trained on; a std below this is treated as this.
@@ -181,7 +181,7 @@ def sensorium_correlation(
     pred: Sequence[np.ndarray], obs: Sequence[np.ndarray], skip: int = METRIC_SKIP_FRAMES
 ) -> float:
     """Single-trial correlation: per neuron, Pearson r of prediction vs recording over all trials' frames
-    after the first `skip` of each trial, then the mean over neurons. `decoder.metrics.corr`'s rules: NaN
+    after the first `skip` of each trial, then the mean over neurons. `decoder.analysis.metrics.corr`'s rules: NaN
     frames are left out per neuron, a flat neuron scores 0 and counts. pred/obs: per trial (T, N)."""
     p = np.concatenate([x[skip:] for x in pred]).astype(np.float64)
     o = np.concatenate([x[skip:] for x in obs]).astype(np.float64)

@@ -31,6 +31,7 @@ from decoder.encoder.data import (
 )
 from decoder.encoder.model import NO_DECAY_SUFFIXES, Encoder, build_encoder, poisson_loss
 from decoder.encoder.presets import get_preset
+from streams.commandline import get_logger
 
 
 @dataclasses.dataclass
@@ -188,7 +189,7 @@ def _build(opts: TrainOptions, mice: list[MouseData]) -> Encoder:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    get_logger("train").info(msg)
 
 
 def train(opts: TrainOptions) -> dict[str, Any]:

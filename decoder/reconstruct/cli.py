@@ -1,7 +1,7 @@
 """`neurocine reconstruct`: decode a recorded session (or one trial of it) into a movie file.
 
 Writes (T, 36, 64) uint8, frame t aligned with the session's frame t (stimulus frame t). When the session
-carries the true stimulus it prints one JSON line of metrics on stdout (decoder.metrics: pixel correlation (the
+carries the true stimulus it prints one JSON line of metrics on stdout (decoder.analysis.metrics: pixel correlation (the
 paper's score), frame-wise correlation, SSIM, PSNR, RMSE, each after the `--smooth` post-smoothing and again
 "unsmoothed"; the response correlation; per-trial values); progress goes to stderr.
 """
@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from decoder.metrics import SMOOTH_SIGMA
+from decoder.analysis.metrics import SMOOTH_SIGMA
 from decoder.reconstruct.streaming import add_streaming_args
+from streams.commandline import get_logger, progress
+
+log = get_logger("reconstruct")
 
 OUT_SUFFIXES = (".npy", ".gif", ".mp4")
 
@@ -124,20 +127,14 @@ def write_movie(movie: np.ndarray, out: Path, fps: float = 30.0) -> None:
             container.mux(packet)
 
 
-def _progress(prefix: str):
-    last = [0.0]
-    start = time.monotonic()
+def _progress(prefix: str) -> Callable[[int, int, float], None]:
+    """The optimiser's progress callback (iteration i of n, loss) as one progress line."""
+    bar: list[Callable[..., None]] = []
 
     def report(i: int, n: int, loss: float) -> None:
-        now = time.monotonic()
-        if i == n or now - last[0] > 1.0:
-            last[0] = now
-            print(
-                f"\r{prefix}: iteration {i}/{n}, loss {loss:.4f}, {now - start:.0f} s",
-                end="\n" if i == n else "",
-                file=sys.stderr,
-                flush=True,
-            )
+        if not bar or i == 1:
+            bar[:] = [progress(prefix, n, unit="it")]
+        bar[0](i, loss=loss)
 
     return report
 
@@ -215,7 +212,7 @@ def as_uint8(movie: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.metrics import mean_metrics, movie_metrics, response_correlation
+    from decoder.analysis.metrics import mean_metrics, movie_metrics, response_correlation
     from decoder.reconstruct.backends import BackendError
     from decoder.reconstruct.models import session_arrays
     from decoder.reconstruct.offline import ReconstructionError, predict_movie
@@ -223,23 +220,20 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.suffix not in OUT_SUFFIXES:
-        print(f"reconstruct: --out {out}: suffix must be one of {OUT_SUFFIXES}", file=sys.stderr)
+        log.error(f"--out {out}: suffix must be one of {OUT_SUFFIXES}")
         return 2
     try:
         session, models = load_inputs(args)
     except (FormatError, BackendError, FileNotFoundError, ValueError) as e:
-        print(f"reconstruct: {e}", file=sys.stderr)
+        log.error(str(e))
         return 2
     eval_mask = None if args.no_mask else models.eval_mask
-    print(
-        f"reconstruct: {session.n_frames} frames, {len(session.trials)} trial(s), models: "
-        f"{'; '.join(models.description)}",
-        file=sys.stderr,
-    )
+    log.info(f"{session.n_frames} frames, {len(session.trials)} trial(s), models: "
+             f"{'; '.join(models.description)}")
     if models.inverse is None and ((args.mode == "offline" and args.init == "inverse")
                                    or (args.mode == "streaming" and args.warm_start == "inverse")):
-        print("reconstruct: the model has no inverse decoder (inverse.onnx); starting from "
-              f"{'grey' if args.mode == 'offline' else 'the previous frame'}", file=sys.stderr)
+        log.info("the model has no inverse decoder (inverse.onnx); starting from "
+                 f"{'grey' if args.mode == 'offline' else 'the previous frame'}")
     start = time.perf_counter()
     movies, truths, preds, recs, infos = [], [], [], [], []
     try:
@@ -250,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
             movie = reconstruct_part(models, part, args, progress, info)
             infos.append(info)
             if args.mode == "offline" and args.iterations == "auto":
-                print(f"reconstruct: trial {trial.index}: stopped at {info['iterations']} iterations (the held-out "
-                      "neurons' best)", file=sys.stderr)
+                log.info(f"trial {trial.index}: stopped at {info['iterations']} iterations (the held-out "
+                         "neurons' best)")
             responses, behaviour = session_arrays(part, models.columns)
             movies.append(movie)
             recs.append(responses)
@@ -259,12 +253,12 @@ def run(args: argparse.Namespace) -> int:
                 truths.append(part.stimulus)
                 preds.append(predict_movie(models.ensemble, movie, behaviour))
     except (ReconstructionError, BackendError) as e:
-        print(f"reconstruct: {e}", file=sys.stderr)
+        log.error(str(e))
         return 2
     seconds = time.perf_counter() - start
     movie_u8 = as_uint8(np.concatenate(movies))
     write_movie(movie_u8, out, session.frame_rate)
-    print(f"reconstruct: wrote {out} ({movie_u8.shape[0]} frames) in {seconds:.1f} s", file=sys.stderr)
+    log.info(f"wrote {out} ({movie_u8.shape[0]} frames) in {seconds:.1f} s")
     if truths:
         per = [movie_metrics(t, m, eval_mask, sigma=args.smooth) for t, m in zip(truths, movies, strict=True)]
         result: dict[str, Any] = {

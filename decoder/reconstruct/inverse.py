@@ -89,7 +89,7 @@ def _trial_arrays(session: Session) -> list[tuple[np.ndarray, np.ndarray, np.nda
 
 def _trial_scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
     """Mean over trials of the Pearson r over all (frame, pixel) pairs."""
-    from decoder.metrics import corr
+    from decoder.analysis.metrics import corr
 
     return float(np.mean([corr(p, y) for p, y in zip(preds, truths, strict=True)]))
 

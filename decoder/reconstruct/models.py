@@ -43,7 +43,7 @@ class LoadedModels:
 
 
 def _oracle_for_session(session: Session, session_path: str | Path | None):  # -> OracleEncoder
-    from decoder.oracle import OracleEncoder, find_mouse_folder
+    from decoder.encoder.oracle import OracleEncoder, find_mouse_folder
 
     if session_path is not None:
         try:
@@ -83,13 +83,25 @@ def match_columns(
     return cols
 
 
+#: The models shipped in the package: `default` and the two other seeds of its ensemble.
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 #: The built-in model (a trained encoder of the built-in synthetic mouse, its ONNX graphs and alpha mask).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
+DEFAULT_MODEL_DIR = SHIPPED_MODELS_DIR / "default"
 
 
 def default_models() -> list[str]:
-    """What `--model` means when not given: the built-in model when it is installed, else the oracle."""
-    return [str(DEFAULT_MODEL_DIR)] if DEFAULT_MODEL_DIR.is_dir() else ["oracle"]
+    """What `--model` means when not given (every verb asks here): the built-in model when it is installed,
+    else the synthetic mouse's oracle."""
+    return [str(DEFAULT_MODEL_DIR)] if (DEFAULT_MODEL_DIR / "gradient.onnx").is_file() else ["oracle"]
+
+
+def backend_of(models: Sequence[str]) -> str:
+    """'onnx' for exported graphs (a folder with gradient.onnx, or a .onnx file), else 'torch' (checkpoints,
+    the oracle); a mix is refused, since an ensemble runs on one backend."""
+    kinds = {"onnx" if (m.endswith(".onnx") or (Path(m) / "gradient.onnx").is_file()) else "torch" for m in models}
+    if len(kinds) > 1:
+        raise BackendError(f"--model mixes ONNX graphs and torch models: {list(models)}")
+    return kinds.pop()
 
 
 def _checkpoint_dir(p: Path) -> Path | None:
@@ -145,7 +157,7 @@ def _load_one(spec: str, session: Session, session_path: str | Path | None, back
         return member, ids, f"encoder {config.get('preset')} ({mouse}) from {spec}", p
     if graph.is_file():
         raise BackendError(f"--model {spec} is an ONNX graph; use --backend onnx")
-    from decoder.oracle import OracleEncoder, find_mouse_folder
+    from decoder.encoder.oracle import OracleEncoder, find_mouse_folder
 
     try:
         folder = find_mouse_folder(p)

@@ -45,7 +45,7 @@ from streams.protocol import (
     encode_frame,
     encode_session,
 )
-from streams.session import Session, Trial
+from streams.session import Session, Trial, frame_trials, header_of
 
 MAGIC = b"NCREC\x00v1"
 SYNC = b"NCR\x1e"
@@ -315,28 +315,6 @@ def read_native(path: str | Path, session_id: str | None = None) -> Session:
     if session_id not in rec.headers:
         raise _format_error(f"{path}: no session {session_id!r} (has {rec.session_ids})")
     return session_from_messages(rec.headers[session_id], rec.frames[session_id])
-
-
-def header_of(session: Session) -> SessionHeader:
-    """The wire header describing a session."""
-    return SessionHeader(
-        session_id=session.session_id,
-        source=session.source,
-        mouse_id=session.mouse_id,
-        frame_rate=session.frame_rate,
-        neuron_ids=session.neuron_ids,
-        stimulus_shape=session.stimulus_shape,
-        start_time_ns=session.start_time_ns,
-        trial_tiers={tr.index: tr.tier for tr in session.trials},
-    )
-
-
-def frame_trials(session: Session) -> np.ndarray:
-    """Source trial index of every frame."""
-    out = np.empty(session.n_frames, np.int64)
-    for tr in session.trials:
-        out[tr.start : tr.stop] = tr.index
-    return out
 
 
 def write_native(session: Session, path: str | Path) -> None:

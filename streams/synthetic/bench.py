@@ -14,12 +14,14 @@ import sys
 import time
 from typing import Any
 
+from streams.commandline import get_logger
+
 EXAMPLE = "neurocine bench rig --neurons 8000 --seconds 10 --json out/bench-rig.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def register(bench_subparsers: Any) -> None:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_subparsers, "rig", "synthetic rig: per-frame generation time on one core", EXAMPLE,
                  "Generate --seconds worth of 30 Hz frames of the synthetic mouse on one core and report "
@@ -65,7 +67,7 @@ def measure(n_neurons: int, seconds: float, seed: int = 0) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
 
     if args.neurons < 1 or args.seconds <= 0:
         raise ValueError(f"--neurons must be >= 1 and --seconds > 0, got {args.neurons}, {args.seconds}")
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "streams.synthetic.bench", str(args.neurons), str(args.seconds), str(args.seed)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        print(proc.stderr, file=sys.stderr)
+        get_logger("bench.rig").error(proc.stderr.strip())
         return proc.returncode
     emit_json(json.loads(proc.stdout), args.json)
     return 0

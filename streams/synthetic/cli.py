@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from streams.commandline import get_logger
+
+log = get_logger("rig")
+
 SIMULATE_EXAMPLE = """\
 neurocine simulate --out data/synthetic-0 --neurons 1000 --minutes 60
 neurocine simulate --out data/new-movies --movie-seed 7 --trials 40 --format native"""
@@ -15,7 +19,7 @@ neurocine rig --synthetic --control tcp://127.0.0.1:5557   # steerable: see stre
 
 
 def _add(sub: Any, name: str, help: str, example: str, description: str) -> argparse.ArgumentParser:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     return add_verb(sub, name, help, example, description)
 
@@ -34,7 +38,7 @@ def register_simulate(subparsers: Any) -> None:
              "Simulate the synthetic mouse watching naturalistic movies and write the recording: 300-frame "
              "trials; tiers train, oracle and final_test_main (held-out movies shown --repeats times each). "
              "The mouse's parameters are saved with the data (OUT/meta/mouse/ for Sensorium folders, "
-             "OUT.mouse/ otherwise) so decoder.oracle can rebuild the noise-free model.")
+             "OUT.mouse/ otherwise) so decoder.encoder.oracle can rebuild the noise-free model.")
     p.add_argument("--out", required=True, help="output folder (sensorium) or file stem (nwb, native)")
     _mouse_args(p)
     size = p.add_mutually_exclusive_group()
@@ -61,7 +65,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def register_rig(subparsers: Any) -> None:
-    from streams.cli import DEFAULT_PUB
+    from streams.commandline import DEFAULT_PUB
 
     p = _add(subparsers, "rig", "live synthetic rig: publish the simulated mouse in real time", RIG_EXAMPLE,
              "Publish frames at 30 Hz on absolute deadlines, generated on the fly: deconvolved traces, "
@@ -83,12 +87,11 @@ def register_rig(subparsers: Any) -> None:
 
 
 def run_rig_verb(args: argparse.Namespace) -> int:
-    import sys
 
     if not args.synthetic:
-        print("neurocine rig: only the synthetic rig exists so far; pass --synthetic", file=sys.stderr)
+        log.error("only the synthetic rig exists so far; pass --synthetic")
         return 2
-    from streams.cli import stop_on_sigterm
+    from streams.commandline import stop_on_sigterm
     from streams.synthetic.rig import run_rig
 
     stop_on_sigterm()

@@ -2,7 +2,7 @@
 
 Two implementations of one model, equal up to float32 rounding: `expected_activity` (a whole movie at
 once, numpy) and `ExpectedActivityStream` (one frame at a time, O(N) state, used by the live rig and
-the dataset simulator). decoder/oracle.py is the differentiable PyTorch twin of `expected_activity`.
+the dataset simulator). decoder/encoder/oracle.py is the differentiable PyTorch twin of `expected_activity`.
 
 Per frame t (contrast x_t = (frame - 127.5) / 127.5, 0 is grey):
 1. the eye looks at gaze (pupil_x, pupil_y) degrees, so the retina sees the screen shifted: bilinear

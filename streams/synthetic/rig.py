@@ -13,16 +13,18 @@ target image and grey; the rig shows the change at the next frame and acknowledg
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
+from streams.commandline import get_logger, progress
 from streams.control import FRAME_SHAPE, GREY, TARGETS, Command, ControlServer
 from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
 from streams.synthetic.simulate import DEFAULT_MOVIE_SEED, MouseStream, SimFrame
 from streams.synthetic.stimuli import NaturalMovie
+
+log = get_logger("rig")
 
 LATE_TOLERANCE_S = 0.010
 
@@ -109,13 +111,13 @@ def run_rig(
         )
         pub.begin(header)
         if verbose:
-            print(f"rig: publishing {mouse.mouse_id} ({mouse.n_neurons} neurons, movie seed {movie_seed}) "
-                  f"on {pub.endpoint} at {mouse.fps:g} Hz; Ctrl-C stops", file=sys.stderr, flush=True)
+            log.info(f"publishing {mouse.mouse_id} ({mouse.n_neurons} neurons, movie seed {movie_seed}) "
+                     f"on {pub.endpoint} at {mouse.fps:g} Hz; Ctrl-C stops")
             if ctl is not None:
-                print(f"rig: commands on {ctl.endpoint} (movie K, target NAME, grey, status)", file=sys.stderr,
-                      flush=True)
+                log.info(f"commands on {ctl.endpoint} (movie K, target NAME, grey, status)")
         start = time.monotonic_ns()
         reason = "complete"
+        shown = progress("rig", max_frames, unit="frame") if verbose else None
         try:
             seq = 0
             while max_frames is None or seq < max_frames:
@@ -146,20 +148,21 @@ def run_rig(
                     sim = stream.step(screen.next())
                 seq += 1
                 report.frames = seq
-                if verbose and seq % int(10 * mouse.fps) == 0:
-                    print(f"\rrig: {seq} frames, {report.late} late", end="", file=sys.stderr, flush=True)
+                if shown is not None:
+                    shown(seq, late=report.late)
         except KeyboardInterrupt:
             reason = "interrupted"
         finally:
             report.seconds = (time.monotonic_ns() - start) / 1e9
+            if shown is not None:
+                shown.close()  # type: ignore[attr-defined]
             pub.end(reason)
             if ctl is not None:
                 report.commands, report.refused = ctl.accepted, ctl.refused
                 ctl.close()
     if verbose:
-        print(f"\nrig: sent {report.frames} frames in {report.seconds:.1f} s, {report.late} late "
-              f"(max {report.max_lateness_ms:.1f} ms); {report.commands} commands shown, {report.refused} refused",
-              file=sys.stderr)
+        log.info(f"sent {report.frames} frames in {report.seconds:.1f} s, {report.late} late "
+                 f"(max {report.max_lateness_ms:.1f} ms); {report.commands} commands shown, {report.refused} refused")
     return report
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from streams.commandline import progress
 from streams.session import Session, Trial
 from streams.synthetic.behaviour import BehaviourGenerator
 from streams.synthetic.calcium import Deconvolver, Indicator, Spiker
@@ -129,18 +128,13 @@ def clip_frames(plan: TrialPlan, movie_seed: int, n_frames: int = TRIAL_FRAMES) 
 
 
 def _progress(prefix: str) -> Callable[[int, int], None]:
-    start = time.monotonic()
-    last = [0.0]
+    """Trials simulated so far, as one progress line."""
+    bar: list[Callable[..., None]] = []
 
     def report(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last[0] > 1.0:
-            last[0] = now
-            rate = done / max(now - start, 1e-9)
-            eta = (total - done) / rate if rate > 0 else float("nan")
-            end = "\n" if done == total else ""
-            print(f"\r{prefix}: {done}/{total} trials, {now - start:.0f} s elapsed, ~{eta:.0f} s left",
-                  end=end, file=sys.stderr, flush=True)
+        if not bar:
+            bar.append(progress(prefix, total, unit="trial"))
+        bar[0](done)
 
     return report
 

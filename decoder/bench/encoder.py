@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streams.commandline import get_logger
+
+log = get_logger("bench.encoder")
+
 EXAMPLE = """example:
   neurocine bench encoder --presets tiny,small --json bench_encoder.json
   neurocine bench encoder --presets dwiseneuro --device cuda --neurons 8000
@@ -140,12 +144,12 @@ def run_profile(args: argparse.Namespace) -> int:
     """--profile: one JSON report on stdout, a readable table on stderr."""
     import onnxruntime
 
-    from decoder.profile_step import profile_step, render
+    from decoder.bench.profile_step import profile_step, render
     from decoder.reconstruct.models import DEFAULT_MODEL_DIR
 
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     if args.frames < 1 or args.steps < 1:
-        print("neurocine bench encoder: --frames and --steps must be >= 1", file=sys.stderr)
+        log.error("--frames and --steps must be >= 1")
         return 2
     from decoder.reconstruct.backends import BackendError
 
@@ -153,7 +157,7 @@ def run_profile(args: argparse.Namespace) -> int:
         try:
             result = profile_step(model, frames=args.frames, steps=args.steps, threads=args.threads, workdir=tmp)
         except BackendError as err:
-            print(f"neurocine bench encoder --profile: {err}", file=sys.stderr)
+            log.error(str(err))
             return 2
     result = {"bench": "encoder-profile", "onnxruntime": onnxruntime.__version__,
               "platform": platform.platform(), **result}  # fmt: skip
@@ -176,10 +180,10 @@ def run(args: argparse.Namespace) -> int:
 
     unknown = [p for p in presets if p not in PRESETS]
     if unknown or not presets:
-        print(f"neurocine bench encoder: unknown presets {unknown}; known: {', '.join(PRESETS)}", file=sys.stderr)
+        log.error(f"unknown presets {unknown}; known: {', '.join(PRESETS)}")
         return 2
     if args.batch < 1 or args.repeats < 1 or args.neurons < 1:
-        print("neurocine bench encoder: --batch, --repeats and --neurons must be >= 1", file=sys.stderr)
+        log.error("--batch, --repeats and --neurons must be >= 1")
         return 2
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
@@ -201,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="neurocine-bench-") as tmp:
         for name in presets:
-            print(f"bench encoder: {name} ...", file=sys.stderr, flush=True)
+            log.info(f"{name} ...")
             report["presets"][name] = bench_preset(name, args, Path(tmp))
     text = json.dumps(report, indent=2)
     print(text)

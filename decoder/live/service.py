@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.messages import DecodedFrame, encode_decoded_frame
+from decoder.live.decoded import DecodedFrame, encode_decoded_frame
 from decoder.reconstruct.streaming import StreamingConfig
 from streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
 from streams.session import Session
@@ -359,7 +359,7 @@ class DecodeService:
 # ---------------------------------------------------------------------------------------------- CLI
 def register(sub: Any) -> None:
     from decoder.reconstruct.streaming import add_streaming_args
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(sub, "decode", "decode service: rig traces in, decoded movie frames out (ZeroMQ)",
                  "neurocine decode --connect tcp://127.0.0.1:5555 --bind tcp://127.0.0.1:5556 --lag 32 --steps 2\n"
@@ -381,33 +381,21 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def default_models() -> list[str]:
-    """The built-in model shipped in the package, or the synthetic mouse's oracle when there is none."""
-    from pathlib import Path
-
-    builtin = Path(__file__).parent / "models" / "default"
-    return [str(builtin)] if (builtin / "gradient.onnx").is_file() else ["oracle"]
-
-
-def backend_for(models: Sequence[str]) -> str:
-    from pathlib import Path
-
-    kinds = {"onnx" if (m.endswith(".onnx") or (Path(m) / "gradient.onnx").is_file()) else "torch" for m in models}
-    if len(kinds) > 1:
-        raise ValueError(f"--model mixes ONNX graphs and torch models: {list(models)}")
-    return kinds.pop()
-
-
 def run(args: Any) -> int:
     from decoder.reconstruct.backends import BackendError
+    from decoder.reconstruct.models import backend_of, default_models
     from decoder.reconstruct.offline import ReconstructionError
     from decoder.reconstruct.streaming import streaming_config_from
-    from streams.cli import emit_json, stop_on_sigterm
+    from streams.commandline import emit_json, stop_on_sigterm
 
     models = args.model or default_models()
+    try:
+        backend = backend_of(models)
+    except BackendError as err:
+        print(f"neurocine decode: {err}", file=sys.stderr)
+        return 2
     providers = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"],
                  None: None}[args.provider]
-    backend = backend_for(models)
     if backend == "onnx":  # a graph that cannot load, batch or run on --provider: say so now, not per session
         from decoder.reconstruct.backends import BackendError, check_graphs
 

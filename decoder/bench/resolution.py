@@ -9,7 +9,7 @@ model or ensemble (default: the built-in model), from three sources of activity 
   (the paper's analysis: what the encoder + inversion can resolve at best);
 - `single`: the built-in synthetic mouse's noisy deconvolved responses, one presentation (a real trial);
 - `average`: the mean of `--trials` presentations (noise down by sqrt(trials)).
-Scored per clip with the paper's pixel correlation in the model's eval mask (decoder/resolution.py: per cell,
+Scored per clip with the paper's pixel correlation in the model's eval mask (decoder/analysis/resolution.py: per cell,
 the shuffle test, the inverted-copy analysis). Out: JSON (every cell), heat maps as a figure.
 
 Sizing: a clip costs 60 + `--gap` frames, and every frame costs an encoder pass per covering window per
@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from decoder.metrics import SMOOTH_SIGMA
+from decoder.analysis.metrics import SMOOTH_SIGMA
 from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from streams.commandline import get_logger
 from streams.synthetic.resolution import CLIP_FRAMES, GRATING_SF_CPP
+
+log = get_logger("bench.resolution")
 
 SOURCES = ("predicted", "single", "average")
 DEFAULT_SPATIAL = (0, 1, 4, 16)
@@ -94,13 +96,13 @@ def _floats(text: str) -> list[float]:
 
 
 def _log(msg: str) -> None:
-    print(f"bench resolution: {msg}", file=sys.stderr, flush=True)
+    log.info(f"{msg}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from decoder.analysis.resolution import cut, grid, score_cells
     from decoder.reconstruct.models import default_models, load_models
     from decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
-    from decoder.resolution import cut, grid, score_cells
     from streams.session import Session
     from streams.synthetic import make_mouse
     from streams.synthetic.resolution import grating_clips, mean_behaviour, noise_clips, programme, watch
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     families = {s.strip() for s in args.families.split(",") if s.strip()}
     bad = [s for s in sources if s not in SOURCES] + [f for f in families if f not in ("noise", "gratings")]
     if bad or not sources or not families:
-        print(f"bench resolution: unknown or empty --sources/--families: {bad}", file=sys.stderr)
+        log.error(f"unknown or empty --sources/--families: {bad}")
         return 2
     spatial, temporal = _floats(args.spatial), _floats(args.temporal)
     sfs, tfs, dirs = _floats(args.sf), _floats(args.tf), _floats(args.directions)

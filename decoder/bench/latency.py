@@ -16,18 +16,20 @@ The first `--warmup` seconds (model loading, first steps) are reported apart fro
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from streams.commandline import get_logger, progress
+
+log = get_logger("bench.latency")
+
 
 def register(bench_sub: Any) -> None:
     from decoder.reconstruct.streaming import add_streaming_args
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_sub, "latency", "end-to-end latency of replay -> decode -> collector (JSON, figure)",
                  "neurocine bench latency --frames 600 --json out/latency.json --figure out/latency.png\n"
@@ -53,84 +55,58 @@ def _percentiles(x: np.ndarray) -> dict[str, float | None]:
                                                   [*np.percentile(x, [50, 95, 99]), x.max()], strict=True)}
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streams.cli", *args]
-
-
 def run(args: argparse.Namespace) -> int:
-    from decoder.messages import as_decoded_frame
+    from decoder.live.pipeline import LivePipeline, truth_of
     from decoder.reconstruct.streaming import streaming_argv
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
     from streams.example import example_session_path
     from streams.formats import load_session
-    from streams.protocol import Decoded, End, Frame, ProtocolError
-    from streams.transport import Subscriber
 
     session_path = args.session or str(example_session_path())
     n_source = load_session(session_path).n_frames
-    rig, out = f"tcp://127.0.0.1:{args.port}", f"tcp://127.0.0.1:{args.port + 1}"
-    decode_cmd = ["decode", "--connect", rig, "--bind", out, *streaming_argv(args)]
+    decode_args = list(streaming_argv(args))
     if args.provisional:
-        decode_cmd.append("--provisional")
+        decode_args.append("--provisional")
     for m in args.model or []:
-        decode_cmd += ["--model", m]
+        decode_args += ["--model", m]
     if args.threads:
-        decode_cmd += ["--threads", str(args.threads)]
+        decode_args += ["--threads", str(args.threads)]
     if args.provider:
-        decode_cmd += ["--provider", args.provider]
-    decoder = subprocess.Popen(_cli(*decode_cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        decode_args += ["--provider", args.provider]
     rows: list[tuple[float, ...]] = []
     truth: dict[int, np.ndarray] = {}
     decoded: dict[int, np.ndarray] = {}
-    replay = None
-    try:
-        with Subscriber(out) as dec_sub, Subscriber(rig, topics=[b"session", b"frame", b"end"]) as truth_sub:
-            replay = subprocess.Popen(
-                _cli("replay", session_path, "--bind", rig, "--speed", "1", "--loop", "--wait-subscribers", "2"),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            t_start = time.monotonic()
-            source_done_at = None
-            print(f"bench latency: {args.frames} frames at the session's rate through the decoder ...",
-                  file=sys.stderr, flush=True)
-            last_print = 0.0
-            while True:
-                while (m := truth_sub.recv(timeout_s=0)) is not None:
-                    if isinstance(m, Frame) and m.stimulus is not None:
-                        truth[m.seq] = np.array(m.stimulus)
-                        if m.seq + 1 >= args.frames and replay.poll() is None:
-                            replay.terminate()
-                            source_done_at = time.monotonic()
-                    elif isinstance(m, End):
-                        source_done_at = source_done_at or time.monotonic()
-                msg = dec_sub.recv(timeout_s=0.05)
-                now_ns = time.time_ns()
-                if isinstance(msg, Decoded):
-                    try:
-                        d = as_decoded_frame(msg)
-                    except ProtocolError:
-                        continue
-                    if d.seq < args.frames:
-                        decoded[d.seq] = np.array(d.frame)
-                        rows.append((time.monotonic() - t_start, d.seq,
-                                     (d.t_recv_ns - d.trigger_t_pub_ns) / 1e6, d.queue_ns / 1e6, d.compute_ns / 1e6,
-                                     (d.t_done_ns - d.trigger_t_pub_ns) / 1e6, (now_ns - d.t_done_ns) / 1e6,
-                                     d.steps))
-                if time.monotonic() - last_print > 5:
-                    last_print = time.monotonic()
-                    print(f"\r  decoded {len(decoded)}/{args.frames}", end="", file=sys.stderr, flush=True)
-                if len(decoded) >= args.frames - args.lag or (
-                        source_done_at is not None and time.monotonic() - source_done_at > 10):
-                    break
-                if decoder.poll() is not None:
-                    raise RuntimeError(f"the decoder exited: {decoder.stderr.read()[-2000:]}")
-            print(file=sys.stderr)
-    finally:
-        for proc in (replay, decoder):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        _, decoder_err = decoder.communicate(timeout=30)
+    source = ["replay", session_path, "--speed", "1", "--loop"]
+    pipe = LivePipeline(source, decode_args, args.port, keep_decoder_log=True)
+    with pipe:
+        t_start = time.monotonic()
+        source_done_at = None
+        log.info(f"{args.frames} frames at the session's rate through the decoder ...")
+        shown = progress("bench latency: decoded", args.frames, unit="frame")
+        while True:
+            frames, d = pipe.poll(timeout_s=0.05)
+            now_ns = time.time_ns()
+            truth.update(truth_of(frames))
+            if any(m.seq + 1 >= args.frames for m in frames) and source_done_at is None:
+                pipe.stop_source()
+                source_done_at = time.monotonic()
+            if pipe.source_ended and source_done_at is None:
+                source_done_at = time.monotonic()
+            if d is not None and d.seq < args.frames:
+                decoded[d.seq] = np.array(d.frame)
+                rows.append((time.monotonic() - t_start, d.seq,
+                             (d.t_recv_ns - d.trigger_t_pub_ns) / 1e6, d.queue_ns / 1e6, d.compute_ns / 1e6,
+                             (d.t_done_ns - d.trigger_t_pub_ns) / 1e6, (now_ns - d.t_done_ns) / 1e6,
+                             d.steps))
+            shown(len(decoded))
+            if len(decoded) >= args.frames - args.lag or (
+                    source_done_at is not None and time.monotonic() - source_done_at > 10):
+                break
+            if pipe.procs["decoder"].poll() is not None:
+                raise RuntimeError("the decoder exited: " + "\n".join(list(pipe.decoder_log)[-20:]))
+        pipe.close(wait_s=30)
     result = summarise(np.array(rows, dtype=np.float64).reshape(-1, 8), args, truth, decoded, n_source)
-    result["decoder_log_tail"] = decoder_err.strip().splitlines()[-3:]
+    result["decoder_log_tail"] = list(pipe.decoder_log)[-3:]
     emit_json(result, args.json)
     if args.figure:
         figure(np.array(rows, dtype=np.float64).reshape(-1, 8), args, Path(args.figure))
@@ -139,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summarise(rows: np.ndarray, args: argparse.Namespace, truth: dict[int, np.ndarray],
               decoded: dict[int, np.ndarray], n_source: int) -> dict[str, Any]:
-    from decoder.metrics import movie_correlation
+    from decoder.analysis.metrics import movie_correlation
 
     steady = rows[rows[:, 0] >= args.warmup] if rows.size else rows
     names = ["transport_ms", "queue_ms", "compute_ms", "end_to_end_ms", "delivery_ms"]

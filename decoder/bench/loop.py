@@ -30,11 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from streams.commandline import get_logger
+
+log = get_logger("bench.loop")
+
 PERIOD_NS = round(1e9 / 30)
 
 
 def register(bench_sub: Any) -> None:
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(bench_sub, "loop", "closed-loop latency and detection: rig -> decode -> client -> rig (JSON)",
                  "neurocine bench loop --events 20 --json out/loop.json --figure out/loop.png\n"
@@ -116,7 +120,7 @@ class Loop:
     def _on_reply(self, r: dict[str, Any]) -> None:
         event, role = self.pending.pop(r.get("id"), (None, None))
         if event is None or not r.get("ok"):
-            print(f"bench loop: unexpected rig reply {r}", file=sys.stderr)
+            log.info(f"unexpected rig reply {r}")
             return
         event[role] = {k: r[k] for k in ("seq", "t_recv_ns", "t_shown_ns", "t_pub_ns", "t_sent_ns", "t_reply_ns")}
 
@@ -359,7 +363,7 @@ def figure(loop: Loop, result: dict[str, Any], path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from decoder.client import DecodedStream
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
     from streams.control import TARGETS, AsyncRigControl
 
     if args.target not in TARGETS:
@@ -367,8 +371,8 @@ def run(args: argparse.Namespace) -> int:
     if args.events < 2:
         raise ValueError(f"--events must be >= 2, got {args.events}")
     if args.provisional and not decoder_has_provisional():
-        print("bench loop: this decode service has no --provisional option; run without --provisional "
-              "(final frames)", file=sys.stderr)
+        log.error("this decode service has no --provisional option; run without --provisional "
+                  "(final frames)")
         return 2
     rig_ep, out_ep, ctl_ep = (f"tcp://127.0.0.1:{args.port + i}" for i in range(3))
     decode_cmd = ["decode", "--connect", rig_ep, "--bind", out_ep, "--lag", str(args.lag), "--steps", str(args.steps),
@@ -397,8 +401,7 @@ def run(args: argparse.Namespace) -> int:
             loop = Loop(args, stream, ctl, TARGETS[args.target])
             loop.pump(time.time_ns() + int(args.warmup * 1e9))
             loop.frames.clear()
-            print(f"bench loop: {args.events} events, acting on {loop.action_kind} frames", file=sys.stderr,
-                  flush=True)
+            log.info(f"{args.events} events, acting on {loop.action_kind} frames")
             loop.run()
             ctl.close()
             provisional_seen = stream.stats.provisional > 0

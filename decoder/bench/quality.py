@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,11 @@ from typing import Any
 import numpy as np
 
 from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from streams.commandline import get_logger
+
+log = get_logger("bench.quality")
 
 DEFAULT_LAGS = (8, 16, 32, 48)
-MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODELS = ("default", "seed1", "seed2")
 DEFAULT_STEPS = (1, 2, 4)
 
@@ -97,7 +98,7 @@ def _load_movies(args: argparse.Namespace) -> tuple[Any, Any, list[Movie]]:
     from streams.synthetic import TrialPlan, make_mouse, simulate_session
 
     if args.data:
-        from decoder.oracle import find_mouse_folder
+        from decoder.encoder.oracle import find_mouse_folder
         from streams.formats import load_session
         from streams.synthetic import load_mouse
 
@@ -129,18 +130,16 @@ def _load_movies(args: argparse.Namespace) -> tuple[Any, Any, list[Movie]]:
 
 
 def _log(msg: str) -> None:
-    print(f"bench quality: {msg}", file=sys.stderr, flush=True)
+    log.info(f"{msg}")
 
 
 def _encoders(args: argparse.Namespace, session: Any) -> tuple[list[Any], np.ndarray, Any, list[str], str]:
     """(one backend per --model, session columns in model neuron order, LoadedModels of the first, notes,
     backend name)."""
-    from decoder.reconstruct.models import load_models
+    from decoder.reconstruct.models import SHIPPED_MODELS_DIR, backend_of, load_models
 
-    specs = args.model or [str(MODELS_DIR / m) for m in DEFAULT_MODELS if (MODELS_DIR / m).is_dir()]
-    backend = args.backend or (
-        "onnx" if all((Path(m) / "gradient.onnx").is_file() or m.endswith(".onnx") for m in specs) else "torch"
-    )
+    specs = args.model or [str(SHIPPED_MODELS_DIR / m) for m in DEFAULT_MODELS if (SHIPPED_MODELS_DIR / m).is_dir()]
+    backend = args.backend or backend_of(specs)
     loaded = [load_models([m], session, args.data, backend=backend, threads=args.threads) for m in specs]
     columns = loaded[0].columns
     if any(not np.array_equal(columns, x.columns) for x in loaded[1:]):
@@ -153,8 +152,8 @@ def _encoders(args: argparse.Namespace, session: Any) -> tuple[list[Any], np.nda
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from decoder.metrics import METRICS, movie_metrics, spread
-    from decoder.oracle import OracleEncoder
+    from decoder.analysis.metrics import METRICS, movie_metrics, spread
+    from decoder.encoder.oracle import OracleEncoder
     from decoder.reconstruct.backends import TorchBackend
     from decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
     from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
@@ -202,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     points = tuple(i for i in (10, 20, 40, 60, 100, 200, 500) if i < args.iterations)
 
     def score(videos: list[np.ndarray], eval_mask: np.ndarray | None = None) -> dict[str, Any]:
-        """Means over movies of decoder.metrics (paper smoothing; pixel correlation also unsmoothed), and
+        """Means over movies of decoder.analysis.metrics (paper smoothing; pixel correlation also unsmoothed), and
         the pixel correlation's per-movie values with its 95 % t-interval over movies."""
         per = [movie_metrics(m[0], v, eval_mask) for m, v in zip(movies, videos, strict=True)]
         out: dict[str, Any] = {k: round(float(np.mean([p[k] for p in per])), 4) for k in METRICS}

@@ -19,11 +19,14 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from streams.commandline import get_logger
+
+log = get_logger("bench.batch")
 
 EXAMPLE = """example:
   neurocine bench batch --trials 4 --iterations 2 --repeats 2 --json bench_batch.json
@@ -169,8 +172,7 @@ def run(args: argparse.Namespace) -> int:
     def plan(tag: str):
         return plan_units(args.session, "s", trials, [model], str(work / tag), "trial")
 
-    print(f"bench batch: {len(trials)} trials of {frames} frames, {args.iterations} iterations, in {work}",
-          file=sys.stderr)
+    log.info(f"{len(trials)} trials of {frames} frames, {args.iterations} iterations, in {work}")
     _serial(plan("warm"), {**settings, "iterations": 0})  # imports, caches
     zero = _serial(plan("zero"), {**settings, "iterations": 0})
     serial = _serial(plan("serial"), settings)
@@ -215,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         if failed:
             raise SystemExit(f"bench batch: {failed}")
         dirs.append(work / f"ray{w}-{k}")
-        print(f"bench batch: {w} worker(s): {wall:.1f} s, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        log.info(f"{w} worker(s): {wall:.1f} s, load {os.getloadavg()[0]:.1f}")
         run_ = result["ray"].setdefault(str(w), {"start_s": [], "worker_warmup_s": [], "noop_task_ms": [],
                                                  "wall_s": [], "cpu_share": []})
         run_["start_s"].append(round(started, 2))
@@ -244,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     result["same_outputs_bit_for_bit"] = _same(dirs, plan("serial"))
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["extrapolation"] = extrapolation(result, args, len(session.trials))
-    from streams.cli import emit_json
+    from streams.commandline import emit_json
 
     emit_json(result, args.json)
     return 0

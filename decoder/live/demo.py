@@ -14,19 +14,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from streams.commandline import get_logger
+
+log = get_logger("demo")
+
 DEFAULT_PORT = 5555
 
 
 def register(sub: Any) -> None:
     from decoder.reconstruct.streaming import add_streaming_args
-    from streams.cli import add_verb
+    from streams.commandline import add_verb
 
     p = add_verb(sub, "demo", "the live pipeline on built-in defaults: source -> decoder -> viewer / video",
                  "neurocine demo                 # viewer if there is a display, else a video + summary\n"
@@ -43,106 +46,73 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streams.cli", *args]
-
-
-def has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def viewer_or_reason(headless_asked: bool) -> str | None:
     """None when the viewer window can run here, else why not (the demo then goes headless and says so)."""
     if headless_asked:
         return "--headless"
+    from decoder.view.cli import has_display, viewer_problem
+
     if not has_display():
         return "no display (DISPLAY / WAYLAND_DISPLAY unset)"
-    from decoder.viewer import viewer_problem
 
     return viewer_problem(offscreen=os.environ.get("QT_QPA_PLATFORM") == "offscreen")
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.messages import as_decoded_frame
+    from decoder.live.pipeline import LivePipeline, truth_of
     from decoder.reconstruct.streaming import streaming_argv
-    from streams.protocol import Decoded, Frame, ProtocolError
-    from streams.transport import Subscriber
 
-    src, dec = f"tcp://127.0.0.1:{args.port}", f"tcp://127.0.0.1:{args.port + 1}"
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reason = viewer_or_reason(args.headless)
     headless = reason is not None
     if headless and reason != "--headless":
-        print(f"demo: no viewer window ({reason}); running headless instead", file=sys.stderr)
-    decode_cmd = ["decode", "--connect", src, "--bind", dec, *streaming_argv(args)]
+        log.info(f"no viewer window ({reason}); running headless instead")
+    decode_args = list(streaming_argv(args))
     for m in args.model or []:
-        decode_cmd += ["--model", m]
-    procs: dict[str, subprocess.Popen] = {}
+        decode_args += ["--model", m]
+    source = ["replay", "--loop"] if args.source == "replay" else ["rig", "--synthetic"]
     truth: dict[int, np.ndarray] = {}
     decoded: dict[int, np.ndarray] = {}
     latencies: list[float] = []
     steps: list[int] = []
     stats: dict[str, Any] = {}
+    viewer: subprocess.Popen | None = None
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"demo: source ({args.source}) on {src} -> decoder on {dec} -> "
-          f"{'video + summary' if headless else 'viewer'}; {args.seconds:g} s, Ctrl-C stops", file=sys.stderr)
     interrupted = False
+    pipe = LivePipeline(source, decode_args, args.port)
+    log.info(f"source ({args.source}) on {pipe.source_ep} -> decoder on {pipe.decoded_ep} -> "
+             f"{'video + summary' if headless else 'viewer'}; {args.seconds:g} s, Ctrl-C stops")
     try:
-        procs["decoder"] = subprocess.Popen(_cli(*decode_cmd), stdout=subprocess.DEVNULL)
-        with Subscriber(dec) as dec_sub, Subscriber(src, topics=[b"session", b"frame"]) as src_sub:
-            if args.source == "replay":
-                procs["source"] = subprocess.Popen(_cli("replay", "--bind", src, "--loop", "--wait-subscribers", "2"),
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            else:
-                procs["source"] = subprocess.Popen(_cli("rig", "--synthetic", "--bind", src, "--wait-subscribers", "2"),
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with pipe:
             if not headless:
                 # its summary (JSON) is read at the end and goes into ours: stdout carries one JSON object
-                procs["viewer"] = subprocess.Popen(_cli("view", "--connect", dec, "--truth", src),
-                                                   stdout=subprocess.PIPE, text=True)
+                viewer = pipe.add("viewer", ["view", "--connect", pipe.decoded_ep, "--truth", pipe.source_ep],
+                                  stdout=subprocess.PIPE, text=True)
             t_end = time.monotonic() + args.seconds
             while time.monotonic() < t_end:
-                while (m := src_sub.recv(timeout_s=0)) is not None:
-                    if isinstance(m, Frame) and m.stimulus is not None:
-                        truth[m.seq] = np.array(m.stimulus)
-                msg = dec_sub.recv(timeout_s=0.05)
-                if isinstance(msg, Decoded):
-                    try:
-                        d = as_decoded_frame(msg)
-                    except ProtocolError:
-                        continue
+                frames, d = pipe.poll(timeout_s=0.05)
+                truth.update(truth_of(frames))
+                if d is not None:
                     decoded[d.seq] = np.array(d.frame)
                     latencies.append((d.t_done_ns - d.trigger_t_pub_ns) / 1e6)
                     steps.append(d.steps)
                     stats = d.stats
-                for name, p in list(procs.items()):
-                    if p.poll() is None:
-                        continue
+                for name, code in pipe.exited():
                     if name != "viewer":
-                        raise RuntimeError(f"the {name} exited early (code {p.returncode})")
-                    if p.returncode != 0:
-                        print(f"demo: the viewer exited (code {p.returncode}); the video and summary are still "
-                              "written at the end", file=sys.stderr)
-                    del procs["viewer"]
+                        raise RuntimeError(f"the {name} exited early (code {code})")
+                    if code != 0:
+                        log.info(f"the viewer exited (code {code}); the video and summary are still "
+                                 "written at the end")
+                    pipe.procs.pop("viewer")
     except KeyboardInterrupt:
         interrupted = True
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
     summary = summarise(truth, decoded, latencies, steps, stats, args)
     summary["interrupted"] = interrupted
-    viewer = procs.get("viewer")
     if viewer is not None and viewer.stdout is not None:
         lines = viewer.stdout.read().strip().splitlines()
         try:
@@ -153,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
     summary["video"] = str(video.resolve()) if video else None
     (out_dir / "neurocine-demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    print(f"demo: wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}", file=sys.stderr)
+    log.info(f"wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}")
     return 0 if decoded else 1
 
 
 def summarise(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], latencies: list[float],
               steps: list[int], stats: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from decoder.metrics import movie_correlation
+    from decoder.analysis.metrics import movie_correlation
 
     seqs = sorted(set(truth) & set(decoded))
     quality = None
