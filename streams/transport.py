@@ -335,6 +335,7 @@ class Subscriber:
             zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
         self._poller.register(self._monitor, zmq.POLLIN)
         self._cut: dict[str, float] = {}  # endpoint -> when it was disconnected without a reconnect attempt
+        self._last_cut_log = -1e9
 
     def __enter__(self) -> Subscriber:
         return self
@@ -422,9 +423,11 @@ class Subscriber:
                 continue
             del self._cut[ep]
             self.cutoffs += 1
-            log.warning("%s cut this subscriber off (a message part over %d bytes, or a protocol error) and "
-                        "ZeroMQ does not retry such a peer: connecting again (%d times so far)", ep,
-                        self.max_message_bytes, self.cutoffs)
+            if now - self._last_cut_log >= 1.0:  # a peer that keeps doing it gets one line a second
+                self._last_cut_log = now
+                log.warning("%s cut this subscriber off (a message part over %d bytes, or a protocol error) and "
+                            "ZeroMQ does not retry such a peer: connecting again (%d times so far)", ep,
+                            self.max_message_bytes, self.cutoffs)
             with contextlib.suppress(zmq.ZMQError):  # already gone from the socket's endpoints
                 self._sock.disconnect(ep)
             self._sock.connect(ep)
