@@ -109,6 +109,7 @@ def record(
                     break
                 msg = sub.recv(timeout_s=0.2)
                 if msg is None or isinstance(msg, Heartbeat):
+                    writer.sync_if_due()  # idle: what was written still reaches the disk within the interval
                     continue
                 now = time.monotonic()
                 if isinstance(msg, Frame) and header_parts is not None and now - last_header >= HEADER_REPEAT_S:
