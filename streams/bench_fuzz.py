@@ -108,9 +108,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _start(err: Path, *argv: str) -> subprocess.Popen:
+    """A real verb; its stderr goes to a file: a pipe nobody reads until the end fills (64 KiB) under a long run's
+    rate-limited logs and blocks the process in a print, which stalled a 10^6-message run."""
+    with open(err, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], stdout=subprocess.PIPE, stderr=f,
+                                text=True)
 
 
 def _free_port() -> int:
@@ -140,9 +143,10 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     decoded: set[int] = set()
     with tempfile.TemporaryDirectory() as tmp, Publisher("tcp://127.0.0.1:0", nodrop=True) as pub:
         out_ep, ncr = f"tcp://127.0.0.1:{_free_port()}", Path(tmp) / "fuzz.ncr"
-        dec = _start("decode", "--connect", pub.endpoint, "--bind", out_ep, "--lag", "4", "--steps", "0",
-                     "--threads", "1")
-        rec = _start("record", "--connect", pub.endpoint, "--out", str(ncr), "--until-end")
+        dec = _start(Path(tmp) / "decode.err", "decode", "--connect", pub.endpoint, "--bind", out_ep, "--lag", "4",
+                     "--steps", "0", "--threads", "1")
+        rec = _start(Path(tmp) / "record.err", "record", "--connect", pub.endpoint, "--out", str(ncr),
+                     "--until-end")
         with Subscriber(out_ep) as sub:
 
             def drain(wait_s: float = 0.0) -> None:
@@ -186,7 +190,8 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
             rec.terminate()
             rec_out, _ = rec.communicate(timeout=30)
         dec.terminate()
-        dec_out, dec_err = dec.communicate(timeout=60)
+        dec_out, _ = dec.communicate(timeout=60)
+        dec_err = (Path(tmp) / "decode.err").read_text(errors="replace")
         recording = read_recording(ncr)
         good = {f.seq for f in recording.frames.get(h.session_id, []) if f.seq < n_frames
                 and np.array_equal(f.traces, session.traces[f.seq % session.n_frames], equal_nan=True)}
