@@ -87,6 +87,18 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
+def _drop_traceback(e: BaseException) -> None:
+    """Forget where a swallowed error was raised: its traceback's frames hold the message's parts and the
+    error itself (a cycle only the cyclic GC frees), so the errors a tracker keeps would keep each message
+    alive; under a flood of large invalid messages that held hundreds of MB until a full collection."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        cur.__traceback__ = None
+        cur = cur.__cause__ or cur.__context__
+
+
 class Publisher:
     """Publishes one session at a time; re-sends its header every 0.5 s and heartbeats when idle."""
 
@@ -381,6 +393,7 @@ class Subscriber:
                     self.on_error(e)
                 if self.strict:
                     raise
+                _drop_traceback(e)
                 continue
             if msg is not None:
                 self.last_parts = parts

@@ -92,6 +92,8 @@ def test_the_session_header_bounds_every_part_of_its_frames() -> None:
     assert sub.oversized == 1 and st.errors_by_kind.get("oversized") == 1
     assert [type(e) for e in errors] == [OversizedMessage]
     assert f"{4 * big}" in str(errors[0])
+    # a kept error does not keep its message alive (its traceback's frames held the parts: +270 MB under a flood)
+    assert errors[0].__traceback__ is None and all(e.__traceback__ is None for e in sub.errors)
 
 
 def test_session_part_limit_follows_the_header_under_the_ceiling() -> None:
