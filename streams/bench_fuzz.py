@@ -4,9 +4,11 @@ A publisher here plays the built-in example session at 30 Hz into a real `neuroc
 `neurocine record` (their own processes) and slips N hostile messages between the frames, evenly spread:
 random bytes, broken framing, frames of the wrong size or with Inf, stale and far-past duplicates, forged
 far-ahead seqs, heartbeats and `end`s claiming impossible counts, a stranger's session headers and
-injected `decoded` messages. It reports crashes, how many valid frames each process lost, and their RSS
-before the hostile traffic and after it (JSON). Oversized messages are left out on purpose: ZeroMQ cuts
-such a peer off (see docs/protocol.md), which only keys prevent.
+injected `decoded` messages, frames with a part over the session's size limit (under the socket's
+ceiling). It reports crashes, how many valid frames each process lost, and their RSS
+before the hostile traffic and after it (JSON). Messages over the socket's ceiling are left out on purpose:
+ZeroMQ cuts such a peer off (the subscriber connects again, but frames sent meanwhile are lost), which only
+keys prevent.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 KINDS = ("random_bytes", "unknown_topic", "bad_header", "wrong_neuron_count", "infinite_traces", "stale_duplicate",
          "far_past_seq", "forged_far_jump", "huge_heartbeat", "forged_short_end", "foreign_session",
-         "injected_decoded")
+         "injected_decoded", "oversized_part")
 
 
 def register(bench_sub: Any) -> None:
@@ -60,6 +62,9 @@ class Hostile:
         self.rng = np.random.default_rng(seed)
         self.h, self.n = header, n
         self.template = encode_frame(header.session_id, 0, 0, 0, np.zeros(n, np.float32), np.zeros(4, np.float32))
+        from streams.transport import session_part_limit
+
+        self.oversized = np.zeros(session_part_limit(header) // 4 + 1, np.float32)  # one float over the limit
 
     def make(self, kind: str, last: int) -> list[bytes]:
         from streams import protocol as p
@@ -91,6 +96,8 @@ class Hostile:
                                                     30.0, np.arange(n, dtype=np.int64)))
         if kind == "injected_decoded":
             return p.encode_decoded(sid, {"seq": last}, [("frame", np.zeros((36, 64), np.uint8))])
+        if kind == "oversized_part":
+            return p.encode_frame(sid, last + 1, 0, 0, self.oversized, zeros)
         raise ValueError(kind)
 
 
@@ -101,9 +108,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _start(err: Path, *argv: str) -> subprocess.Popen:
+    """A real verb; its stderr goes to a file: a pipe nobody reads until the end fills (64 KiB) under a long run's
+    rate-limited logs and blocks the process in a print, which stalled a 10^6-message run."""
+    with open(err, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], stdout=subprocess.PIPE, stderr=f,
+                                text=True)
 
 
 def _free_port() -> int:
@@ -133,9 +143,10 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     decoded: set[int] = set()
     with tempfile.TemporaryDirectory() as tmp, Publisher("tcp://127.0.0.1:0", nodrop=True) as pub:
         out_ep, ncr = f"tcp://127.0.0.1:{_free_port()}", Path(tmp) / "fuzz.ncr"
-        dec = _start("decode", "--connect", pub.endpoint, "--bind", out_ep, "--lag", "4", "--steps", "0",
-                     "--threads", "1")
-        rec = _start("record", "--connect", pub.endpoint, "--out", str(ncr), "--until-end")
+        dec = _start(Path(tmp) / "decode.err", "decode", "--connect", pub.endpoint, "--bind", out_ep, "--lag", "4",
+                     "--steps", "0", "--threads", "1")
+        rec = _start(Path(tmp) / "record.err", "record", "--connect", pub.endpoint, "--out", str(ncr),
+                     "--until-end")
         with Subscriber(out_ep) as sub:
 
             def drain(wait_s: float = 0.0) -> None:
@@ -165,6 +176,7 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
                     sent_by_kind[kind] += 1
                     k += 1
                 drain()
+            elapsed = time.monotonic() - t0  # longer than `seconds` when sending could not keep the pace
             rss_after = {"decode": _rss_mb(dec.pid), "record": _rss_mb(rec.pid)}  # the recorder stops at `end`
             pub.end()
             end = time.monotonic() + 30
@@ -178,7 +190,8 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
             rec.terminate()
             rec_out, _ = rec.communicate(timeout=30)
         dec.terminate()
-        dec_out, dec_err = dec.communicate(timeout=60)
+        dec_out, _ = dec.communicate(timeout=60)
+        dec_err = (Path(tmp) / "decode.err").read_text(errors="replace")
         recording = read_recording(ncr)
         good = {f.seq for f in recording.frames.get(h.session_id, []) if f.seq < n_frames
                 and np.array_equal(f.traces, session.traces[f.seq % session.n_frames], equal_nan=True)}
@@ -187,6 +200,7 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
         "benchmark": "fuzz",
         "hostile_sent": n_hostile, "hostile_by_kind": sent_by_kind, "valid_frames_sent": n_frames,
         "seconds": seconds, "hostile_per_s": round(n_hostile / max(seconds - warm / 30, 1e-9), 1),
+        "elapsed_s": round(elapsed, 1), "hostile_per_s_achieved": round(n_hostile / max(elapsed - warm / 30, 1e-9), 1),
         "decode": {"crashed": crashed["decode"], "valid_frames_decoded": len(decoded & set(range(n_frames))),
                    "valid_frames_lost": n_frames - len(decoded & set(range(n_frames))),
                    "lost_seqs": sorted(set(range(n_frames)) - decoded)[:20],

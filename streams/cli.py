@@ -56,7 +56,9 @@ def _register_replay(sub: Any) -> None:
     p.add_argument("--loop", action="store_true", help="start again at the end (same session continues)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="wait until N neurocine subscribers are connected before the first frame")
-    p.add_argument("--sndhwm", type=int, default=None, help="publisher queue limit per subscriber (messages)")
+    p.add_argument("--sndhwm", type=int, default=None, help="publisher queue limit per subscriber (messages, "
+                   "default 100: a replay waits for its slowest subscriber, so a deeper queue only adds what a "
+                   "killed subscriber loses)")
     p.add_argument("--decoded", action="store_true",
                    help="replay the decoded stream a .ncr recording holds (automatic when it holds no traces)")
     p.add_argument("--json", help="also write the end-of-run report here")
@@ -66,8 +68,7 @@ def _register_replay(sub: Any) -> None:
 def _run_replay(args: argparse.Namespace) -> int:
     from streams.example import example_session_path
     from streams.formats import load_session
-    from streams.replay import print_progress, replay
-    from streams.transport import DEFAULT_SNDHWM, Publisher
+    from streams.replay import print_progress, replay, replay_publisher
 
     path = args.path or example_session_path()
     if args.decoded or _only_decoded(path):
@@ -76,7 +77,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     get_logger("replay").info(f"{path}: {session.n_frames} frames x {session.n_neurons} neurons at "
                               f"{session.frame_rate} Hz ({len(session.trials)} trials) on {args.bind}")
     stop_on_sigterm()
-    with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
+    with replay_publisher(args.bind, args.sndhwm) as pub:
         if args.wait_subscribers:
             get_logger("replay").info(f"waiting for {args.wait_subscribers} subscriber(s)...")
             try:
@@ -100,12 +101,11 @@ def _only_decoded(path: str | Path) -> bool:
 
 
 def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
-    from streams.replay import replay_decoded
-    from streams.transport import DEFAULT_SNDHWM, Publisher
+    from streams.replay import replay_decoded, replay_publisher
 
     get_logger("replay").info(f"{path}: its decoded stream on {args.bind}")
     stop_on_sigterm()
-    with Publisher(args.bind, sndhwm=args.sndhwm or DEFAULT_SNDHWM, nodrop=True) as pub:
+    with replay_publisher(args.bind, args.sndhwm) as pub:
         if args.wait_subscribers:
             pub.wait_subscribers(args.wait_subscribers)
         try:
@@ -141,7 +141,7 @@ def _register_record(sub: Any) -> None:
 
 def _run_record(args: argparse.Namespace) -> int:
     from streams.protocol import RAW_TOPICS, TOPICS
-    from streams.record import record
+    from streams.record import RECORD_RCVBUF, RECORD_RCVHWM, record
     from streams.transport import Subscriber
 
     if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
@@ -151,7 +151,7 @@ def _run_record(args: argparse.Namespace) -> int:
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
     get_logger("record").info(f"{endpoints} -> {args.out} (Ctrl-C stops)")
     topics = TOPICS if args.decoded else RAW_TOPICS
-    with Subscriber(endpoints, topics=topics) as sub:
+    with Subscriber(endpoints, topics=topics, rcvhwm=RECORD_RCVHWM, rcvbuf=RECORD_RCVBUF) as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
                          until_end=args.until_end)
     emit_json({"record": summary.as_dict()}, args.json)

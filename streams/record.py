@@ -3,13 +3,17 @@
 NWB files cannot be appended safely, so an ``.nwb`` recording spools to ``<out>.partial.ncr`` while
 it runs and is converted when it stops; if the process dies the spool is still a valid recording.
 
-What a killed recorder loses: every message it received is written at once (one ``write`` per record),
-so ``kill -9`` loses no received message; it loses what was still on its way to it: ZeroMQ's queues
-(RCVHWM here, the publisher's SNDHWM, 3,000 messages each by default) and the kernel's TCP buffers.
-Live at 30 Hz the recorder keeps up and all of that is near empty (it loses the last few ms). Under a
-backlog (``replay --speed 0`` faster than the disk/CPU) it is large: measured on loopback, 500-neuron
-frames, about 1,200-1,400 frames, and lowering both HWMs to 100 and the socket buffers to 64 KiB did not
-shrink it (see the i13 notes: where those frames sit is not pinned down yet).
+What a killed recorder loses: every message it received is written at once (one ``write`` per record,
+no buffer in the process; the file is fsync'ed every second against power cuts, which ``kill -9`` is not),
+so ``kill -9`` loses no received message; it loses what was still on its way to it. Under a backlog
+(``replay --speed 0``) that is every queue between the publisher and this process, all full: the
+publisher's queue (SNDHWM), both kernel TCP buffers, and the receive queue (RCVHWM). Unset, those held
+thousands of frames (the kernel autotunes its buffers to MBs; measured 4,800 frames lost). So the recorder
+keeps its side short (RECORD_RCVHWM messages, RECORD_RCVBUF bytes) and a replay its side (REPLAY_SNDHWM,
+REPLAY_SNDBUF, streams/replay.py): `kill_loss_bound` frames at most (245 of the example session's
+6.4 KB frames). Short queues lose nothing in normal operation: a replay waits for its slowest subscriber
+(nodrop), and a live rig keeps its own 3,000-message queue per subscriber (nothing waits at 30 Hz; that
+queue only fills, and could then be lost, while a recorder falls more than 3 s behind a live stream).
 A restarted recorder appending to the same file leaves a hole
 that ``neurocine inspect`` reports. The session header is written again every HEADER_REPEAT_S so that one
 damaged record never loses a session.
@@ -28,6 +32,24 @@ from streams.protocol import Decoded, End, Frame, Heartbeat, SessionHeader
 from streams.transport import Subscriber
 
 HEADER_REPEAT_S = 1.0  # the current session header is written again at least this often while frames arrive
+RECORD_RCVHWM = 100  # messages queued for the recorder in ZeroMQ (3.3 s of a live 30 Hz stream)
+RECORD_RCVBUF = 64 * 1024  # bytes, the kernel's receive buffer (Linux doubles it)
+#: Bytes a ZeroMQ TCP connection holds outside its queues: the kernel buffers (Linux allocates twice SO_SNDBUF
+#: and SO_RCVBUF) and ZeroMQ's 8 KiB read and write batches.
+_IN_FLIGHT_SLACK = 16 * 1024
+
+
+def kill_loss_bound(frame_bytes: int, sndhwm: int | None = None, sndbuf: int | None = None) -> int:
+    """Most frames a `kill -9` of `neurocine record` can lose under a flat-out `neurocine replay` (any backlog).
+
+    Why a formula: the loss is what the queues and buffers between the two processes hold, so it follows
+    from their sizes and the frame size (`frame_bytes`: one frame message on the wire)."""
+    from streams.replay import REPLAY_SNDBUF, REPLAY_SNDHWM
+
+    sndhwm = REPLAY_SNDHWM if sndhwm is None else sndhwm
+    sndbuf = REPLAY_SNDBUF if sndbuf is None else sndbuf
+    kernel = 2 * (sndbuf + RECORD_RCVBUF) + _IN_FLIGHT_SLACK
+    return RECORD_RCVHWM + sndhwm + -(-kernel // max(1, frame_bytes)) + 1  # +1: the message being written
 
 
 @dataclasses.dataclass
@@ -87,6 +109,7 @@ def record(
                     break
                 msg = sub.recv(timeout_s=0.2)
                 if msg is None or isinstance(msg, Heartbeat):
+                    writer.sync_if_due()  # idle: what was written still reaches the disk within the interval
                     continue
                 now = time.monotonic()
                 if isinstance(msg, Frame) and header_parts is not None and now - last_header >= HEADER_REPEAT_S:

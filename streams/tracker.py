@@ -121,6 +121,15 @@ class StreamTracker:
             self._count_error(e)
             raise
 
+    def count_error(self, e: ProtocolError) -> None:
+        """Count an error found outside the tracker (the socket's own checks) like one found here."""
+        self._count_error(e)
+
+    @property
+    def headers(self) -> list[SessionHeader]:
+        """The current session's header and one held (waiting to switch), if any: what frames may belong to."""
+        return [h for h in (self.session, self._held) if h is not None]
+
     # ------------------------------------------------------------------ internals
     def _count_error(self, e: ProtocolError) -> None:
         self.errors.append(e)

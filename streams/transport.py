@@ -10,6 +10,9 @@ unique hello topic that never matches a message, which lets a publisher count wh
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +24,9 @@ import zmq
 from streams.protocol import (
     MAX_NEURONS,
     MAX_STIMULUS_SIDE,
+    TOPIC_END,
+    TOPIC_FRAME,
+    TOPIC_HEARTBEAT,
     TOPICS,
     End,
     Heartbeat,
@@ -45,14 +51,51 @@ HELLO_PREFIX = b"\x00hello:"
 #: Largest message part a socket accepts (ZMQ_MAXMSGSIZE): the largest valid part is a stimulus frame of
 #: MAX_STIMULUS_SIDE^2 bytes (16 MiB); a 8,000-neuron frame is 32 KB. Lower it with --max-message-mb.
 MAX_MESSAGE_BYTES = max(MAX_STIMULUS_SIDE**2, 8 * MAX_NEURONS) + (1 << 20)
+#: Room for a frame's msgpack header (its session id may be up to 64 KiB) beside its largest array.
+SESSION_PART_MARGIN = 128 * 1024
+#: Topics whose every part is bounded by the current session (a `session` message may start a larger one,
+#: `decoded` follows the decoder's model: both keep the socket's ceiling).
+SESSION_BOUND_TOPICS = frozenset({TOPIC_FRAME, TOPIC_END, TOPIC_HEARTBEAT})
+#: A publisher that cut us off (ZeroMQ drops a peer over MAXMSGSIZE for good) is connected to again after this.
+CUTOFF_RECONNECT_S = 0.1
+
+log = logging.getLogger("neurocine.transport")
 
 
 class TransportError(RuntimeError):
     """A socket could not be set up (address in use, bad endpoint) or the publisher was closed."""
 
 
+class OversizedMessage(ProtocolError):
+    """A message part larger than anything valid in the current session (the socket's ceiling is looser)."""
+
+    kind = "oversized"
+
+
+def session_part_limit(header: SessionHeader, ceiling: int = MAX_MESSAGE_BYTES) -> int:
+    """Largest part a valid frame, heartbeat or end of this session can have (+ margin), capped by `ceiling`.
+
+    Why: the socket's ceiling must admit any session (16 MiB stimulus frames); a session of 1,000 neurons never
+    sends a part over ~0.2 MB, so anything larger is dropped before it is decoded."""
+    stim = 0 if header.stimulus_shape is None else header.stimulus_shape[0] * header.stimulus_shape[1]
+    largest = max(4 * header.n_neurons, 4 * len(header.behaviour_channels), stim)
+    return min(ceiling, largest + SESSION_PART_MARGIN)
+
+
 def _now_ns() -> int:
     return time.time_ns()
+
+
+def _drop_traceback(e: BaseException) -> None:
+    """Forget where a swallowed error was raised: its traceback's frames hold the message's parts and the
+    error itself (a cycle only the cyclic GC frees), so the errors a tracker keeps would keep each message
+    alive; under a flood of large invalid messages that held hundreds of MB until a full collection."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        cur.__traceback__ = None
+        cur = cur.__cause__ or cur.__context__
 
 
 class Publisher:
@@ -63,6 +106,7 @@ class Publisher:
         bind: str,
         *,
         sndhwm: int = DEFAULT_SNDHWM,
+        sndbuf: int | None = None,
         nodrop: bool = False,
         linger_ms: int = DEFAULT_LINGER_MS,
         header_interval_s: float = HEADER_INTERVAL_S,
@@ -82,6 +126,8 @@ class Publisher:
             secure_server(self._sock, keys)
         self.secure = keys is not None
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        if sndbuf is not None:  # the kernel's send buffer (SO_SNDBUF); unset, Linux autotunes it up to 4 MB
+            self._sock.setsockopt(zmq.SNDBUF, sndbuf)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.XPUB_NODROP, int(nodrop))
         self._sock.setsockopt(zmq.SNDTIMEO, 100)
@@ -102,6 +148,7 @@ class Publisher:
         self._last_header_ns = 0
         self._last_send_ns = 0
         self._subscribers: set[bytes] = set()
+        self.joins = 0  # subscriptions seen, reconnections included
         self._closed = False
 
     # ------------------------------------------------------------------ context manager
@@ -121,6 +168,7 @@ class Publisher:
             if len(msg) > 1 and msg[1:].startswith(HELLO_PREFIX):
                 if msg[0] == 1:
                     self._subscribers.add(msg[1:])
+                    self.joins += 1
                 else:
                     self._subscribers.discard(msg[1:])
 
@@ -247,10 +295,13 @@ class Subscriber:
         on_error: Any = None,
         in_order: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        rcvbuf: int | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
+        if rcvbuf is not None:  # the kernel's receive buffer (SO_RCVBUF); unset, Linux autotunes it (MBs)
+            self._sock.setsockopt(zmq.RCVBUF, rcvbuf)
         keys = keys or default_keys()
         if keys is not None:
             secure_client(self._sock, keys)
@@ -278,8 +329,18 @@ class Subscriber:
         self.on_error = on_error
         self.last_parts: list[Any] = []
         self.last_recv_ns = 0
+        self.max_message_bytes = max_message_bytes
+        self.oversized = 0  # parts over the current session's limit, dropped before decoding
+        self.cutoffs = 0  # times a publisher cut us off (over MAXMSGSIZE) and we connected again
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
+        # ZeroMQ never reconnects to a peer it dropped for a protocol error (a part over MAXMSGSIZE): a monitor
+        # sees the disconnect that is not followed by a reconnect attempt, and we connect again ourselves.
+        self._monitor: zmq.Socket | None = self._sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._cut: dict[str, float] = {}  # endpoint -> when it was disconnected without a reconnect attempt
+        self._last_cut_log = -1e9
 
     def __enter__(self) -> Subscriber:
         return self
@@ -304,18 +365,28 @@ class Subscriber:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self._cut:  # wake up in time to reconnect
+                due = max(0.0, min(self._cut.values()) + CUTOFF_RECONNECT_S - time.monotonic())
+                remaining = due if remaining is None else min(remaining, due)
             poll_ms = None if remaining is None else int(remaining * 1000)
-            if not self._poller.poll(poll_ms):
-                return None
+            ready = dict(self._poller.poll(poll_ms))
+            if self._monitor is not None and (self._monitor in ready or self._cut):
+                self._watch_connections()
+            if self._sock not in ready:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
             parts = self._sock.recv_multipart(copy=False)
             recv_ns = _now_ns()
             try:
+                self._check_size(parts)
                 msg = self.tracker.accept_parts(parts, recv_ns)
             except ProtocolError as e:
                 if self.on_error is not None:
                     self.on_error(e)
                 if self.strict:
                     raise
+                _drop_traceback(e)
                 continue
             if msg is not None:
                 self.last_parts = parts
@@ -323,6 +394,66 @@ class Subscriber:
                 return msg
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _check_size(self, parts: Sequence[Any]) -> None:
+        """Drop (typed, counted) a frame, heartbeat or end with a part no message of its session can have."""
+        headers = self.tracker.headers
+        if not headers or len(parts) < 2 or len(parts[0]) > 16 or bytes(parts[0]) not in SESSION_BOUND_TOPICS:
+            return
+        limit = max(session_part_limit(h, self.max_message_bytes) for h in headers)
+        largest = max(len(p) for p in parts)
+        if largest > limit:
+            self.oversized += 1
+            e = OversizedMessage(f"a part of {largest} bytes; the session's parts are at most {limit} bytes "
+                                 f"({headers[0].n_neurons} neurons)", bytes(parts[0]))
+            self.tracker.count_error(e)
+            raise e
+
+    def _watch_connections(self) -> None:
+        """Read the socket monitor; connect again to a publisher that cut us off and will not be retried."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        assert self._monitor is not None
+        while self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)
+            ep = self._endpoint_of(ev.get("endpoint", b""))
+            if ep is None:
+                continue
+            if ev["event"] == zmq.EVENT_DISCONNECTED:
+                self._cut[ep] = time.monotonic()
+            else:  # ZeroMQ is retrying (an ordinary disconnect) or connected: nothing for us to do
+                self._cut.pop(ep, None)
+        now = time.monotonic()
+        for ep, t in list(self._cut.items()):
+            if now - t < CUTOFF_RECONNECT_S:
+                continue
+            del self._cut[ep]
+            self.cutoffs += 1
+            if now - self._last_cut_log >= 1.0:  # a peer that keeps doing it gets one line a second
+                self._last_cut_log = now
+                log.warning("%s cut this subscriber off (a message part over %d bytes, or a protocol error) and "
+                            "ZeroMQ does not retry such a peer: connecting again (%d times so far)", ep,
+                            self.max_message_bytes, self.cutoffs)
+            with contextlib.suppress(zmq.ZMQError):  # already gone from the socket's endpoints
+                self._sock.disconnect(ep)
+            self._sock.connect(ep)
+
+    def _endpoint_of(self, raw: bytes) -> str | None:
+        """Which of our endpoints a monitor event is about (events name the resolved address)."""
+        name = raw.decode("utf-8", "replace")
+        if name in self.endpoints:
+            return name
+        if len(self.endpoints) == 1:
+            return self.endpoints[0]
+        for ep in self.endpoints:
+            scheme, _, rest = ep.partition("://")
+            host, _, port = rest.rpartition(":")
+            try:
+                if name == f"{scheme}://{socket.gethostbyname(host.strip('[]'))}:{port}":
+                    return ep
+            except OSError:
+                continue
+        return None
 
     def __iter__(self) -> Iterator[Message]:
         """Messages until closed (skips timeouts)."""
@@ -333,4 +464,8 @@ class Subscriber:
 
     def close(self) -> None:
         if not self._sock.closed:
+            if self._monitor is not None:
+                self._sock.disable_monitor()
+                self._monitor.close(0)
+                self._monitor = None
             self._sock.close()

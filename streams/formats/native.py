@@ -105,6 +105,7 @@ class NativeWriter:
             os.write(self._fd, MAGIC)
             os.fsync(self._fd)
         self._last_sync = time.monotonic()
+        self._synced_records = 0
         self.records = 0
         self.bytes_written = 0
 
@@ -129,12 +130,18 @@ class NativeWriter:
             view = view[os.write(self._fd, view):]
         self.records += 1
         self.bytes_written += len(record)
-        if time.monotonic() - self._last_sync >= self.fsync_interval_s:
+        self.sync_if_due()
+
+    def sync_if_due(self) -> None:
+        """fsync when something was written since the last one and the interval has passed; a writer that
+        falls idle calls this too, so its last records reach the disk within the interval, not at the next write."""
+        if self.records != self._synced_records and time.monotonic() - self._last_sync >= self.fsync_interval_s:
             self.sync()
 
     def sync(self) -> None:
         os.fsync(self._fd)
         self._last_sync = time.monotonic()
+        self._synced_records = self.records
 
     def close(self) -> None:
         if self._fd >= 0:
