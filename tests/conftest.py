@@ -53,6 +53,17 @@ def verb_logging() -> None:
     configure_logging("info")
 
 
+@pytest.fixture(scope="session")
+def small_mouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default synthetic mouse cut to its first 200 neurons, saved as a model folder (the service tests'
+    torch model: small enough to decode flat out)."""
+    from streams.synthetic.mouse import make_mouse
+
+    folder = tmp_path_factory.mktemp("mouse") / "mouse"
+    make_mouse(0, 1000).subset(200).save(folder)
+    return folder
+
+
 @pytest.fixture
 def session() -> Session:
     return make_session()

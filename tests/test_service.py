@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from decoder.analysis.metrics import corr
 from decoder.live.decoded import as_decoded_frame
@@ -24,15 +23,6 @@ from streams.transport import Publisher, Subscriber
 from tests.conftest import REPO, free_port, wait_for
 
 N = 200  # a 200-neuron slice of the default mouse keeps the oracle cheap enough for CI
-
-
-@pytest.fixture(scope="module")
-def small_mouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streams.synthetic.mouse import make_mouse
-
-    folder = tmp_path_factory.mktemp("mouse") / "mouse"
-    make_mouse(0, 1000).subset(N).save(folder)
-    return folder
 
 
 def example_slice(n_frames: int, ids_offset: int = 0) -> Session:

@@ -16,17 +16,6 @@ from streams.transport import Publisher, Subscriber
 from tests.conftest import free_port
 from tests.test_service import collect, example_slice, start_decoder, stop
 
-N = 200
-
-
-@pytest.fixture(scope="module")
-def small_mouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streams.synthetic.mouse import make_mouse
-
-    folder = tmp_path_factory.mktemp("mouse") / "mouse"
-    make_mouse(0, 1000).subset(N).save(folder)
-    return folder
-
 
 def test_poisons_are_survived_and_nothing_is_published_for_frames_never_received(small_mouse: Path) -> None:
     s = example_slice(40)

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from decoder.live.decoded import as_decoded_frame
 from decoder.reconstruct.streaming import StreamingConfig
 from streams.protocol import RAW_TOPICS, Decoded
@@ -19,17 +17,6 @@ from streams.replay import replay
 from streams.transport import Publisher, Subscriber
 from tests.conftest import free_port
 from tests.test_service import example_slice
-
-N = 200
-
-
-@pytest.fixture(scope="module")
-def small_mouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streams.synthetic.mouse import make_mouse
-
-    folder = tmp_path_factory.mktemp("mouse") / "mouse"
-    make_mouse(0, 1000).subset(N).save(folder)
-    return folder
 
 
 class Lines(logging.Handler):
