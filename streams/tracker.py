@@ -100,6 +100,13 @@ class StreamTracker:
         self._seen_frame = False
         self._last_frame_ns = 0
         self._held: SessionHeader | None = None  # a new session's header waiting for the current one to stop
+        self._held_parts: Sequence[Any] | None = None  # ... and its raw parts (a recorder writes those)
+        self._in_parts: Sequence[Any] | None = None  # raw parts of the message being accepted
+        #: raw parts of the message just delivered: the input's, or a held header's when a frame switched to it
+        self.delivered_parts: Sequence[Any] | None = None
+        self._next: tuple[Message, Sequence[Any] | None, int] | None = None  # delivered after a switch's header
+        self._away_ns = 0  # time the consumer was away while messages waited (not silence of the stream)
+        self._away_at_last_frame = 0
         self._jump: Frame | None = None  # a far-ahead frame waiting for confirmation
         self._outstanding: list[list[int]] = []  # missing [first, last] ranges, ascending, bounded
         self.errors: collections.deque[ProtocolError] = collections.deque(maxlen=100)
@@ -112,9 +119,26 @@ class StreamTracker:
         except ProtocolError as e:
             self._count_error(e)
             raise
-        return self.accept(msg, recv_ns)
+        self._in_parts = self.delivered_parts = parts
+        try:
+            return self.accept(msg, recv_ns)
+        finally:
+            self._in_parts = None
+
+    def take_next(self) -> tuple[Message, Sequence[Any] | None, int] | None:
+        """A message to deliver before reading more: the frame that switched to a held session comes right
+        after that session's header (message, raw parts, receive time), once."""
+        nxt, self._next = self._next, None
+        return nxt
+
+    def note_away(self, ns: int) -> None:
+        """The consumer was away `ns` while messages waited in its queue: that time is not the stream's silence
+        (a recorder stalled on a slow disk must not take a stranger's header for a restart)."""
+        self._away_ns += max(0, int(ns))
 
     def accept(self, msg: Message, recv_ns: int | None = None) -> Message | None:
+        if self._in_parts is None:
+            self.delivered_parts = None
         try:
             return self._accept(msg, time.time_ns() if recv_ns is None else recv_ns)
         except ProtocolError as e:
@@ -177,9 +201,11 @@ class StreamTracker:
         self._note_gap_upto(last)
 
     def _streaming(self, now_ns: int) -> bool:
-        """The current session's frames are still flowing (it has not ended and sent one recently)."""
+        """The current session's frames are still flowing (it has not ended and sent one recently; the time the
+        consumer was away with messages waiting does not count as silence)."""
+        silence = (now_ns - self._last_frame_ns) - (self._away_ns - self._away_at_last_frame)
         return (self.session is not None and not self.ended and self._seen_frame
-                and 0 <= now_ns - self._last_frame_ns < self.switch_hold_ns)
+                and 0 <= silence < self.switch_hold_ns)
 
     def _on_session(self, h: SessionHeader, recv_ns: int) -> SessionHeader | None:
         if self.session is not None and h.session_id == self.session.session_id:
@@ -193,6 +219,7 @@ class StreamTracker:
             if self._held is None or self._held.session_id != h.session_id:
                 self.stats.held_sessions += 1
             self._held = h
+            self._held_parts = self._in_parts
             return None
         return self._switch(h)
 
@@ -202,7 +229,7 @@ class StreamTracker:
         self.last_seq = -1
         self._accounted = -1
         self._seen_frame = False
-        self._held = None
+        self._held = self._held_parts = None
         self._jump = None
         self._outstanding.clear()
         self.stats.sessions += 1
@@ -222,10 +249,20 @@ class StreamTracker:
     def _on_frame(self, f: Frame, recv_ns: int) -> Message | None:
         held = self._held
         if held is not None and f.session_id == held.session_id and not self._streaming(recv_ns):
-            # The held session streams and the old one stopped (a restarted rig): switch now; this frame
-            # is dropped (counted unsynced) so that the consumer sees the new header first.
-            self.stats.unsynced += 1
-            return self._switch(held)
+            # The held session streams and the old one stopped (a restarted rig): switch now. The consumer
+            # gets the new header first (with its own raw parts, so a recorder writes a header record), then
+            # this frame, checked against the new session (take_next).
+            header_parts, frame_parts = self._held_parts, self._in_parts
+            header = self._switch(held)
+            try:
+                frame = self._on_frame(f, recv_ns)
+            except ProtocolError as e:
+                self._count_error(e)
+                frame = None
+            if frame is not None:
+                self._next = (frame, frame_parts, recv_ns)
+            self.delivered_parts = header_parts
+            return header
         h = self._require_session(f.session_id, f"frame {f.seq}")
         if f.traces.shape[0] != h.n_neurons:
             raise PayloadError(
@@ -265,6 +302,7 @@ class StreamTracker:
             self.last_seq = f.seq
             self._accounted = max(self._accounted, f.seq)
         self._last_frame_ns = recv_ns
+        self._away_at_last_frame = self._away_ns
         self.stats.received += 1
         if recv_ns - f.t_pub_ns > self.late_after_ns:
             self.stats.late += 1

@@ -325,6 +325,7 @@ class Subscriber:
                 raise TransportError(f"cannot connect subscriber to {ep}: {e}") from e
         self.endpoints = endpoints
         self.tracker = StreamTracker(late_after_s=late_after_s, in_order=in_order)
+        self._left_ns: int | None = None  # when recv() last returned (the caller's time away starts)
         self.strict = strict
         self.on_error = on_error
         self.last_parts: list[Any] = []
@@ -362,6 +363,21 @@ class Subscriber:
 
     def recv(self, timeout_s: float | None = 1.0) -> Message | None:
         """Next deliverable message, or None if nothing valid arrived within `timeout_s`."""
+        nxt = self.tracker.take_next()
+        if nxt is not None:  # the frame that switched to a new session, right after that session's header
+            msg, parts, recv_ns = nxt
+            self.last_parts, self.last_recv_ns = parts, recv_ns
+            return msg
+        entered = _now_ns()
+        left = self._left_ns
+        if left is not None and self._sock.poll(0):  # messages waited while the caller was busy elsewhere
+            self.tracker.note_away(entered - left)
+        try:
+            return self._recv(timeout_s)
+        finally:
+            self._left_ns = _now_ns()
+
+    def _recv(self, timeout_s: float | None) -> Message | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -389,7 +405,8 @@ class Subscriber:
                 _drop_traceback(e)
                 continue
             if msg is not None:
-                self.last_parts = parts
+                delivered = self.tracker.delivered_parts
+                self.last_parts = parts if delivered is None else delivered
                 self.last_recv_ns = recv_ns
                 return msg
             if deadline is not None and time.monotonic() >= deadline:

@@ -165,3 +165,39 @@ def test_a_foreign_header_cannot_switch_a_streaming_session() -> None:
     new = t.accept(frame(0, "intruder"), recv_ns=900_000_000)
     assert isinstance(new, SessionHeader) and new.session_id == "intruder"
     assert t.accept(frame(1, "intruder"), recv_ns=933_000_000).seq == 1
+
+
+def test_a_consumer_away_with_messages_waiting_does_not_take_a_strangers_header_for_a_restart() -> None:
+    """A recorder stalled 2 s on a slow disk, then reading its backlog: a stranger's header first, then the
+    real session's frames still queued. The stall is not the stream's silence: the header stays held."""
+    t = StreamTracker(switch_hold_s=0.5)
+    t.accept(hdr(), recv_ns=0)
+    for s in range(5):
+        t.accept(frame(s), recv_ns=s * 33_000_000)
+    t.note_away(2_000_000_000)  # the consumer came back after 2 s with messages waiting
+    assert t.accept(hdr("intruder"), recv_ns=2_140_000_000) is None
+    assert t.session.session_id == "a" and t.stats.held_sessions == 1
+    assert [m.seq for m in (t.accept(frame(s), recv_ns=2_141_000_000 + s) for s in (5, 6))] == [5, 6]
+    # without the note, the same gap reads as silence and the stranger takes over: what the note prevents
+    u = StreamTracker(switch_hold_s=0.5)
+    u.accept(hdr(), recv_ns=0)
+    u.accept(frame(0), recv_ns=0)
+    assert isinstance(u.accept(hdr("intruder"), recv_ns=2_140_000_000), SessionHeader)
+
+
+def test_the_frame_that_switches_to_a_held_session_is_delivered_after_its_header_with_the_headers_parts() -> None:
+    """A rig restarted within the hold: its header is held, its first frame switches; the consumer gets the
+    header (and the header's own raw parts, which a recorder writes) and then that frame: nothing lost."""
+    from streams.protocol import decode, encode_frame, encode_session
+
+    t = StreamTracker(switch_hold_s=0.5)
+    t.accept_parts(encode_session(hdr()), recv_ns=0)
+    t.accept_parts(encode_frame("a", 0, 0, 0, np.zeros(N, np.float32), np.zeros(4, np.float32)), recv_ns=0)
+    assert t.accept_parts(encode_session(hdr("b")), recv_ns=100_000_000) is None  # "a" still streams: held
+    first_b = encode_frame("b", 0, 0, 0, np.ones(N, np.float32), np.zeros(4, np.float32))
+    got = t.accept_parts(first_b, recv_ns=900_000_000)  # "a" went silent: "b"'s frame switches
+    assert isinstance(got, SessionHeader) and got.session_id == "b"
+    assert isinstance(decode(t.delivered_parts), SessionHeader)  # the header's parts, not the frame's
+    msg, parts, recv_ns = t.take_next()
+    assert isinstance(msg, Frame) and (msg.session_id, msg.seq) == ("b", 0) and parts is first_b
+    assert recv_ns == 900_000_000 and t.take_next() is None and t.stats.received == 2

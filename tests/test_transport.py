@@ -161,3 +161,43 @@ def test_a_message_over_the_size_ceiling_is_never_buffered_or_delivered() -> Non
         got = [m for m in (sub.recv(timeout_s=1.0), sub.recv(timeout_s=1.0)) if m is not None]
         assert wait_for(lambda: sub.recv(timeout_s=0.05) is None and sub.cutoffs == 1, timeout=30)  # cut off
     assert [m.fields["seq"] for m in got if isinstance(m, Decoded)] == [0]
+
+
+def test_a_restart_within_the_hold_delivers_the_new_header_with_its_own_parts_and_every_new_frame() -> None:
+    """A rig restarted without an `end` (a crash): the new header is held while the old frames are recent; the
+    new session's first frame after the hold switches over. The subscriber hands out the header, whose raw
+    parts (what a recorder writes) are the header's, then that frame: the frame that switches is not lost."""
+    import threading
+
+    from streams.protocol import decode
+
+    traces = np.zeros(N, np.float32)
+    got: list = []
+    with Publisher("tcp://127.0.0.1:0", nodrop=True) as pub, Subscriber(pub.endpoint) as sub:
+        assert pub.wait_subscribers(1, timeout_s=5)
+        sub.tracker.switch_hold_ns = 100_000_000  # 0.1 s, so the new frames come before the header's re-send
+
+        def consume() -> None:  # a consumer that keeps reading, as `record` does
+            while (m := sub.recv(timeout_s=5)) is not None:
+                got.append((m, decode(sub.last_parts)))
+                if isinstance(m, End):
+                    return
+
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
+        a, b = header(), header()
+        pub.begin(a)
+        for i in range(10):
+            pub.send_frame(i, i, traces, np.zeros(4, np.float32))
+        pub.begin(b)  # no end: the header arrives while "a" streams, and is held
+        time.sleep(0.25)  # "a" is silent past the hold (the consumer waits on an empty socket)
+        for i in range(10):
+            pub.send_frame(i, i, traces, np.zeros(4, np.float32))
+            time.sleep(0.005)
+        pub.end()
+        reader.join(15)
+    kinds = [(type(m).__name__, m.session_id, getattr(m, "seq", None)) for m, _ in got]
+    assert kinds[:11] == [("SessionHeader", a.session_id, None)] + [("Frame", a.session_id, i) for i in range(10)]
+    assert kinds[11:] == ([("SessionHeader", b.session_id, None)] + [("Frame", b.session_id, i) for i in range(10)]
+                          + [("End", b.session_id, None)])
+    assert all(type(m) is type(raw) and m.session_id == raw.session_id for m, raw in got)  # parts match messages
