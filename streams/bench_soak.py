@@ -20,7 +20,7 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--lag", type=int, default=32)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="decoder compute threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="decoder compute threads (default: decode's own)")
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds per sample")
     p.add_argument("--json", help="also write the result here")
     p.set_defaults(func=run)
