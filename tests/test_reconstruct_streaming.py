@@ -124,3 +124,17 @@ def test_warm_start_decays_toward_grey(backend, movie):
     assert np.abs(before - 127.5).max() > 0.1  # the previous frame had moved away from grey (by more than atol)
     with pytest.raises(ReconstructionError, match="warm_decay"):
         StreamingConfig(warm_decay=1.5)
+
+
+@pytest.mark.parametrize(("lag", "ends_back"), [(4, [0]), (31, [0]), (32, [0]), (47, [0, 32]), (64, [0, 32])])
+def test_a_window_holding_under_a_quarter_window_of_active_frames_is_skipped(lag: int, ends_back: list[int]) -> None:
+    """Windows end at the newest frame and every stride back; one that would hold fewer than window/4 active
+    frames (at lag 32: only the frame being finalised) is not worth a gradient call."""
+    from types import SimpleNamespace
+
+    from decoder.reconstruct.streaming import StreamingReconstructor
+
+    c = lag + 32
+    me = SimpleNamespace(capacity=c, window=32, n_active=lag + 1, cfg=SimpleNamespace(stride=32))
+    starts = StreamingReconstructor._window_starts(me)
+    assert list(c - 1 - (starts + 31)) == ends_back

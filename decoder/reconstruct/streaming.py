@@ -338,10 +338,16 @@ class StreamingReconstructor:
     # ------------------------------------------------------------------ optimiser
     def _window_starts(self) -> np.ndarray:
         """Buffer indices of the windows' first slots: ends at the newest frame, then every stride back
-        while the window still ends on an active frame."""
+        while the window still ends on an active frame and holds at least a quarter of a window of active
+        frames. Why the quarter: at the defaults (lag 32, 33 active frames, window and stride 32) the second
+        window would hold one active frame, the one being finalised, and cost as much as the first; without it
+        a step costs half and the movie is no worse (the example session, `neurocine reconstruct --mode
+        streaming`: pixel correlation 0.3429 with it, 0.3432 without, in 0.49 of the time)."""
         c, w = self.capacity, self.window
         active_from = c - self.n_active
         ends = np.arange(c - 1, active_from - 1, -self.cfg.stride)
+        covered = ends - np.maximum(active_from, ends - w + 1) + 1
+        ends = ends[(covered >= max(1, w // 4)) | (ends == c - 1)]
         return ends - (w - 1)
 
     def _step(self) -> None:
