@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from streams.commandline import neurocine_argv
 
 KINDS = ("random_bytes", "unknown_topic", "bad_header", "wrong_neuron_count", "infinite_traces", "stale_duplicate",
          "far_past_seq", "forged_far_jump", "huge_heartbeat", "forged_short_end", "foreign_session",
@@ -112,7 +113,7 @@ def _start(err: Path, *argv: str) -> subprocess.Popen:
     """A real verb; its stderr goes to a file: a pipe nobody reads until the end fills (64 KiB) under a long run's
     rate-limited logs and blocks the process in a print, which stalled a 10^6-message run."""
     with open(err, "w") as f:
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], stdout=subprocess.PIPE, stderr=f,
+        return subprocess.Popen(neurocine_argv(*argv), stdout=subprocess.PIPE, stderr=f,
                                 text=True)
 
 

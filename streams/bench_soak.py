@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from streams.commandline import neurocine_argv
 
 
 def register(bench_sub: Any) -> None:
@@ -56,8 +57,8 @@ def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: fl
     with Publisher("tcp://127.0.0.1:0", nodrop=True) as pub:
         out = f"tcp://127.0.0.1:{_free_port()}"
         extra = [] if threads is None else ["--threads", str(threads)]
-        dec = subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", "--connect", pub.endpoint, "--bind",
-                                out, "--lag", str(lag), "--steps", str(steps), *extra],
+        dec = subprocess.Popen(neurocine_argv("decode", "--connect", pub.endpoint, "--bind",
+                                out, "--lag", str(lag), "--steps", str(steps), *extra),
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         with Subscriber(out) as sub:
             heard, deadline = False, time.monotonic() + 120

@@ -12,12 +12,17 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 #: Where a rig (or replay) publishes by default, and where the decoder connects.
 DEFAULT_PUB = "tcp://127.0.0.1:5555"
+
+
+def neurocine_argv(*args: str) -> list[str]:
+    """The command line of a `neurocine` verb run by this Python (no reliance on PATH): what every bench and the
+    demo start their processes with."""
+    return [sys.executable, "-m", "streams.cli", *args]
 
 
 def add_verb(sub: Any, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -137,23 +142,28 @@ def add_log_level(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- progress
-def progress(desc: str, total: int | None, unit: str = "it") -> Callable[..., None]:
-    """A progress line on stderr (tqdm, redrawn at most once a second): call it with the count done so far
-    and any figures to show beside it (`report(i, loss=0.12)`); it closes itself when the count reaches
-    `total`. Silent when the log level is above info."""
-    from tqdm import tqdm
+class Progress:
+    """A progress line on stderr (tqdm, redrawn at most once a second): call it with the count done so far and
+    any figures to show beside it (`report(i, loss=0.12)`); it closes itself when the count reaches `total`, or
+    on close() for a run stopped before. Silent when the log level is above info."""
 
-    quiet = not logging.getLogger("neurocine").isEnabledFor(logging.INFO)
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, disable=quiet,
-               dynamic_ncols=True, leave=True)
+    def __init__(self, desc: str, total: int | None, unit: str = "it") -> None:
+        from tqdm import tqdm
 
-    def report(done: int, **figures: Any) -> None:
+        quiet = not logging.getLogger("neurocine").isEnabledFor(logging.INFO)
+        self.total = total
+        self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, disable=quiet,
+                         dynamic_ncols=True, leave=True)
+
+    def __call__(self, done: int, **figures: Any) -> None:
         if figures:
-            bar.set_postfix({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
-                            refresh=False)
-        bar.update(done - bar.n)
-        if total is not None and done >= total:
-            bar.close()
+            self._bar.set_postfix({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
+                                  refresh=False)
+        self._bar.update(done - self._bar.n)
+        if self.total is not None and done >= self.total:
+            self._bar.close()
 
-    report.close = bar.close  # type: ignore[attr-defined]  # for a run stopped before its total
-    return report
+    def close(self) -> None:
+        self._bar.close()
+
+

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import progress
+from streams.commandline import Progress
 from streams.session import Session, frame_trials, header_of, new_session_id
 from streams.transport import Publisher
 
@@ -179,4 +179,4 @@ def _wait_until(deadline_ns: int, pub: Publisher, should_stop: Callable[[], bool
 
 def print_progress(total: int) -> Callable[[int], None]:
     """A progress callback: frames published so far, as one progress line on stderr."""
-    return progress("replay", total, unit="frame")
+    return Progress("replay", total, unit="frame")

@@ -82,6 +82,10 @@ def session_part_limit(header: SessionHeader, ceiling: int = MAX_MESSAGE_BYTES) 
     return min(ceiling, largest + SESSION_PART_MARGIN)
 
 
+#: A caller away from recv() longer than this, with messages waiting, was busy (not the stream silent).
+AWAY_NOTICED_NS = 20_000_000
+
+
 def _now_ns() -> int:
     return time.time_ns()
 
@@ -370,7 +374,8 @@ class Subscriber:
             return msg
         entered = _now_ns()
         left = self._left_ns
-        if left is not None and self._sock.poll(0):  # messages waited while the caller was busy elsewhere
+        # messages waited while the caller was busy elsewhere (only long absences matter: no poll per message)
+        if left is not None and entered - left > AWAY_NOTICED_NS and self._sock.poll(0):
             self.tracker.note_away(entered - left)
         try:
             return self._recv(timeout_s)

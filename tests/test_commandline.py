@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from streams.commandline import RateLimit, configure_logging, get_logger, progress
+from streams.commandline import Progress, RateLimit, configure_logging, get_logger
 from streams.formats import save_session
 from tests.conftest import REPO, free_port, make_session
 
@@ -69,13 +69,13 @@ def test_a_bad_level_is_refused_naming_the_setting(monkeypatch) -> None:
 
 
 def test_progress_counts_to_its_total_and_is_silent_above_info(capsys) -> None:
-    report = progress("unit", 3, unit="step")
+    report = Progress("unit", 3, unit="step")
     for i in (1, 2, 3):
         report(i, loss=0.5)
     assert "unit" in capsys.readouterr().err
     try:
         configure_logging("warning")
-        quiet = progress("quiet", 3)
+        quiet = Progress("quiet", 3)
         quiet(3)
     finally:
         configure_logging("info")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import get_logger, progress
+from streams.commandline import Progress, get_logger
 
 log = get_logger("bench.latency")
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         t_start = time.monotonic()
         source_done_at = None
         log.info(f"{args.frames} frames at the session's rate through the decoder ...")
-        shown = progress("bench latency: decoded", args.frames, unit="frame")
+        shown = Progress("bench latency: decoded", args.frames, unit="frame")
         while True:
             frames, d = pipe.poll(timeout_s=0.05)
             now_ns = time.time_ns()

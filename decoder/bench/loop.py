@@ -23,14 +23,13 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streams.commandline import get_logger
+from streams.commandline import get_logger, neurocine_argv
 
 log = get_logger("bench.loop")
 
@@ -66,10 +65,6 @@ def register(bench_sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streams.cli", *args]
-
-
 def _pct(x: Any) -> dict[str, Any]:
     a = np.asarray(list(x), np.float64)
     if a.size == 0:
@@ -80,7 +75,7 @@ def _pct(x: Any) -> dict[str, Any]:
 
 
 def decoder_has_provisional() -> bool:
-    r = subprocess.run(_cli("decode", "--help"), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(neurocine_argv("decode", "--help"), capture_output=True, text=True, timeout=60)
     return "--provisional" in r.stdout
 
 
@@ -382,8 +377,8 @@ def run(args: argparse.Namespace) -> int:
     if args.provisional:
         decode_cmd.append("--provisional")
     load_start = os.getloadavg()
-    procs = [subprocess.Popen(_cli(*decode_cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
-    procs.append(subprocess.Popen(_cli("rig", "--synthetic", "--neurons", str(args.neurons), "--bind", rig_ep,
+    procs = [subprocess.Popen(neurocine_argv(*decode_cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    procs.append(subprocess.Popen(neurocine_argv("rig", "--synthetic", "--neurons", str(args.neurons), "--bind", rig_ep,
                                        "--control", ctl_ep, "--wait-subscribers", "1"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     try:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from decoder.cluster.jobs import Unit, merge_unit, run_unit
-from streams.commandline import progress
+from streams.commandline import Progress
 
 
 class ClusterError(RuntimeError):
@@ -52,12 +52,12 @@ def gpus_per_task(backend: str, provider: str, requested: float | None = None) -
     return 0.0
 
 
-class Progress:
-    """Tasks finished so far, as one progress line (streams.commandline.progress), the last task beside it."""
+class TaskProgress:
+    """Tasks finished so far, as one progress line (streams.commandline.Progress), the last task beside it."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
         self.total, self.done = total, 0
-        self._report = progress("batch", total, unit="task") if enabled else None
+        self._report = Progress("batch", total, unit="task") if enabled else None
 
     def update(self, name: str, status: str) -> None:
         self.done += 1
@@ -66,7 +66,7 @@ class Progress:
 
     def close(self) -> None:
         if self._report is not None:
-            self._report.close()  # type: ignore[attr-defined]
+            self._report.close()
 
 
 def _error_text(err: BaseException) -> str:
@@ -108,7 +108,7 @@ def run_plan(
         total += len(todo)
         if len(members) > 1 and not todo:
             pending[task.remote(final, settings)] = final
-    bar = Progress(total, progress)
+    bar = TaskProgress(total, progress)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets signals through
         if not ready:

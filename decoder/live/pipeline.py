@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -19,13 +18,9 @@ from typing import Any
 import numpy as np
 
 from decoder.live.decoded import DecodedFrame, as_decoded_frame
+from streams.commandline import neurocine_argv
 from streams.protocol import Decoded, End, Frame, ProtocolError
 from streams.transport import Subscriber
-
-
-def neurocine_argv(*args: str) -> list[str]:
-    """The command line of a `neurocine` verb run by this Python (no reliance on PATH)."""
-    return [sys.executable, "-m", "streams.cli", *args]
 
 
 class LivePipeline:

@@ -20,7 +20,7 @@ import numpy as np
 from decoder.analysis.metrics import SMOOTH_SIGMA
 from decoder.reconstruct.movie_file import write_movie
 from decoder.reconstruct.streaming import add_streaming_args
-from streams.commandline import get_logger, progress
+from streams.commandline import Progress, get_logger
 
 log = get_logger("reconstruct")
 
@@ -99,11 +99,11 @@ def _iterations(text: str) -> int | str:
 
 def _progress(prefix: str) -> Callable[[int, int, float], None]:
     """The optimiser's progress callback (iteration i of n, loss) as one progress line."""
-    bar: list[Callable[..., None]] = []
+    bar: list[Progress] = []
 
     def report(i: int, n: int, loss: float) -> None:
         if not bar or i == 1:
-            bar[:] = [progress(prefix, n, unit="it")]
+            bar[:] = [Progress(prefix, n, unit="it")]
         bar[0](i, loss=loss)
 
     return report

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from streams.commandline import get_logger, progress
+from streams.commandline import Progress, get_logger
 from streams.control import FRAME_SHAPE, GREY, TARGETS, Command, ControlServer
 from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
 from streams.synthetic.simulate import DEFAULT_MOVIE_SEED, MouseStream, SimFrame
@@ -117,7 +117,7 @@ def run_rig(
                 log.info(f"commands on {ctl.endpoint} (movie K, target NAME, grey, status)")
         start = time.monotonic_ns()
         reason = "complete"
-        shown = progress("rig", max_frames, unit="frame") if verbose else None
+        shown = Progress("rig", max_frames, unit="frame") if verbose else None
         try:
             seq = 0
             while max_frames is None or seq < max_frames:
@@ -155,7 +155,7 @@ def run_rig(
         finally:
             report.seconds = (time.monotonic_ns() - start) / 1e9
             if shown is not None:
-                shown.close()  # type: ignore[attr-defined]
+                shown.close()
             pub.end(reason)
             if ctl is not None:
                 report.commands, report.refused = ctl.accepted, ctl.refused

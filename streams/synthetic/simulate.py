@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.commandline import progress
+from streams.commandline import Progress
 from streams.session import Session, Trial
 from streams.synthetic.behaviour import BehaviourGenerator
 from streams.synthetic.calcium import Deconvolver, Indicator, Spiker
@@ -130,11 +130,11 @@ def clip_frames(plan: TrialPlan, movie_seed: int, n_frames: int = TRIAL_FRAMES) 
 
 def _progress(prefix: str) -> Callable[[int, int], None]:
     """Trials simulated so far, as one progress line."""
-    bar: list[Callable[..., None]] = []
+    bar: list[Progress] = []
 
     def report(done: int, total: int) -> None:
         if not bar:
-            bar.append(progress(prefix, total, unit="trial"))
+            bar.append(Progress(prefix, total, unit="trial"))
         bar[0](done)
 
     return report
