@@ -53,7 +53,7 @@ def exported(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"onnx_{preset}")
     paths = E.export_mouse(enc, MOUSE, out)
     sessions = {g: E.onnx_session(paths[g], threads=1) for g in E.GRAPHS}
-    return preset, E.frozen_copy(enc), sessions, paths
+    return preset, E.frozen_copy(enc, fold_norms=False), sessions, paths
 
 
 def _feeds(session, ex) -> dict[str, np.ndarray]:
@@ -223,3 +223,73 @@ def test_export_refuses_unknown_mouse_bad_prune_and_unknown_graph(tmp_path) -> N
         E.export_mouse(enc, "a", tmp_path, readout_prune=1.0)
     with pytest.raises(ValueError, match="graphs must be"):
         E.export_mouse(enc, "a", tmp_path, graphs=("step",))
+
+
+@pytest.mark.parametrize("dim", [0, 2])
+@pytest.mark.parametrize(
+    ("size", "start", "end", "step"),
+    [(9, 0, 9, 2), (16, 1, 16, 2), (10, 0, 10, 3), (8, 1, 2**63 - 1, 2), (5, -3, 5, 2), (11, 0, 11, 4),
+     (7, 2, 6, 1), (6, 0, 3, 1), (6, 3, 6, 1), (6, -2, 2**63 - 1, 1), (7, 0, 7, 1)],
+)
+def test_slice_gradient_rule_equals_the_core_rule(dim, size, start, end, step) -> None:
+    from torch._decomp import core_aten_decompositions
+
+    core = core_aten_decompositions()[torch.ops.aten.slice_backward.default]
+    shape = [2, 3, 4, 5]
+    shape[dim] = size
+    sliced = torch.zeros(shape)[(slice(None),) * dim + (slice(start, end, step),)]
+    g_out = torch.randn(sliced.shape, generator=torch.Generator().manual_seed(size + step))
+    assert torch.equal(E._slice_input_grad(g_out, shape, dim, start, end, step),
+                       core(g_out, shape, dim, start, end, step))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "groups", "transposed"),
+    [
+        ((5, 1, 1), (1, 1, 1), (2, 0, 0), 8, False),  # temporal depthwise
+        ((1, 1, 1), (1, 1, 1), (0, 0, 0), 1, False),  # pointwise
+        ((1, 3, 3), (1, 1, 1), (0, 1, 1), 8, False),  # spatial depthwise
+        ((1, 3, 3), (1, 2, 2), (0, 1, 1), 8, False),  # strided
+        ((1, 3, 3), (1, 2, 2), (0, 1, 1), 8, True),  # its input gradient
+        ((1, 7, 7), (1, 4, 4), (0, 3, 3), 1, False),  # the stem
+    ],
+)
+def test_3d_convolutions_written_as_2d_give_the_same_result(kernel, stride, padding, groups, transposed) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 8, 6, 9, 16, generator=gen)
+    weight = torch.randn(8, 8 // groups, *kernel, generator=gen)
+    bias = torch.randn(8, generator=gen)
+    args = (list(stride), list(padding), [1, 1, 1], transposed, [0, 0, 0], groups)
+    ref = torch.ops.aten.convolution(x, weight, bias, *args)
+    got = E._convolution_3d_as_2d(x, weight, bias, *args)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert E._convolution_3d_as_2d(x, torch.randn(8, 1, 3, 3, 3), None, [1] * 3, [1] * 3, [1] * 3, False,
+                                   [0] * 3, 8) is NotImplemented  # a kernel over time and space stays 3-D
+
+
+def test_folded_batchnorms_keep_predictions_and_gradients() -> None:
+    enc = build_encoder(get_preset("tiny"), {MOUSE: 30}, seed=5)
+    calibrate_batchnorm(enc, [(torch.from_numpy(random_smooth_movies(1, 32, 2)),
+                               torch.from_numpy(behaviour(1, 32, 2)))], MOUSE)
+    plain, folded = E.frozen_copy(enc, fold_norms=False), E.frozen_copy(enc)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) and m is not b.bn_shortcut
+                   for b in folded.core.blocks for m in b.modules())
+    ex = E.example_inputs(plain, MOUSE, 2, seed=4)
+    with torch.no_grad():
+        ref = E.forward_function(plain, MOUSE)(ex["video"], ex["behaviour"])
+        got = E.forward_function(folded, MOUSE)(ex["video"], ex["behaviour"])
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    _, ref_grad = E.gradient_function(plain, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
+    _, grad = E.gradient_function(folded, MOUSE)(*(ex[k] for k in E.GRADIENT_INPUTS))
+    assert float((grad - ref_grad).abs().max()) < 1e-4 * float(ref_grad.abs().max())
+
+
+def test_reshape_targets_are_constants(exported) -> None:
+    """The batch is left to Reshape's -1: no shape arithmetic runs per call."""
+    _, _, _, paths = exported
+    for graph in E.GRAPHS:
+        model = onnx.load(str(paths[graph]))
+        constants = {i.name for i in model.graph.initializer}
+        targets = [n.input[1] for n in model.graph.node if n.op_type == "Reshape"]
+        assert targets and all(t in constants for t in targets), graph

@@ -107,12 +107,97 @@ def _convolution_input_grad(
     return grad_in, None, None
 
 
+def _slice_input_grad(
+    grad_out: torch.Tensor, input_sizes: list[int], dim: int, start: int, end: int, step: int
+) -> torch.Tensor:
+    """slice_backward of a strided slice as zero-interleaving and padding.
+
+    Why: the core table writes it as slice_scatter into zeros, which the exporter turns into a ScatterND
+    between two transposes of the whole tensor (the shortcut's and the even/odd frames' strided slices
+    cost ~2 ms of a ~15 ms gradient call; `neurocine bench encoder --profile`). Here a step-s slice's
+    gradient is the output gradient with s-1 zeros after each element (Concat + Reshape), then padded or
+    cut to the input's size (Pad / Slice): the same numbers, moved, not computed.
+    """
+    dim = dim % grad_out.dim()
+    shape = list(grad_out.shape)
+    if step == 1:  # zeros before and after; sizes may be symbolic (the batch), so nothing is made an int
+        before = start + input_sizes[dim] if isinstance(start, int) and start < 0 else start
+        after = input_sizes[dim] - before - shape[dim]
+
+        def zeros(count: Any) -> list[torch.Tensor]:
+            if isinstance(count, int) and count == 0:
+                return []
+            return [grad_out.new_zeros([*shape[:dim], count, *shape[dim + 1 :]])]
+
+        parts = [*zeros(before), grad_out, *zeros(after)]
+        return torch.cat(parts, dim=dim) if len(parts) > 1 else grad_out
+    size = int(input_sizes[dim])
+    start = min(max(start + size if start < 0 else start, 0), size)
+    m = int(shape[dim])
+    grad = grad_out
+    if m > 0:
+        zeros = grad_out.new_zeros([*shape[: dim + 1], step - 1, *shape[dim + 1 :]])
+        grad = torch.cat([grad_out.unsqueeze(dim + 1), zeros], dim=dim + 1)
+        grad = grad.reshape([*shape[:dim], m * step, *shape[dim + 1 :]])
+    covered = int(grad.shape[dim])
+    after = size - start - covered
+    if after < 0:
+        grad = grad.narrow(dim, 0, covered + after)
+        after = 0
+    if start or after:
+        pads = [0, 0] * (grad.dim() - 1 - dim) + [start, after]
+        grad = aten.constant_pad_nd(grad, pads, 0.0)
+    return grad
+
+
+def _convolution_3d_as_2d(
+    inp: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    transposed: bool,
+    output_padding: list[int],
+    groups: int,
+) -> Any:
+    """A 3-D convolution whose kernel spans only time, or only space, written as a 2-D one.
+
+    Why: onnxruntime's CPU provider runs 2-D (depthwise especially) convolutions 2-3x faster than the same
+    work as 3-D ones (the encoder's convolutions are all of these two kinds; `neurocine bench encoder
+    --profile`). Time-only kernels (kt, 1, 1), pointwise ones included, see (B, C, T, H*W): a reshape.
+    Space-only kernels (1, kh, kw) see (B*T, C, H, W): two transposes. Anything else is left as it is.
+    """
+    if inp.dim() != 5:
+        return NotImplemented
+    kt, kh, kw = weight.shape[2:]
+    b, c, t, h, w = inp.shape
+
+    def trivial(axes: tuple[int, ...]) -> bool:
+        return all(stride[a] == 1 and padding[a] == 0 and dilation[a] == 1 and output_padding[a] == 0 for a in axes)
+
+    if kh == 1 and kw == 1 and trivial((1, 2)):
+        out = aten.convolution(inp.reshape(b, c, t, h * w), weight.reshape(*weight.shape[:3], 1), bias,
+                               [stride[0], 1], [padding[0], 0], [dilation[0], 1], transposed,
+                               [output_padding[0], 0], groups)
+        return out.reshape(b, out.shape[1], out.shape[2], h, w)
+    if kt == 1 and trivial((0,)):
+        flat = inp.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        out = aten.convolution(flat, weight[:, :, 0], bias, stride[1:], padding[1:], dilation[1:], transposed,
+                               output_padding[1:], groups)
+        return out.reshape(b, t, *out.shape[1:]).permute(0, 2, 1, 3, 4)
+    return NotImplemented
+
+
 def decomposition_table() -> dict[Any, Callable[..., Any]]:
-    """Core-ATen decompositions plus the input-gradient rule for convolutions."""
+    """Core-ATen decompositions plus our rules: input gradients of convolutions and slices, 3-D
+    convolutions as 2-D ones."""
     from torch._decomp import core_aten_decompositions
 
     table = dict(core_aten_decompositions())
     table[aten.convolution_backward.default] = _convolution_input_grad
+    table[aten.slice_backward.default] = _slice_input_grad
+    table[aten.convolution.default] = _convolution_3d_as_2d
     return table
 
 
@@ -142,11 +227,47 @@ class FrozenGaussianReadout(torch.nn.Module):
         return stable_softplus(y.reshape(b, t, self.n_neurons).transpose(1, 2), self.beta)
 
 
-def frozen_copy(encoder: Encoder, readout_prune: float | None = None) -> Encoder:
+def _fold_batchnorm(conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d) -> None:
+    """Scale conv's weight by norm's per-channel gain and give conv norm's offset as its bias (eval mode:
+    conv then norm is one affine map of the input)."""
+    with torch.no_grad():
+        gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        offset = norm.bias - norm.running_mean * gain
+        if conv.bias is not None:
+            offset = offset + conv.bias * gain
+        conv.weight.mul_(gain.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        conv.bias = torch.nn.Parameter(offset.clone(), requires_grad=False)
+
+
+def fold_batchnorms(encoder: Encoder) -> None:
+    """Fold every BatchNorm of the core that follows a convolution into it (in place; eval mode only).
+
+    Why: onnxruntime fuses a Conv and its BatchNormalization only when they are adjacent, and the 2-D
+    rewrite of the convolutions (`_convolution_3d_as_2d`) puts a reshape between them; folded, neither
+    the forward pass nor the backward one has a norm left (the shortcut's norms, which follow no
+    convolution, stay). Predictions and gradients change by float32 rounding only (tests/test_encoder_export.py)."""
+    from decoder.encoder.model import InvertedResidual3d
+
+    core = encoder.core
+    _fold_batchnorm(core.stem, core.bn_stem)
+    core.bn_stem = torch.nn.Identity()
+    for block in core.blocks:
+        if not isinstance(block, InvertedResidual3d):
+            continue
+        for conv, norm in (("expand", "bn_expand"), ("spatial", "bn_spatial"), ("temporal", "bn_temporal"),
+                           ("project", "bn_project")):
+            _fold_batchnorm(getattr(block, conv), getattr(block, norm))
+            setattr(block, norm, torch.nn.Identity())
+
+
+def frozen_copy(encoder: Encoder, readout_prune: float | None = None, fold_norms: bool = True) -> Encoder:
     """An eval-mode copy whose parameters are constants (the export must not touch the caller's model).
-    readout_prune: also freeze gaussian readouts into FrozenGaussianReadout (None: keep them as they are)."""
+    readout_prune: also freeze gaussian readouts into FrozenGaussianReadout (None: keep them as they are);
+    fold_norms: fold the core's BatchNorms into their convolutions (`fold_batchnorms`)."""
     frozen = copy.deepcopy(encoder).cpu().float().eval()
     frozen.requires_grad_(False)
+    if fold_norms:
+        fold_batchnorms(frozen)
     if readout_prune is not None:
         for mouse, readout in list(frozen.readouts.items()):
             if isinstance(readout, GaussianReadout):
@@ -261,6 +382,7 @@ def _to_onnx(
     if program is None:
         raise ExportError(f"torch.onnx.export returned nothing for {path.name}")
     fold_graph(program.model, path)
+    constant_reshape_targets(path)
     check_standard_ops(path)
     _check_against_torch(graph_module, inputs, input_names, path)
 
@@ -298,6 +420,68 @@ def fold_graph(model: Any, path: Path) -> None:
     )
     passes(model)
     ir.save(model, str(path))
+
+
+def constant_reshape_targets(path: Path) -> int:
+    """Give every Reshape whose target shape is built at run time from one dynamic number (the batch) and
+    constants a constant target with -1 in that place; drop the shape arithmetic left unused. Returns how
+    many targets became constant.
+
+    Why: the exporter computes each target from the symbolic batch (Shape, Gather, Mul, Concat), ~40
+    chains of tiny kernels per gradient call (`neurocine bench encoder --profile`: Concat and Reshape).
+    Reshape's -1 infers that one dimension from the element count, so the result is the same tensor."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    one_element = {
+        v.name for v in list(inferred.value_info) + list(inferred.input)
+        if [d.dim_value for d in v.type.tensor_type.shape.dim] in ([1], [])
+        and all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)
+    }
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            users.setdefault(name, []).append((node, k))
+    outputs = {o.name for o in graph.output}
+    changed = 0
+    for node in graph.node:
+        if node.op_type != "Concat" or node.output[0] in outputs:
+            continue
+        uses = [(u, k) for u, k in users.get(node.output[0], []) if u.op_type == "Reshape" and k == 1]
+        if not uses:
+            continue
+        dynamic = [i for i in node.input if i not in constants]
+        if len(dynamic) != 1 or dynamic[0] not in one_element:
+            continue
+        parts = [constants[i].reshape(-1) if i in constants else np.array([-1], dtype=np.int64) for i in node.input]
+        target = np.concatenate(parts).astype(np.int64)
+        if (target == -1).sum() != 1 or (target == 0).any():  # 0 means "copy" or "empty" by allowzero
+            continue
+        name = f"{node.output[0]}_constant"
+        graph.initializer.append(numpy_helper.from_array(target, name))
+        constants[name] = target
+        for user, k in uses:
+            user.input[k] = name
+        changed += 1
+    # drop what no output needs any more
+    needed = set(outputs)
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    live = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+    onnx.save(model, str(path))
+    return changed
 
 
 def _check_against_torch(

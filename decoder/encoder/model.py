@@ -185,7 +185,7 @@ class Core(nn.Module):
         """
         s, pad = self.stem.stride, self.stem.padding
         weight = self.stem.weight
-        y = F.conv3d(video, weight[:, :1], stride=s, padding=pad)
+        y = F.conv3d(video, weight[:, :1], self.stem.bias, stride=s, padding=pad)  # a bias only once folded
         if pad[1] == 0 and pad[2] == 0:
             bias = torch.matmul(weight[:, 1:].sum(dim=(2, 3, 4)), behaviour)  # (C, 4) @ (B, 4, T) -> (B, C, T)
             return self._blocks(self.bn_stem(y + bias[:, :, :, None, None]))
