@@ -272,7 +272,7 @@ def test_folded_batchnorms_keep_predictions_and_gradients() -> None:
     enc = build_encoder(get_preset("tiny"), {MOUSE: 30}, seed=5)
     calibrate_batchnorm(enc, [(torch.from_numpy(random_smooth_movies(1, 32, 2)),
                                torch.from_numpy(behaviour(1, 32, 2)))], MOUSE)
-    plain, folded = E.frozen_copy(enc, fold_norms=False), E.frozen_copy(enc)
+    plain, folded = E.frozen_copy(enc, fold_norms=False), E.frozen_copy(E.frozen_copy(enc))  # folds once
     assert not any(isinstance(m, torch.nn.BatchNorm3d) and m is not b.bn_shortcut
                    for b in folded.core.blocks for m in b.modules())
     ex = E.example_inputs(plain, MOUSE, 2, seed=4)

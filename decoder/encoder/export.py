@@ -240,7 +240,7 @@ def _fold_batchnorm(conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d) -> None:
 
 
 def fold_batchnorms(encoder: Encoder) -> None:
-    """Fold every BatchNorm of the core that follows a convolution into it (in place; eval mode only).
+    """Fold every BatchNorm of the core that follows a convolution into it (in place, once; eval mode only).
 
     Why: onnxruntime fuses a Conv and its BatchNormalization only when they are adjacent, and the 2-D
     rewrite of the convolutions (`_convolution_3d_as_2d`) puts a reshape between them; folded, neither
@@ -248,16 +248,13 @@ def fold_batchnorms(encoder: Encoder) -> None:
     convolution, stay). Predictions and gradients change by float32 rounding only (tests/test_encoder_export.py)."""
     from decoder.encoder.model import InvertedResidual3d
 
-    core = encoder.core
-    _fold_batchnorm(core.stem, core.bn_stem)
-    core.bn_stem = torch.nn.Identity()
-    for block in core.blocks:
-        if not isinstance(block, InvertedResidual3d):
-            continue
-        for conv, norm in (("expand", "bn_expand"), ("spatial", "bn_spatial"), ("temporal", "bn_temporal"),
-                           ("project", "bn_project")):
-            _fold_batchnorm(getattr(block, conv), getattr(block, norm))
-            setattr(block, norm, torch.nn.Identity())
+    pairs = [(encoder.core, "stem", "bn_stem")]
+    pairs += [(block, conv, f"bn_{conv}") for block in encoder.core.blocks if isinstance(block, InvertedResidual3d)
+              for conv in ("expand", "spatial", "temporal", "project")]
+    for owner, conv, norm in pairs:
+        if isinstance(getattr(owner, norm), torch.nn.BatchNorm3d):  # folded already: nothing to do
+            _fold_batchnorm(getattr(owner, conv), getattr(owner, norm))
+            setattr(owner, norm, torch.nn.Identity())
 
 
 def frozen_copy(encoder: Encoder, readout_prune: float | None = None, fold_norms: bool = True) -> Encoder:
