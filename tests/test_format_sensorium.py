@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.formats import FormatError, load_session, save_session, sensorium
+from streams.formats import FormatError, load_session, save_session
 from streams.formats.sensorium import SensoriumWriter, read_sensorium, read_sensorium_statistics, write_sensorium
+from streams.formats.sensorium import writer as sensorium_writer
 from streams.session import Session, Trial, regular_timestamps
 
 LENGTHS = (20, 13, 25, 9)
@@ -214,7 +215,7 @@ def test_a_lost_responses_file_is_an_error_naming_it(written: tuple[Session, Pat
 
 # ---------------------------------------------------------------------------------------------- statistics
 def test_statistics_match_numpy_on_valid_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sensorium, "_MEDIAN_BLOCK_BYTES", 1)  # one neuron per block: exercises the blocking
+    monkeypatch.setattr(sensorium_writer, "_MEDIAN_BLOCK_BYTES", 1)  # one neuron per block: exercises the blocking
     session = make_session(seed=5, lengths=(20, 13, 25, 10))  # even frame count: median between two values
     last = session.trials[-1]
     session.traces[: last.start, 2] = np.nan  # a neuron reported in the last trial only
