@@ -3,19 +3,24 @@
 Route (generic: nothing is derived per layer, so it holds for every preset and for new layers):
 1. Freeze a copy of the encoder (eval mode, no parameter gradients) so that the weights become constants
    and autograd needs only input gradients. The gaussian readout's blob is computed once here (its negligible
-   weights dropped: see READOUT_PRUNE) instead of in every call.
+   weights dropped: see READOUT_PRUNE) instead of in every call, and the core's BatchNorms are folded into
+   the convolutions before them (`fold_batchnorms`).
 2. Trace loss and d loss / d video with `make_fx` (symbolic shapes, so the batch of windows stays a
    dimension of the graph): autograd runs during tracing, so the backward pass is recorded as ATen ops.
-3. Decompose while tracing, with PyTorch's core-ATen decomposition table plus one rule of our own:
-   `convolution_backward` (which has no ONNX translation) becomes, for the input gradient only, a plain
-   convolution with the group-transposed, flipped weight when the stride is 1 (fast in onnxruntime) and a
-   transposed convolution otherwise. Every other backward op (BatchNorm, SiLU, sigmoid, slicing,
-   padding...) is already decomposed into forward-style ops by the core table.
+3. Decompose while tracing, with PyTorch's core-ATen decomposition table plus three rules of our own
+   (`decomposition_table`):
+   - `convolution_backward` (which has no ONNX translation) becomes, for the input gradient only, a plain
+     convolution with the group-transposed, flipped weight when the stride is 1 and a transposed
+     convolution otherwise;
+   - `slice_backward` of a strided slice becomes zero-interleaving and padding (not slice_scatter);
+   - a 3-D convolution whose kernel spans only time or only space becomes a 2-D one.
+   The last two are for onnxruntime's CPU speed (`neurocine bench encoder --profile`). Every other backward
+   op (SiLU, sigmoid, padding...) is already decomposed into forward-style ops by the core table.
 4. Refuse a graph that still holds a backward op (clear error naming it), then hand the traced graph to
    `torch.onnx.export` (dynamo exporter), fold its constants (onnxscript's folding passes only: no
-   Cast/Reshape/Unsqueeze/Constant chains left; see `fold_graph`), and check the saved graph against
-   the traced one. onnxruntime's CPU and CUDA
-   providers run the result; no Gradient operator and no onnxruntime-training is involved.
+   Cast/Reshape/Unsqueeze/Constant chains left; see `fold_graph`), make Reshape targets constant
+   (`constant_reshape_targets`), and check the saved graph against the traced one. onnxruntime's CPU and
+   CUDA providers run the result; no Gradient operator and no onnxruntime-training is involved.
 
 Graph contract (B = windows per call, a dynamic dimension; T = the encoder's window, N = the neurons):
   forward.onnx:  video (B,T,36,64) float32 0..255, behaviour (B,T,4) raw in BEHAVIOUR_CHANNELS order
