@@ -112,6 +112,37 @@ def test_video_ensemble_averages_separate_streaming_reconstructions(movie):
     assert not np.allclose(grads, ens)
 
 
+class _Counted:
+    """A real backend that counts its gradient calls (which member a step used)."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.calls = backend, 0
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def loss_and_grad(self, *args):
+        self.calls += 1
+        return self.backend.loss_and_grad(*args)
+
+
+def test_cycle_ensemble_takes_one_encoder_per_step_in_turn(movie):
+    _, behaviour, responses = movie
+    a = _Counted(TorchBackend.from_oracle(OracleEncoder(make_mouse(0, 50))))
+    b = _Counted(TorchBackend.from_oracle(OracleEncoder(make_mouse(1, 50))))
+    r, beh = responses[:30, :50], behaviour[:30]
+    cfg = StreamingConfig(lag=4, steps=2, ensemble="cycle")
+    cycled, rec = reconstruct_streaming([a, b], r, beh, cfg)
+    assert rec.steps_taken == a.calls + b.calls > 0
+    assert abs(a.calls - b.calls) <= 1  # in turn: one gradient call per step, alternating
+    alone = [reconstruct_streaming(x.backend, r, beh, StreamingConfig(lag=4, steps=2))[0] for x in (a, b)]
+    assert all(not np.allclose(cycled, x) for x in alone)  # both encoders shaped the movie
+    same, _ = reconstruct_streaming([a.backend, a.backend], r, beh, cfg)
+    np.testing.assert_allclose(same, alone[0], rtol=1e-6, atol=1e-4)  # one encoder twice = that encoder
+    with pytest.raises(ReconstructionError, match="ensemble must be one of"):
+        StreamingConfig(ensemble="vote")
+
+
 def test_warm_start_decays_toward_grey(backend, movie):
     """A new frame starts at grey + warm_decay * (previous - grey): contrast cannot accumulate without bound."""
     _, beh, resp = movie

@@ -50,6 +50,10 @@ DEFAULT_STEPS = 2
 WARM_DECAY = 0.9
 
 
+#: how several encoders share one streaming optimiser (StreamingConfig.ensemble)
+ENSEMBLE_MODES = ("gradients", "videos", "cycle")
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamingConfig:
     lag: int = DEFAULT_LAG
@@ -82,7 +86,12 @@ class StreamingConfig:
     #: steps pull a frame away from it; the mix is chosen by `neurocine bench quality` (README, "The first guess").
     inverse_mix: float = INVERSE_MIX
     provisional: bool = False
-    ensemble: str = "gradients"  # or "videos": one optimiser per encoder, emitted frames averaged
+    #: several encoders: "gradients" averages their normalised gradients in every step (K gradient windows per
+    #: step); "videos" runs one optimiser per encoder and averages the emitted frames (the paper's, K times the
+    #: compute); "cycle" takes one encoder per step in turn, so a step costs one encoder's window and each frame,
+    #: active for lag + 1 arrivals, still gets every encoder's gradient many times (live, where the K-fold cost
+    #: sheds steps: `neurocine bench latency` with three --model)
+    ensemble: str = "gradients"
     #: spatial Gaussian sigma (px) on each step's gradient (optimiser.blur_gradient); the command line's value,
     #: since the CPU-sized encoders need it (`neurocine bench quality` measures both); 0 is the paper's
     grad_blur: float = DEFAULT_GRAD_BLUR
@@ -103,8 +112,8 @@ class StreamingConfig:
             raise ReconstructionError(f"warm_start must be 'previous', 'grey' or 'inverse', got {self.warm_start!r}")
         if not all(0.0 <= v <= 1.0 for v in (self.inverse_weight, self.inverse_refresh, self.inverse_mix)):
             raise ReconstructionError("inverse_weight, inverse_refresh and inverse_mix must be in [0, 1]")
-        if self.ensemble not in ("gradients", "videos"):
-            raise ReconstructionError(f"ensemble must be 'gradients' or 'videos', got {self.ensemble!r}")
+        if self.ensemble not in ENSEMBLE_MODES:
+            raise ReconstructionError(f"ensemble must be one of {ENSEMBLE_MODES}, got {self.ensemble!r}")
 
 
 def add_streaming_args(p: argparse.ArgumentParser) -> None:
@@ -120,10 +129,10 @@ def add_streaming_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-start", choices=("inverse", "previous", "grey"), default=d.warm_start,
                    help=f"how a new frame starts (default {d.warm_start}; 'inverse' needs inverse.onnx beside the "
                    "model and falls back to 'previous' without one)")
-    p.add_argument("--ensemble", choices=("gradients", "videos"), default=None,
-                   help="several --model: average their gradients in one optimiser, or run one optimiser each and "
-                   f"average the videos (the paper's better way, K times the compute) (default: streaming "
-                   f"{d.ensemble}, offline videos)")
+    p.add_argument("--ensemble", choices=ENSEMBLE_MODES, default=None,
+                   help="several --model: average their gradients in one optimiser, run one optimiser each and "
+                   "average the videos (the paper's better way, K times the compute), or (streaming only) cycle: "
+                   f"one encoder's gradient per step, in turn (default: streaming {d.ensemble}, offline videos)")
 
 
 def streaming_config_from(args: argparse.Namespace, **overrides: object) -> StreamingConfig:
@@ -168,6 +177,8 @@ class StreamingReconstructor:
     ) -> None:
         self.ens = as_ensemble(backends)
         self.cfg = config or StreamingConfig()
+        #: ensemble "cycle": one single-encoder ensemble per member, taken in turn by the steps
+        self._cycle = [as_ensemble([m]) for m in self.ens.members] if self.cfg.ensemble == "cycle" else []
         #: the first guess; only used with warm_start="inverse" (without one that mode warm-starts as "previous")
         self.inverse = inverse if self.cfg.warm_start == "inverse" else None
         if self.inverse is not None and self.inverse.n_neurons != self.ens.n_neurons:
@@ -190,6 +201,7 @@ class StreamingReconstructor:
         """Forget everything: the next pushed frame is frame 0 of a new movie."""
         c, n = self.capacity, self.ens.n_neurons
         self.session_id = session_id
+        self.steps_taken = 0
         self.video = np.full((c, 36, 64), GREY, np.float32)
         self.prior = np.full((c, 36, 64), GREY, np.float32)  # the inverse decoder's latest estimate per frame
         self.m = np.zeros((c, 36, 64), np.float32)
@@ -357,8 +369,10 @@ class StreamingReconstructor:
         resp = np.ascontiguousarray(self.responses[idx].transpose(0, 2, 1))
         if not np.isfinite(resp).any():
             return  # nothing constrains the active frames yet (a gap)
+        ens = self._cycle[self.steps_taken % len(self._cycle)] if len(self._cycle) > 1 else self.ens
+        self.steps_taken += 1
         _, g_win = normalised_window_grad(
-            self.ens, self.video[idx], self.behaviour[idx], resp, self.weights, cfg.norm_eps
+            ens, self.video[idx], self.behaviour[idx], resp, self.weights, cfg.norm_eps
         )
         g = np.zeros_like(self.video)
         count = np.zeros(c, np.float32)
