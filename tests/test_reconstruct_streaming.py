@@ -169,3 +169,8 @@ def test_a_window_holding_under_a_quarter_window_of_active_frames_is_skipped(lag
     me = SimpleNamespace(capacity=c, window=32, n_active=lag + 1, cfg=SimpleNamespace(stride=32))
     starts = StreamingReconstructor._window_starts(me)
     assert list(c - 1 - (starts + 31)) == ends_back
+
+
+def test_cycle_is_refused_offline_with_the_reason():
+    with pytest.raises(ReconstructionError, match="cycle is for streaming"):
+        OfflineConfig(ensemble="cycle")

@@ -82,7 +82,9 @@ class OfflineConfig:
         if self.iterations < 0 or self.warmup < 0 or not 0 <= self.beta < 1 or self.lr <= 0:
             raise ReconstructionError(f"bad optimiser settings in {self}")
         if self.ensemble not in ("videos", "gradients"):
-            raise ReconstructionError(f"ensemble must be 'videos' or 'gradients', got {self.ensemble!r}")
+            raise ReconstructionError(f"an offline ensemble must be 'videos' or 'gradients', got {self.ensemble!r}"
+                                      + (" (cycle is for streaming, where steps are short of time)"
+                                         if self.ensemble == "cycle" else ""))
 
 
 @dataclasses.dataclass(frozen=True)
