@@ -174,3 +174,17 @@ def test_a_window_holding_under_a_quarter_window_of_active_frames_is_skipped(lag
 def test_cycle_is_refused_offline_with_the_reason():
     with pytest.raises(ReconstructionError, match="cycle is for streaming"):
         OfflineConfig(ensemble="cycle")
+
+
+def test_push_times_are_kept_in_a_fixed_ring(monkeypatch):
+    """A decoder running for hours keeps a bounded record of its compute times (the count covers all)."""
+    from decoder.reconstruct.streaming import PushTimes
+
+    monkeypatch.setattr(PushTimes, "KEPT", 4)
+    times = PushTimes()
+    assert times.summary() == {"frames": 0}
+    for s in (9.0, 9.0, 1.0, 2.0, 3.0, 4.0):
+        times.append(s)
+    summary = times.summary()
+    assert summary["frames"] == 6 and len(times) == 6 and times.seconds.size == 4
+    assert summary["max_s"] == 4.0 and summary["mean_s"] == 2.5  # the two oldest were overwritten
