@@ -189,3 +189,5 @@ def test_a_new_session_of_the_same_models_reuses_the_inverse_decoder_and_the_fus
     again = load_models(specs, session, None, backend="onnx", threads=1, cache=cache)
     assert first.inverse is not None and again.inverse is first.inverse
     assert first.ensemble.fused is not None and again.ensemble.fused is first.ensemble.fused
+    unfused = load_models(specs, session, None, backend="onnx", threads=1, fuse=False)  # videos or cycle
+    assert unfused.ensemble.fused is None and len(unfused.ensemble) == 2

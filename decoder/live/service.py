@@ -195,7 +195,8 @@ class DecodeService:
         if key not in self._loaded:
             self._last_load = time.monotonic()
             self._loaded[key] = load_models(self.models or None, header_session(h), None, backend=self.backend,
-                                            providers=self.providers, threads=self.threads, cache=self._members)
+                                            providers=self.providers, threads=self.threads, cache=self._members,
+                                            fuse=self.config.ensemble == "gradients")
             while len(self._loaded) > MODEL_CACHE:
                 self._loaded.popitem(last=False)
         self._loaded.move_to_end(key)

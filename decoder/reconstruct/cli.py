@@ -125,7 +125,10 @@ def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -
         args.session = str(example_session_path())
     session = load_session(args.session, trials=args.trial)
     specs = models or args.model or default_models()
-    loaded = load_models(specs, session, args.session, args.backend, PROVIDERS[args.provider], args.threads)
+    streaming = getattr(args, "mode", "offline") == "streaming"
+    ensemble = getattr(args, "ensemble", None) or ("gradients" if streaming else "videos")  # each mode's default
+    loaded = load_models(specs, session, args.session, args.backend, PROVIDERS[args.provider], args.threads,
+                         fuse=ensemble == "gradients")
     return session, loaded
 
 

@@ -182,11 +182,14 @@ def load_models(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     cache: dict[str, Any] | None = None,
+    fuse: bool = True,
 ) -> LoadedModels:
     """Backends for `models` (default: the oracle), neurons matched to the session's by id.
 
     `cache` (a dict the caller keeps) holds the session-independent members (ONNX graphs): a new session
-    then costs only the id matching, never a reload (see preload_models).
+    then costs only the id matching, never a reload (see preload_models). `fuse`: merge an ONNX ensemble's
+    graphs into one session; only averaging gradients uses it (ensembles of videos or in turn run members
+    one by one), so callers that do not average say False and skip building it.
     """
     if backend not in ("torch", "onnx"):
         raise BackendError(f"backend must be 'torch' or 'onnx', got {backend!r}")
@@ -213,7 +216,7 @@ def load_models(
     opt, ev = masks_from_alpha(alpha) if alpha is not None else (None, None)
     ensemble = Ensemble(members)
     key = tuple(models or ["oracle"])
-    if backend == "onnx":
+    if backend == "onnx" and fuse:
         from decoder.reconstruct.ort_fused import fuse_ensemble
 
         if cache is not None and ("fused", key) in cache:
