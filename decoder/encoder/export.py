@@ -18,8 +18,8 @@ Route (generic: nothing is derived per layer, so it holds for every preset and f
    op (SiLU, sigmoid, padding...) is already decomposed into forward-style ops by the core table.
 4. Refuse a graph that still holds a backward op (clear error naming it), then hand the traced graph to
    `torch.onnx.export` (dynamo exporter), fold its constants (onnxscript's folding passes only: no
-   Cast/Reshape/Unsqueeze/Constant chains left; see `fold_graph`), make Reshape targets constant
-   (`constant_reshape_targets`), and check the saved graph against the traced one. onnxruntime's CPU and
+   Cast/Reshape/Unsqueeze/Constant chains left) and make Reshape targets constant (see `fold_graph`),
+   and check the saved graph against the traced one. onnxruntime's CPU and
    CUDA providers run the result; no Gradient operator and no onnxruntime-training is involved.
 
 Graph contract (B = windows per call, a dynamic dimension; T = the encoder's window, N = the neurons):
@@ -384,7 +384,6 @@ def _to_onnx(
     if program is None:
         raise ExportError(f"torch.onnx.export returned nothing for {path.name}")
     fold_graph(program.model, path)
-    constant_reshape_targets(path)
     check_standard_ops(path)
     _check_against_torch(graph_module, inputs, input_names, path)
 
@@ -395,7 +394,8 @@ FOLD_SIZE_LIMIT = 1 << 20
 
 
 def fold_graph(model: Any, path: Path) -> None:
-    """Fold constants and drop dead and duplicate nodes of an exported onnx_ir model, then save it.
+    """Fold constants and drop dead and duplicate nodes of an exported onnx_ir model, make its Reshape
+    targets constant (`constant_reshape_targets`), then save it.
 
     onnxscript's optimiser minus its pattern rewriter: the folding is exact (bit-identical outputs on
     the `small` preset), the rewriter's rules were not (5e-3 relative on one window's gradient)."""
@@ -421,10 +421,14 @@ def fold_graph(model: Any, path: Path) -> None:
         common.NameFixPass(),
     )
     passes(model)
-    ir.save(model, str(path))
+    import onnx
+
+    proto = ir.serde.serialize_model(model)
+    constant_reshape_targets(proto)
+    onnx.save(proto, str(path))
 
 
-def constant_reshape_targets(path: Path) -> int:
+def constant_reshape_targets(model: Any) -> int:
     """Give every Reshape whose target shape is built at run time from one dynamic number (the batch) and
     constants a constant target with -1 in that place; drop the shape arithmetic left unused. Returns how
     many targets became constant.
@@ -436,8 +440,7 @@ def constant_reshape_targets(path: Path) -> int:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
-    graph = model.graph
+    graph = model.graph  # an onnx ModelProto, changed in place
     inferred = onnx.shape_inference.infer_shapes(model).graph
     one_element = {
         v.name for v in list(inferred.value_info) + list(inferred.input)
@@ -482,7 +485,6 @@ def constant_reshape_targets(path: Path) -> int:
     live = [i for i in graph.initializer if i.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(live)
-    onnx.save(model, str(path))
     return changed
 
 
