@@ -4,7 +4,7 @@ Lives in `decoder/` because the `decoded` message's fields are defined here (dec
 `streams` never imports `decoder`; like messages.py it imports no torch or onnxruntime, so a client
 machine with the light install (numpy, pyzmq, msgpack) can use it (tests/test_client.py checks it).
 
-    from decoder.client import DecodedStream
+    from neurocine.decoder.client import DecodedStream
     with DecodedStream("tcp://decoder:5556", provisional=True) as stream:
         for f in stream:                       # LiveFrame: f.frame (36, 64) uint8, f.seq, f.final, ...
             if looks_like_target(f.frame):
@@ -24,9 +24,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from decoder.live.decoded import DecodedFrame, as_decoded_frame
-from streams.protocol import TOPIC_DECODED, Decoded, ProtocolError
-from streams.transport import Subscriber
+from neurocine.decoder.live.decoded import DecodedFrame, as_decoded_frame
+from neurocine.streams.protocol import TOPIC_DECODED, Decoded, ProtocolError
+from neurocine.streams.transport import Subscriber
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,10 @@ Needs only numpy, pyzmq and msgpack, so that a rig machine installs it light; it
 or onnxruntime.
 """
 
-from streams.protocol import BEHAVIOUR_CHANNELS
-from streams.session import Session, SessionError, Trial
+if __name__ != "neurocine.streams":  # the repository root on sys.path would otherwise import it a second time
+    raise ImportError(f"this folder is the package neurocine.streams: import neurocine.streams, not {__name__}")
+
+from neurocine.streams.protocol import BEHAVIOUR_CHANNELS
+from neurocine.streams.session import Session, SessionError, Trial
 
 __all__ = ["BEHAVIOUR_CHANNELS", "Session", "SessionError", "Trial"]
-__version__ = "0.1.0"

@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from streams.commandline import neurocine_argv
+from neurocine.streams.commandline import neurocine_argv
 
 KINDS = ("random_bytes", "unknown_topic", "bad_header", "wrong_neuron_count", "infinite_traces", "stale_duplicate",
          "far_past_seq", "forged_far_jump", "huge_heartbeat", "forged_short_end", "foreign_session",
@@ -32,7 +32,7 @@ KINDS = ("random_bytes", "unknown_topic", "bad_header", "wrong_neuron_count", "i
 
 
 def register(bench_sub: Any) -> None:
-    from streams.commandline import add_verb
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(bench_sub, "fuzz", "hostile messages interleaved with a valid 30 Hz stream into real decode and "
                  "record processes: crashes, valid frames lost, RSS", "neurocine bench fuzz --hostile 20000 "
@@ -58,17 +58,17 @@ class Hostile:
     """Makes one hostile message of a given kind, knowing the stream's session and last real seq."""
 
     def __init__(self, header: Any, n: int, seed: int) -> None:
-        from streams.protocol import encode_frame
+        from neurocine.streams.protocol import encode_frame
 
         self.rng = np.random.default_rng(seed)
         self.h, self.n = header, n
         self.template = encode_frame(header.session_id, 0, 0, 0, np.zeros(n, np.float32), np.zeros(4, np.float32))
-        from streams.transport import session_part_limit
+        from neurocine.streams.transport import session_part_limit
 
         self.oversized = np.zeros(session_part_limit(header) // 4 + 1, np.float32)  # one float over the limit
 
     def make(self, kind: str, last: int) -> list[bytes]:
-        from streams import protocol as p
+        from neurocine.streams import protocol as p
 
         r, sid, n = self.rng, self.h.session_id, self.n
         zeros = np.zeros(4, np.float32)
@@ -103,7 +103,7 @@ class Hostile:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.commandline import emit_json
+    from neurocine.streams.commandline import emit_json
 
     emit_json(fuzz(args.hostile, args.seconds, args.seed), args.json)
     return 0
@@ -127,12 +127,12 @@ def _free_port() -> int:
 
 def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     """One run (see the module docstring); returns the JSON-able result."""
-    from streams.example import example_session_path
-    from streams.formats import load_session
-    from streams.formats.native import read_recording
-    from streams.protocol import Decoded, Heartbeat
-    from streams.session import header_of
-    from streams.transport import Publisher, Subscriber
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats import load_session
+    from neurocine.streams.formats.native import read_recording
+    from neurocine.streams.protocol import Decoded, Heartbeat
+    from neurocine.streams.session import header_of
+    from neurocine.streams.transport import Publisher, Subscriber
 
     session = load_session(example_session_path())
     h = header_of(session)

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import neurocine_argv
+from neurocine.streams.commandline import neurocine_argv
 
 
 def register(bench_sub: Any) -> None:
-    from streams.commandline import add_verb
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(bench_sub, "soak", "a real decoder under a valid 30 Hz stream for M minutes: RSS, latency and "
                  "steps over time", "neurocine bench soak --minutes 60 --json out/soak.json")
@@ -28,7 +28,7 @@ def register(bench_sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.commandline import emit_json
+    from neurocine.streams.commandline import emit_json
 
     emit_json(soak(args.minutes, args.lag, args.steps, args.threads, args.sample_s), args.json)
     return 0
@@ -42,12 +42,12 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: float) -> dict[str, Any]:
-    from streams.bench_fuzz import _free_port, _rss_mb
-    from streams.example import example_session_path
-    from streams.formats import load_session
-    from streams.protocol import Decoded, Heartbeat
-    from streams.session import header_of
-    from streams.transport import Publisher, Subscriber
+    from neurocine.streams.bench_fuzz import _free_port, _rss_mb
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats import load_session
+    from neurocine.streams.protocol import Decoded, Heartbeat
+    from neurocine.streams.session import header_of
+    from neurocine.streams.transport import Publisher, Subscriber
 
     session = load_session(example_session_path())
     h = header_of(session)

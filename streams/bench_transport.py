@@ -17,7 +17,7 @@ import numpy as np
 
 
 def register(bench_sub: Any) -> None:
-    from streams.commandline import add_verb
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(bench_sub, "transport",
                  "ZeroMQ transport: messages/s and latency for N-neuron frames at 30 Hz and flat out",
@@ -36,9 +36,9 @@ def register(bench_sub: Any) -> None:
 
 
 def _publish(endpoint_q: Any, n_neurons: int, n_frames: int, rate: float, stimulus: bool, port: int) -> None:
-    from streams.protocol import SessionHeader
-    from streams.session import new_session_id
-    from streams.transport import Publisher
+    from neurocine.streams.protocol import SessionHeader
+    from neurocine.streams.session import new_session_id
+    from neurocine.streams.transport import Publisher
 
     rng = np.random.default_rng(0)
     traces = rng.random((64, n_neurons), dtype=np.float32)
@@ -63,8 +63,8 @@ def _publish(endpoint_q: Any, n_neurons: int, n_frames: int, rate: float, stimul
 
 def measure(n_neurons: int, n_frames: int, rate: float, stimulus: bool = False, port: int = 0) -> dict:
     """One run: frames published at `rate` Hz (0 = flat out), received here; returns stats."""
-    from streams.protocol import End, Frame
-    from streams.transport import Subscriber
+    from neurocine.streams.protocol import End, Frame
+    from neurocine.streams.transport import Subscriber
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -108,7 +108,7 @@ def measure(n_neurons: int, n_frames: int, rate: float, stimulus: bool = False, 
 
 def _with_keys(folder: str | None, fn: Any) -> dict:
     """Run `fn` with NEUROCINE_KEYS set to `folder` (None: plaintext) for this and the spawned process."""
-    from streams.security import ENV_KEYS
+    from neurocine.streams.security import ENV_KEYS
 
     old = os.environ.pop(ENV_KEYS, None)
     try:
@@ -122,7 +122,7 @@ def _with_keys(folder: str | None, fn: Any) -> dict:
 
 
 def _curve_cost(args: argparse.Namespace, n_live: int) -> dict:
-    from streams.security import ENV_KEYS, make_keys
+    from neurocine.streams.security import ENV_KEYS, make_keys
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.environ.get(ENV_KEYS)
@@ -146,7 +146,7 @@ def _curve_cost(args: argparse.Namespace, n_live: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.commandline import emit_json
+    from neurocine.streams.commandline import emit_json
 
     n_live = max(1, int(args.seconds * args.rate))
     if args.curve:

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from streams.commandline import (
+from neurocine.streams.commandline import (
     DEFAULT_PUB,
     add_log_level,
     add_verb,
@@ -66,9 +66,9 @@ def _register_replay(sub: Any) -> None:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from streams.example import example_session_path
-    from streams.formats import load_session
-    from streams.replay import print_progress, replay, replay_publisher
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats import load_session
+    from neurocine.streams.replay import print_progress, replay, replay_publisher
 
     path = args.path or example_session_path()
     if args.decoded or _only_decoded(path):
@@ -94,14 +94,14 @@ def _only_decoded(path: str | Path) -> bool:
     """A .ncr recording with decoded messages and no session header (what recording a decoder gives)."""
     if Path(path).suffix != ".ncr" or not Path(path).is_file():
         return False
-    from streams.formats.native import read_recording
+    from neurocine.streams.formats.native import read_recording
 
     rec = read_recording(path)
     return not rec.headers and bool(rec.decoded)
 
 
 def _run_replay_decoded(args: argparse.Namespace, path: str | Path) -> int:
-    from streams.replay import replay_decoded, replay_publisher
+    from neurocine.streams.replay import replay_decoded, replay_publisher
 
     get_logger("replay").info(f"{path}: its decoded stream on {args.bind}")
     stop_on_sigterm()
@@ -140,9 +140,9 @@ def _register_record(sub: Any) -> None:
 
 
 def _run_record(args: argparse.Namespace) -> int:
-    from streams.protocol import RAW_TOPICS, TOPICS
-    from streams.record import RECORD_RCVBUF, RECORD_RCVHWM, record
-    from streams.transport import Subscriber
+    from neurocine.streams.protocol import RAW_TOPICS, TOPICS
+    from neurocine.streams.record import RECORD_RCVBUF, RECORD_RCVHWM, record
+    from neurocine.streams.transport import Subscriber
 
     if Path(args.out).suffix.lower() not in (".ncr", ".nwb"):
         get_logger("record").error(f"--out {args.out}: use a .ncr or .nwb file name")
@@ -170,11 +170,11 @@ def _register_inspect(sub: Any) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from streams.formats import detect_format, load_session
+    from neurocine.streams.formats import detect_format, load_session
 
     info: dict[str, Any] = {"path": args.path, "format": detect_format(args.path)}
     if info["format"] == "native":
-        from streams.formats.native import read_recording
+        from neurocine.streams.formats.native import read_recording
 
         rec = read_recording(args.path)
         info["sessions"] = {sid: len(rec.frames[sid]) for sid in rec.session_ids}
@@ -199,8 +199,8 @@ def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> Non
     p = add_verb(sub, "bench", "benchmarks (JSON out): transport, rig, encoder, ...",
                  "neurocine bench transport --json out/transport.json")
     bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    from streams import bench_fuzz, bench_soak, bench_transport
-    from streams.synthetic import bench as bench_rig
+    from neurocine.streams import bench_fuzz, bench_soak, bench_transport
+    from neurocine.streams.synthetic import bench as bench_rig
 
     bench_transport.register(bench_sub)
     bench_fuzz.register(bench_sub)
@@ -220,7 +220,7 @@ def _register_keys(sub: Any) -> None:
 
 
 def _run_keys(args: argparse.Namespace) -> int:
-    from streams.security import AUTHORIZED, make_keys
+    from neurocine.streams.security import AUTHORIZED, make_keys
 
     made = make_keys(args.out)
     emit_json({"keys": {"folder": str(Path(args.out).resolve()), **made,
@@ -255,7 +255,7 @@ def _security_parsers(sub: Any) -> list[argparse.ArgumentParser]:
 def _builtin_registrations() -> list[Callable[[Any], None]]:
     regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect, _register_keys]
     try:
-        from streams.synthetic import cli as synthetic_cli
+        from neurocine.streams.synthetic import cli as synthetic_cli
     except ImportError:  # pragma: no cover - the package always ships it
         return regs
     regs += [synthetic_cli.register_simulate, synthetic_cli.register_rig]
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  neurocine replay --speed 1 &\n  neurocine record --out s.ncr --seconds 10",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from streams import __version__
+    from neurocine import __version__
 
     parser.add_argument("--version", action="version", version=f"neurocine {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -326,13 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_level)
     except ValueError as e:
         parser.error(str(e))
-    from streams.formats import FormatError
-    from streams.session import SessionError
-    from streams.transport import TransportError
+    from neurocine.streams.formats import FormatError
+    from neurocine.streams.session import SessionError
+    from neurocine.streams.transport import TransportError
 
     try:
         if hasattr(args, "keys"):
-            from streams.security import configure
+            from neurocine.streams.security import configure
 
             configure(args.keys, args.insecure)
         return int(args.func(args) or 0)

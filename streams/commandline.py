@@ -22,7 +22,7 @@ DEFAULT_PUB = "tcp://127.0.0.1:5555"
 def neurocine_argv(*args: str) -> list[str]:
     """The command line of a `neurocine` verb run by this Python (no reliance on PATH): what every bench and the
     demo start their processes with."""
-    return [sys.executable, "-m", "streams.cli", *args]
+    return [sys.executable, "-m", "neurocine", *args]
 
 
 def add_verb(sub: Any, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:

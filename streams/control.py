@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("rig")
 

@@ -11,7 +11,7 @@ def example_session_path() -> Path:
     """Path of the shipped example recording (built by tools/build_example_session.py)."""
     path = Path(__file__).parent / "data" / EXAMPLE_NAME
     if not path.exists():
-        from streams.formats import FormatError
+        from neurocine.streams.formats import FormatError
 
         raise FormatError(f"{path}: the built-in example session is missing; "
                           "rebuild it with: python tools/build_example_session.py")

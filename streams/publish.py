@@ -2,12 +2,12 @@
 
 A rig's acquisition software (motion correction, ROI extraction, deconvolution) ends each frame with N
 numbers; :class:`RigPublisher` turns them into wire protocol v1 (docs/protocol.md) on top of
-:class:`streams.transport.Publisher`: it numbers frames, sends the session header when the session
+:class:`neurocine.streams.transport.Publisher`: it numbers frames, sends the session header when the session
 starts and re-sends it every 0.5 s, sends heartbeats while the loop is idle (a background thread, so a
 pipeline that blocks for a second still looks alive), and starts a new session id on `restart()` or
 when the neurons change (ROIs re-extracted), so decoders reset instead of mixing two neuron sets.
 
-    from streams.publish import RigPublisher
+    from neurocine.streams.publish import RigPublisher
     with RigPublisher("tcp://*:5555", neuron_ids=ids, frame_rate=30.0, mouse_id="M12") as rig:
         for traces in acquisition():          # (N,) float per frame, NaN = neuron not reported
             rig.publish(traces)               # behaviour, acquisition time: optional
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from streams.protocol import BEHAVIOUR_CHANNELS, MAX_NEURONS, SOURCES, SessionHeader
-from streams.session import new_session_id
-from streams.transport import HEARTBEAT_INTERVAL_S, Publisher
+from neurocine.streams.protocol import BEHAVIOUR_CHANNELS, MAX_NEURONS, SOURCES, SessionHeader
+from neurocine.streams.session import new_session_id
+from neurocine.streams.transport import HEARTBEAT_INTERVAL_S, Publisher
 
 #: How often the background thread wakes to send a due heartbeat or header re-send (s).
 TICK_INTERVAL_S = 0.1

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.formats import FormatError
-from streams.formats.native import NativeWriter, read_recording, session_from_messages
-from streams.protocol import Decoded, End, Frame, Heartbeat, SessionHeader
-from streams.transport import Subscriber
+from neurocine.streams.formats import FormatError
+from neurocine.streams.formats.native import NativeWriter, read_recording, session_from_messages
+from neurocine.streams.protocol import Decoded, End, Frame, Heartbeat, SessionHeader
+from neurocine.streams.transport import Subscriber
 
 HEADER_REPEAT_S = 1.0  # the current session header is written again at least this often while frames arrive
 RECORD_RCVHWM = 100  # messages queued for the recorder in ZeroMQ (3.3 s of a live 30 Hz stream)
@@ -44,7 +44,7 @@ def kill_loss_bound(frame_bytes: int, sndhwm: int | None = None, sndbuf: int | N
 
     Why a formula: the loss is what the queues and buffers between the two processes hold, so it follows
     from their sizes and the frame size (`frame_bytes`: one frame message on the wire)."""
-    from streams.replay import REPLAY_SNDBUF, REPLAY_SNDHWM
+    from neurocine.streams.replay import REPLAY_SNDBUF, REPLAY_SNDHWM
 
     sndhwm = REPLAY_SNDHWM if sndhwm is None else sndhwm
     sndbuf = REPLAY_SNDBUF if sndbuf is None else sndbuf
@@ -143,7 +143,7 @@ def record(
 
 
 def _spool_to_nwb(spool: Path, out: Path) -> None:
-    from streams.formats.nwb import write_nwb
+    from neurocine.streams.formats.nwb import write_nwb
 
     rec = read_recording(spool)
     if not rec.headers:

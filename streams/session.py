@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from streams.protocol import BEHAVIOUR_CHANNELS, SOURCES, SessionHeader
+from neurocine.streams.protocol import BEHAVIOUR_CHANNELS, SOURCES, SessionHeader
 
 #: Sensorium 2023 tier names.
 TIERS: tuple[str, ...] = (

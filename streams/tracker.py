@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.protocol import (
+from neurocine.streams.protocol import (
     Decoded,
     End,
     Frame,

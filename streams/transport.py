@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streams.protocol import (
+from neurocine.streams.protocol import (
     MAX_NEURONS,
     MAX_STIMULUS_SIDE,
     TOPIC_END,
@@ -38,8 +38,8 @@ from streams.protocol import (
     encode_heartbeat,
     encode_session,
 )
-from streams.security import Keys, default_keys, insecure_allowed, is_loopback, secure_client, secure_server
-from streams.tracker import StreamStats, StreamTracker
+from neurocine.streams.security import Keys, default_keys, insecure_allowed, is_loopback, secure_client, secure_server
+from neurocine.streams.tracker import StreamStats, StreamTracker
 
 #: ~100 s of 30 Hz frames per subscriber (about 100 MB at 8,000 neurons).
 DEFAULT_SNDHWM = 3000

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.session import Session, Trial, regular_timestamps
+from neurocine.streams.session import Session, Trial, regular_timestamps
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -48,7 +48,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def verb_logging() -> None:
     """The verbs' log lines on stderr, as `neurocine` sets them up (tests call some verbs in-process)."""
-    from streams.commandline import configure_logging
+    from neurocine.streams.commandline import configure_logging
 
     configure_logging("info")
 
@@ -57,7 +57,7 @@ def verb_logging() -> None:
 def small_mouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default synthetic mouse cut to its first 200 neurons, saved as a model folder (the service tests'
     torch model: small enough to decode flat out)."""
-    from streams.synthetic.mouse import make_mouse
+    from neurocine.streams.synthetic.mouse import make_mouse
 
     folder = tmp_path_factory.mktemp("mouse") / "mouse"
     make_mouse(0, 1000).subset(200).save(folder)
@@ -71,7 +71,7 @@ def session() -> Session:
 
 def neurocine(*args: str, **kw) -> subprocess.Popen:
     """Start the real CLI in a subprocess (as a user would)."""
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "neurocine", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

@@ -24,7 +24,7 @@ if __name__ == "__main__":
             print(e, file=sys.stderr)
             sys.exit(1)
         sys.exit(0)
-    from streams.cli import main
+    from neurocine.streams.cli import main
 
     code = main(sys.argv[1:])
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)

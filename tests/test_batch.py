@@ -15,13 +15,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from decoder.cluster import cli as batch_cli  # noqa: E402
-from decoder.cluster.jobs import Unit, plan_units, run_unit  # noqa: E402
-from decoder.cluster.runner import run_plan  # noqa: E402
-from decoder.reconstruct import cli as reconstruct_cli  # noqa: E402
-from decoder.reconstruct.models import DEFAULT_MODEL_DIR  # noqa: E402
-from streams.formats import save_session  # noqa: E402
-from streams.synthetic import TrialPlan, make_mouse, simulate_session  # noqa: E402
+from neurocine.decoder.cluster import cli as batch_cli  # noqa: E402
+from neurocine.decoder.cluster.jobs import Unit, plan_units, run_unit  # noqa: E402
+from neurocine.decoder.cluster.runner import run_plan  # noqa: E402
+from neurocine.decoder.reconstruct import cli as reconstruct_cli  # noqa: E402
+from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR  # noqa: E402
+from neurocine.streams.formats import save_session  # noqa: E402
+from neurocine.streams.synthetic import TrialPlan, make_mouse, simulate_session  # noqa: E402
 from tests.conftest import make_session  # noqa: E402
 
 SETTINGS = ["--iterations", "2", "--threads", "1"]
@@ -194,8 +194,8 @@ def test_train_seeds_fans_out_one_model_folder_per_seed_each_exported(tmp_path, 
     import torch
     from safetensors.torch import load_file
 
-    from decoder.encoder import cli as encoder_cli
-    from decoder.encoder.train import train
+    from neurocine.decoder.encoder import cli as encoder_cli
+    from neurocine.decoder.encoder.train import train
     from tests.test_encoder_train import write_mouse
 
     mouse = write_mouse(tmp_path / "mouse_a", 1)
@@ -221,7 +221,7 @@ def test_train_seeds_fans_out_one_model_folder_per_seed_each_exported(tmp_path, 
 
 
 def test_extrapolation_counts_waves_of_member_tasks_per_gpu_and_merges_per_cpu():
-    from decoder.bench.batch import extrapolate
+    from neurocine.decoder.bench.batch import extrapolate
 
     rows = extrapolate(100.0, 10.0, 1.0, sessions=10, trials=4, encoders=7, gpus_per_node=8, cpus_per_node=32,
                        nodes=(1, 2, 35))

@@ -12,21 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.formats import load_session, save_session
-from streams.protocol import Frame, SessionHeader
-from streams.transport import Subscriber
+from neurocine.streams.formats import load_session, save_session
+from neurocine.streams.protocol import Frame, SessionHeader
+from neurocine.streams.transport import Subscriber
 from tests.conftest import REPO, assert_sessions_equal, free_port, make_session, wait_for
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "neurocine", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
 def replay_into_recorder(src: Path, out: Path, *extra: str) -> dict:
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
-    rec = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", ep, "--out", str(out),
+    rec = subprocess.Popen([sys.executable, "-m", "neurocine", "record", "--connect", ep, "--out", str(out),
                             "--until-end"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rep = cli("replay", str(src), "--bind", ep, "--speed", "0", "--wait-subscribers", "1", *extra)
     assert rep.returncode == 0, rep.stderr
@@ -74,7 +74,7 @@ def test_bad_paths_give_clear_errors(tmp_path: Path) -> None:
 
 
 def test_every_verb_has_help_with_an_example() -> None:
-    from streams.cli import build_parser
+    from neurocine.streams.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "verb")
@@ -86,7 +86,7 @@ def test_every_verb_has_help_with_an_example() -> None:
 def test_subscriber_started_three_seconds_into_a_replay_decodes_within_a_second(tmp_path: Path) -> None:
     save_session(make_session(n_frames=300, n_neurons=200, n_trials=1), tmp_path / "s.ncr")
     ep = f"tcp://127.0.0.1:{free_port()}"
-    rep = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
+    rep = subprocess.Popen([sys.executable, "-m", "neurocine", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
                             "--speed", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3.0)
@@ -111,7 +111,7 @@ def test_subscriber_started_three_seconds_into_a_replay_decodes_within_a_second(
 
 
 def _frames_in(path: Path) -> int:
-    from streams.formats.native import read_recording
+    from neurocine.streams.formats.native import read_recording
 
     if not path.exists():
         return 0
@@ -124,10 +124,10 @@ def test_record_ctrl_c_prints_summary_and_keeps_the_file(tmp_path: Path) -> None
     out = tmp_path / "o.ncr"
     # a test runner started in the background (nohup, `&`) ignores SIGINT, and children inherit that; the user's
     # terminal does not, so the recorder gets SIGINT's default disposition back (Python then raises Ctrl-C)
-    rec = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", ep, "--out", str(out)],
+    rec = subprocess.Popen([sys.executable, "-m", "neurocine", "record", "--connect", ep, "--out", str(out)],
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    rep = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
+    rep = subprocess.Popen([sys.executable, "-m", "neurocine", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
                             "--speed", "1", "--wait-subscribers", "1"], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -145,7 +145,7 @@ def test_record_ctrl_c_prints_summary_and_keeps_the_file(tmp_path: Path) -> None
 def test_replay_loop_continues_the_session(tmp_path: Path) -> None:
     save_session(make_session(n_frames=30, n_neurons=20, n_trials=1), tmp_path / "s.ncr")
     ep = f"tcp://127.0.0.1:{free_port()}"
-    rep = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
+    rep = subprocess.Popen([sys.executable, "-m", "neurocine", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
                             "--speed", "0", "--loop", "--wait-subscribers", "1"], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

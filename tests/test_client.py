@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from decoder.client import DecodedStream
-from decoder.detect import DetectorConfig, TargetDetector
-from decoder.live.decoded import DecodedFrame, encode_decoded_frame
-from streams.control import TARGETS, ControlServer
-from streams.protocol import encode_decoded
-from streams.transport import Publisher
+from neurocine.decoder.client import DecodedStream
+from neurocine.decoder.detect import DetectorConfig, TargetDetector
+from neurocine.decoder.live.decoded import DecodedFrame, encode_decoded_frame
+from neurocine.streams.control import TARGETS, ControlServer
+from neurocine.streams.protocol import encode_decoded
+from neurocine.streams.transport import Publisher
 from tests.conftest import REPO, free_port
 from tests.test_light_install import RUNNER
 
@@ -91,7 +91,8 @@ def test_stream_refuses_to_hand_over_nothing() -> None:
 
 
 def test_client_modules_import_without_torch_or_onnxruntime() -> None:
-    for module in ("decoder.client", "decoder.detect", "streams.control", "streams.publish"):
+    for module in ("neurocine.decoder.client", "neurocine.decoder.detect", "neurocine.streams.control",
+                   "neurocine.streams.publish"):
         r = subprocess.run([*RUNNER, "--try-import", module], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (module, r.stderr)
 
@@ -160,7 +161,7 @@ def test_bench_loop_scores_hits_false_alarms_and_overhead_from_what_it_recorded(
     windows (one with a false alarm)."""
     import argparse
 
-    from decoder.bench.loop import PERIOD_NS, Loop, summarise
+    from neurocine.decoder.bench.loop import PERIOD_NS, Loop, summarise
 
     args = argparse.Namespace(window=1.0, provisional=False, events=4, lag=16, target="bar")
     loop = Loop.__new__(Loop)

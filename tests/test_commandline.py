@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from streams.commandline import Progress, RateLimit, configure_logging, get_logger
-from streams.formats import save_session
+from neurocine.streams.commandline import Progress, RateLimit, configure_logging, get_logger
+from neurocine.streams.formats import save_session
 from tests.conftest import REPO, free_port, make_session
 
 
@@ -63,7 +63,7 @@ def test_a_bad_level_is_refused_naming_the_setting(monkeypatch) -> None:
     with pytest.raises(ValueError, match="NEUROCINE_LOG_LEVEL"):
         configure_logging("loud")
     monkeypatch.setenv("NEUROCINE_LOG_LEVEL", "chatty")
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "inspect", "x.ncr"], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "neurocine", "inspect", "x.ncr"], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "chatty" in r.stderr
 
@@ -88,7 +88,7 @@ def test_log_level_on_a_real_verb(tmp_path) -> None:
     ep = f"tcp://127.0.0.1:{free_port()}"
     runs = {}
     for level in ("info", "warning"):
-        runs[level] = subprocess.run([sys.executable, "-m", "streams.cli", "replay", str(tmp_path / "s.ncr"),
+        runs[level] = subprocess.run([sys.executable, "-m", "neurocine", "replay", str(tmp_path / "s.ncr"),
                                       "--bind", ep, "--speed", "0", "--log-level", level],
                                      cwd=REPO, capture_output=True, text=True, timeout=60)
     assert all(r.returncode == 0 and '"replay"' in r.stdout for r in runs.values())

@@ -13,7 +13,7 @@ from tests.conftest import REPO, free_port
 
 
 def test_headless_demo_writes_a_side_by_side_video_and_a_summary(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--headless", "--seconds", "15", "--port",
+    r = subprocess.run([sys.executable, "-m", "neurocine", "demo", "--headless", "--seconds", "15", "--port",
                         str(free_port()), "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                        timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from streams.cli import build_parser
+from neurocine.streams.cli import build_parser
 from tests.conftest import REPO
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.bench import encoder as bench_encoder
-from decoder.encoder import cli
-from decoder.encoder.checkpoint import load_encoder, save_checkpoint
-from decoder.encoder.export import onnx_session
-from decoder.encoder.model import build_encoder
-from decoder.encoder.presets import get_preset
+from neurocine.decoder.bench import encoder as bench_encoder
+from neurocine.decoder.encoder import cli
+from neurocine.decoder.encoder.checkpoint import load_encoder, save_checkpoint
+from neurocine.decoder.encoder.export import onnx_session
+from neurocine.decoder.encoder.model import build_encoder
+from neurocine.decoder.encoder.presets import get_preset
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,10 +8,10 @@ import onnx
 import pytest
 import torch
 
-from decoder.encoder import export as E
-from decoder.encoder.model import build_encoder, calibrate_batchnorm
-from decoder.encoder.presets import get_preset
-from decoder.encoder.samples import behaviour, random_smooth_movies
+from neurocine.decoder.encoder import export as E
+from neurocine.decoder.encoder.model import build_encoder, calibrate_batchnorm
+from neurocine.decoder.encoder.presets import get_preset
+from neurocine.decoder.encoder.samples import behaviour, random_smooth_movies
 
 MOUSE = "m1"
 NEURONS = {"tiny": 60, "small": 40, "dwiseneuro": 8}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.encoder.model import (
+from neurocine.decoder.encoder.model import (
     Encoder,
     build_encoder,
     calibrate_batchnorm,
@@ -16,8 +16,8 @@ from decoder.encoder.model import (
     poisson_loss,
     positional_encoding_3d,
 )
-from decoder.encoder.presets import PRESETS, EncoderConfig, get_preset
-from decoder.encoder.samples import behaviour, random_smooth_movies
+from neurocine.decoder.encoder.presets import PRESETS, EncoderConfig, get_preset
+from neurocine.decoder.encoder.samples import behaviour, random_smooth_movies
 
 
 @pytest.mark.parametrize(("preset", "core"), [("dwiseneuro", 3_075_736), ("dwiseneuro7", 3_673_404)])
@@ -144,7 +144,7 @@ def test_bad_configs_and_presets_are_refused() -> None:
 
 
 def test_stable_softplus_is_accurate_from_tiny_to_large_rates() -> None:
-    from decoder.encoder.model import stable_softplus
+    from neurocine.decoder.encoder.model import stable_softplus
 
     x = torch.linspace(-400, 400, 20001)
     ref = torch.nn.functional.softplus(x.double(), beta=0.07, threshold=1e9)
@@ -153,7 +153,7 @@ def test_stable_softplus_is_accurate_from_tiny_to_large_rates() -> None:
 
 
 def test_gaussian_readout_pools_around_each_neurons_position() -> None:
-    from decoder.encoder.model import GaussianReadout
+    from neurocine.decoder.encoder.model import GaussianReadout
 
     readout = GaussianReadout(4, (5, 8), 3, get_preset("tiny"))
     with torch.no_grad():
@@ -174,7 +174,7 @@ def test_gaussian_readout_pools_around_each_neurons_position() -> None:
 
 
 def test_stem_roughness_prefers_smooth_kernels() -> None:
-    from decoder.encoder.train import stem_roughness
+    from neurocine.decoder.encoder.train import stem_roughness
 
     enc = build_encoder(get_preset("tiny"), {"m": 2}, seed=0)
     noisy = float(stem_roughness(enc))

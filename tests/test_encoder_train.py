@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.encoder.checkpoint import CheckpointError, load_encoder
-from decoder.encoder.data import DataError, sensorium_correlation, trial_windows
-from decoder.encoder.samples import random_smooth_movies
-from decoder.encoder.train import TrainOptions, lr_factor, predict_trials, train
+from neurocine.decoder.encoder.checkpoint import CheckpointError, load_encoder
+from neurocine.decoder.encoder.data import DataError, sensorium_correlation, trial_windows
+from neurocine.decoder.encoder.samples import random_smooth_movies
+from neurocine.decoder.encoder.train import TrainOptions, lr_factor, predict_trials, train
 
 N_NEURONS = 20
 TIERS = ["train"] * 6 + ["oracle"] * 2
@@ -87,7 +87,7 @@ def test_training_lowers_the_loss_and_saves_a_reloadable_checkpoint(mice, tmp_pa
     # The reloaded model reproduces the validation score recorded at save time, so weights and
     # normalisation statistics round-trip exactly.
     encoder, _ = load_encoder(tmp_path / "model")
-    from decoder.encoder.data import load_mice
+    from neurocine.decoder.encoder.data import load_mice
 
     data = load_mice([str(m) for m in mice], 32)
     again = np.mean([predict_trials(encoder, m, torch.device("cpu")) for m in data])
@@ -121,7 +121,7 @@ class _Payload:
 def test_resume_never_runs_code_from_the_state_file(mice, tmp_path, monkeypatch) -> None:
     import pickle
 
-    from decoder.encoder.train import TRAIN_STATE_FILE
+    from neurocine.decoder.encoder.train import TRAIN_STATE_FILE
 
     out = tmp_path / "hostile"
     out.mkdir()

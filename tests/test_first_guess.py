@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder.encoder.oracle import OracleEncoder
-from decoder.reconstruct.backends import TorchBackend
-from decoder.reconstruct.inverse import FULL_AGE, InverseDecoder, export_inverse, fit_inverse
-from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
-from decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor, reconstruct_streaming
-from streams.session import Session, Trial, regular_timestamps
-from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+from neurocine.decoder.encoder.oracle import OracleEncoder
+from neurocine.decoder.reconstruct.backends import TorchBackend
+from neurocine.decoder.reconstruct.inverse import FULL_AGE, InverseDecoder, export_inverse, fit_inverse
+from neurocine.decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
+from neurocine.decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor, reconstruct_streaming
+from neurocine.streams.session import Session, Trial, regular_timestamps
+from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
 from tests.conftest import REPO, free_port
 
 N = 120
@@ -87,7 +87,7 @@ def test_steps_refine_from_the_first_guess_and_the_mix_is_applied(backend, inver
 
 
 def test_an_inverse_decoder_of_other_neurons_is_refused(backend, inverse) -> None:
-    from decoder.reconstruct.offline import ReconstructionError
+    from neurocine.decoder.reconstruct.offline import ReconstructionError
 
     other = TorchBackend.from_oracle(OracleEncoder(make_mouse(0, N + 5)))
     with pytest.raises(ReconstructionError, match="neurons"):
@@ -129,25 +129,25 @@ def builtin_with_inverse(tmp_path: Path, inverse_bytes: bytes | None) -> Path:
 
 def test_decode_names_a_damaged_inverse_decoder_at_start_up(tmp_path: Path) -> None:
     model = builtin_with_inverse(tmp_path, b"\x08\x01garbage")
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "decode", "--model", str(model), "--connect",
+    r = subprocess.run([sys.executable, "-m", "neurocine", "decode", "--model", str(model), "--connect",
                         f"tcp://127.0.0.1:{free_port()}", "--bind", f"tcp://127.0.0.1:{free_port()}"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "inverse.onnx" in r.stderr
 
 
 def test_decode_publishes_provisional_frames_at_once_and_final_ones_after_the_lag(tmp_path: Path) -> None:
-    from decoder.client import DecodedStream
-    from streams.example import example_session_path
-    from streams.formats import load_session
-    from streams.replay import replay
-    from streams.transport import Publisher
+    from neurocine.decoder.client import DecodedStream
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats import load_session
+    from neurocine.streams.replay import replay
+    from neurocine.streams.transport import Publisher
 
     s = load_session(example_session_path(), trials=[0])
     n = 40
     session = dataclasses.replace(s, traces=s.traces[:n], behaviour=s.behaviour[:n], stimulus=s.stimulus[:n],
                                   timestamps_ns=s.timestamps_ns[:n], trials=[])
     rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    dec = subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", "--connect", rig, "--bind", out,
+    dec = subprocess.Popen([sys.executable, "-m", "neurocine", "decode", "--connect", rig, "--bind", out,
                             "--lag", "8", "--steps", "0", "--provisional", "--threads", "1"], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     got = []
@@ -178,9 +178,9 @@ def test_decode_publishes_provisional_frames_at_once_and_final_ones_after_the_la
 
 
 def test_a_new_session_of_the_same_models_reuses_the_inverse_decoder_and_the_fused_ensemble() -> None:
-    from decoder.reconstruct.models import DEFAULT_MODEL_DIR, load_models
-    from streams.example import example_session_path
-    from streams.formats import load_session
+    from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR, load_models
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats import load_session
 
     session = load_session(example_session_path(), trials=[0])
     specs = [str(DEFAULT_MODEL_DIR), str(DEFAULT_MODEL_DIR.parent / "seed1")]

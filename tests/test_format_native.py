@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.formats import FormatError, load_session, save_session
-from streams.formats.native import NativeWriter, iter_records, read_native, read_recording
-from streams.protocol import encode_frame, encode_session
-from streams.replay import replay
-from streams.transport import Publisher
+from neurocine.streams.formats import FormatError, load_session, save_session
+from neurocine.streams.formats.native import NativeWriter, iter_records, read_native, read_recording
+from neurocine.streams.protocol import encode_frame, encode_session
+from neurocine.streams.replay import replay
+from neurocine.streams.transport import Publisher
 from tests.conftest import REPO, assert_sessions_equal, free_port, make_session, wait_for
 
 
@@ -36,7 +36,7 @@ def test_round_trip_bit_identical_with_trials_and_nan(tmp_path: Path) -> None:
 
 def _write_frames(path: Path, n: int, sync_interval: float = 1.0) -> NativeWriter:
     s = make_session(n_frames=n, n_trials=1)
-    from streams.session import header_of
+    from neurocine.streams.session import header_of
 
     w = NativeWriter(path, fsync_interval_s=sync_interval)
     w.write(encode_session(header_of(s)))
@@ -98,7 +98,7 @@ def test_kill_9_during_recording_loses_at_most_the_last_second(tmp_path: Path) -
     session = make_session(n_frames=300, n_neurons=500, n_trials=1)
     import subprocess
 
-    rec = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", f"tcp://127.0.0.1:{port}",
+    rec = subprocess.Popen([sys.executable, "-m", "neurocine", "record", "--connect", f"tcp://127.0.0.1:{port}",
                             "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with Publisher(f"tcp://127.0.0.1:{port}", nodrop=True) as pub:
@@ -150,7 +150,7 @@ def test_frames_before_a_damaged_first_header_are_salvaged(tmp_path: Path) -> No
     data[8 + 12 + 20] ^= 0xFF  # inside the first record (the session header)
     p.write_bytes(bytes(data))
     assert read_native(p).n_frames == 6
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "inspect", str(p)], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "neurocine", "inspect", str(p)], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and "damaged" in r.stderr
     assert json.loads(r.stdout)["damage"]["damaged_at"] == [8]
@@ -166,7 +166,7 @@ def test_holes_are_reported_and_a_clean_file_inspects_clean(tmp_path: Path) -> N
     w.close()
     rec = read_recording(p)
     assert rec.report.holes == {sid: [[10, 14]]} and rec.report.missing == {sid: 5} and not rec.report.damaged
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "inspect", str(p)], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "neurocine", "inspect", str(p)], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and json.loads(r.stdout)["holes"][sid]["missing"] == 5
 

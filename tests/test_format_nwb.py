@@ -25,9 +25,9 @@ from pynwb.ophys import (
     RoiResponseSeries,
 )
 
-from streams.formats import FormatError, load_session, save_session
-from streams.formats.nwb import read_nwb, write_nwb
-from streams.session import Session, Trial, regular_timestamps
+from neurocine.streams.formats import FormatError, load_session, save_session
+from neurocine.streams.formats.nwb import read_nwb, write_nwb
+from neurocine.streams.session import Session, Trial, regular_timestamps
 
 RIG_START_NS = 1_700_000_000_123_456_789  # a rig clock reading with sub-microsecond digits
 
@@ -603,7 +603,7 @@ def test_a_session_shorter_than_its_widest_axis_trips_only_the_orientation_heuri
 
 
 def test_simulated_nwb_passes_the_checkers_and_round_trips(tmp_path: Path) -> None:
-    from streams.synthetic import make_mouse, plan_trials, simulate_dataset, simulate_session
+    from neurocine.streams.synthetic import make_mouse, plan_trials, simulate_dataset, simulate_session
 
     before_ns = dt.datetime.now(dt.timezone.utc).timestamp() * 1e9
     path = simulate_dataset(tmp_path / "sim", n_neurons=20, n_trials=3, repeats=1, fmt="nwb", progress=False)
@@ -631,7 +631,7 @@ def _record_cli(out: Path, publisher: list[str]) -> None:
     from tests.conftest import REPO, free_port
 
     ep = f"tcp://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "streams.cli"]
+    cmd = [sys.executable, "-m", "neurocine"]
     rec = subprocess.Popen([*cmd, "record", "--connect", ep, "--out", str(out), "--until-end"], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -10,10 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.formats import FormatError, load_session, save_session
-from streams.formats.sensorium import SensoriumWriter, read_sensorium, read_sensorium_statistics, write_sensorium
-from streams.formats.sensorium import writer as sensorium_writer
-from streams.session import Session, Trial, regular_timestamps
+from neurocine.streams.formats import FormatError, load_session, save_session
+from neurocine.streams.formats.sensorium import (
+    SensoriumWriter,
+    read_sensorium,
+    read_sensorium_statistics,
+    write_sensorium,
+)
+from neurocine.streams.formats.sensorium import writer as sensorium_writer
+from neurocine.streams.session import Session, Trial, regular_timestamps
 
 LENGTHS = (20, 13, 25, 9)
 TIER_NAMES = ("train", "oracle", "train", "final_test_main")

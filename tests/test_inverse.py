@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder.reconstruct.inverse import (
+from neurocine.decoder.reconstruct.inverse import (
     SPAN,
     InverseDecoder,
     InverseError,
@@ -20,7 +20,7 @@ from decoder.reconstruct.inverse import (
     fit_inverse,
     span_windows,
 )
-from streams.session import Session, Trial, regular_timestamps
+from neurocine.streams.session import Session, Trial, regular_timestamps
 from tests.conftest import REPO
 
 
@@ -84,18 +84,18 @@ def test_damaged_or_foreign_inverse_files_are_named(tmp_path: Path) -> None:
 
 
 def test_train_inverse_cli_writes_a_graph_for_a_sensorium_folder(tmp_path: Path) -> None:
-    from streams.formats.sensorium import write_sensorium
+    from neurocine.streams.formats.sensorium import write_sensorium
 
     data = tmp_path / "mouse"
     write_sensorium(planted_session(n_trials=6), data)
     out = tmp_path / "model"
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--inverse", "--data", str(data),
+    r = subprocess.run([sys.executable, "-m", "neurocine", "train", "--inverse", "--data", str(data),
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert Path(report["inverse"]).is_file() and report["fit"]["frame"]["rank"] >= 1
     # a model folder whose encoder reads other neurons is refused, naming the file
     (out / "graph.json").write_text(json.dumps({"neuron_ids": [1, 2, 3]}))
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--inverse", "--data", str(data),
+    r = subprocess.run([sys.executable, "-m", "neurocine", "train", "--inverse", "--data", str(data),
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "graph.json" in r.stderr

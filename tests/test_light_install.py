@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streams.formats import save_session
+from neurocine.streams.formats import save_session
 from tests.conftest import REPO, free_port, make_session
 
 RUNNER = [sys.executable, str(REPO / "tests" / "run_without_heavy.py")]

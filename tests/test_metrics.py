@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from decoder.analysis.metrics import (
+from neurocine.decoder.analysis.metrics import (
     METRICS,
     MetricsError,
     corr,
@@ -119,7 +119,7 @@ def test_flat_series_score_zero_and_count_everywhere():
     pred = np.array([[1, 7], [2, 7], [3, 7], [4, 7.0]])
     obs = np.array([[1, 1], [2, 2], [3, 3], [4, 4.0]])
     assert response_correlation(pred, obs, skip=0) == pytest.approx(0.5)  # (1 + 0) / 2: flat neuron counts
-    from decoder.encoder.data import sensorium_correlation
+    from neurocine.decoder.encoder.data import sensorium_correlation
 
     assert sensorium_correlation([pred], [obs], skip=0) == pytest.approx(0.5)  # same rule in training
     truth = np.zeros((2, 1, 3))

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import protocol as p
-from streams.protocol import (
+from neurocine.streams import protocol as p
+from neurocine.streams.protocol import (
     End,
     Frame,
     Heartbeat,
@@ -25,7 +25,7 @@ from streams.protocol import (
     VersionMismatch,
     decode,
 )
-from streams.tracker import StreamTracker
+from neurocine.streams.tracker import StreamTracker
 
 N = 16
 
@@ -253,7 +253,7 @@ def _arrays(draw, dtype: str, shape: tuple[int, ...], elements) -> np.ndarray:
 
 @st.composite
 def _headers(draw) -> SessionHeader:
-    from streams.protocol import SOURCES
+    from neurocine.streams.protocol import SOURCES
 
     ids = draw(st.lists(st.integers(-(1 << 40), 1 << 40), max_size=12, unique=True))
     shape = draw(st.none() | st.tuples(st.integers(1, 4096), st.integers(1, 4096)))

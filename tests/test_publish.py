@@ -1,4 +1,4 @@
-"""The rig-side API (streams.publish) and the folder bridge (tools/bridge_npy_folder.py), over real sockets."""
+"""The rig-side API (neurocine.streams.publish) and the folder bridge (tools/bridge_npy_folder.py), real sockets."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.protocol import End, Frame, Heartbeat, SessionHeader
-from streams.publish import RigPublisher
-from streams.transport import Subscriber
+from neurocine.streams.protocol import End, Frame, Heartbeat, SessionHeader
+from neurocine.streams.publish import RigPublisher
+from neurocine.streams.transport import Subscriber
 from tests.conftest import REPO, free_port
 
 

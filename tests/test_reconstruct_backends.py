@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.encoder.oracle import OracleEncoder
-from decoder.reconstruct.backends import BackendError, Ensemble, TorchBackend, normalised_window_grad
-from streams.synthetic import make_mouse
+from neurocine.decoder.encoder.oracle import OracleEncoder
+from neurocine.decoder.reconstruct.backends import BackendError, Ensemble, TorchBackend, normalised_window_grad
+from neurocine.streams.synthetic import make_mouse
 
 N = 40
 
@@ -80,8 +80,8 @@ def shipped():
     """The built-in model (checkpoint and exported graphs) and its mouse: real graphs, no export to wait for."""
     import json
 
-    from decoder.encoder.checkpoint import load_encoder
-    from decoder.reconstruct.models import SHIPPED_MODELS_DIR
+    from neurocine.decoder.encoder.checkpoint import load_encoder
+    from neurocine.decoder.reconstruct.models import SHIPPED_MODELS_DIR
 
     folder = SHIPPED_MODELS_DIR / "default"
     meta = json.loads((folder / "graph.json").read_text())
@@ -91,9 +91,9 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from decoder.encoder.export import export_mouse
-    from decoder.encoder.model import build_encoder
-    from decoder.encoder.presets import get_preset
+    from neurocine.decoder.encoder.export import export_mouse
+    from neurocine.decoder.encoder.model import build_encoder
+    from neurocine.decoder.encoder.presets import get_preset
 
     encoder = build_encoder(get_preset("tiny"), {"m0": 30}, seed=0)
     encoder.stats["m0"].response_std.copy_(torch.linspace(0.5, 2.0, 30))
@@ -105,7 +105,7 @@ def exported(tmp_path_factory):
 def test_onnx_backend_binds_buffers_once_and_runs_all_windows_in_one_call(shipped):
     """The IOBinding path on the CPU provider: one session.run per loss_and_grad whatever the number of
     windows, the same output buffers reused, results equal to a plain session.run and to torch."""
-    from decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.backends import OrtBackend
 
     encoder, folder, mouse, n = shipped
     ob = OrtBackend(folder, providers=["CPUExecutionProvider"], threads=1)
@@ -132,8 +132,8 @@ def test_onnx_backend_binds_buffers_once_and_runs_all_windows_in_one_call(shippe
 
 
 def test_fused_ensemble_equals_member_by_member(shipped):
-    from decoder.reconstruct.backends import OrtBackend
-    from decoder.reconstruct.ort_fused import fuse_ensemble
+    from neurocine.decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.ort_fused import fuse_ensemble
 
     _, folder, _, n = shipped
     members = [OrtBackend(f, providers=["CPUExecutionProvider"], threads=1)
@@ -159,7 +159,7 @@ def test_cuda_provider_that_does_not_load_fails_loudly(shipped):
     """`--provider cuda` must never run on the CPU quietly (here CUDA cannot load: no GPU / libraries)."""
     import onnxruntime as ort
 
-    from decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.backends import OrtBackend
 
     _, folder, _, _ = shipped
     auto = OrtBackend(folder, threads=1)
@@ -169,7 +169,7 @@ def test_cuda_provider_that_does_not_load_fails_loudly(shipped):
         OrtBackend(folder, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
     built = "CUDAExecutionProvider" in ort.get_available_providers()
     assert ("did not load" if built else "not in this onnxruntime build") in str(err.value)
-    from decoder.encoder.export import onnx_session
+    from neurocine.decoder.encoder.export import onnx_session
 
     with pytest.raises(BackendError, match="CUDAExecutionProvider"):
         onnx_session(folder / "gradient.onnx", "cuda")
@@ -179,7 +179,7 @@ def test_unloadable_or_unbatched_graphs_are_refused_naming_the_file(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.backends import OrtBackend
 
     bad = tmp_path / "corrupt" / "gradient.onnx"
     bad.parent.mkdir()
@@ -205,9 +205,9 @@ def test_unloadable_or_unbatched_graphs_are_refused_naming_the_file(tmp_path):
 
 @pytest.mark.slow
 def test_onnx_and_torch_give_the_same_gradient_and_reconstruction(exported):
-    from decoder.analysis.metrics import movie_correlation
-    from decoder.reconstruct.backends import OrtBackend
-    from decoder.reconstruct.offline import OfflineConfig, reconstruct_offline
+    from neurocine.decoder.analysis.metrics import movie_correlation
+    from neurocine.decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.offline import OfflineConfig, reconstruct_offline
 
     encoder, folder = exported
     tb = TorchBackend.from_encoder(encoder, "m0", threads=1)
@@ -239,8 +239,8 @@ def test_decode_refuses_at_start_up_a_graph_it_cannot_use(tmp_path):
     and --provider cuda where CUDA cannot load)."""
     import shutil
 
-    from decoder.reconstruct.backends import OrtBackend
-    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from neurocine.decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR
     from tests.conftest import free_port, neurocine
 
     bad = tmp_path / "model"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from decoder.bench import quality as bench_quality
+from neurocine.decoder.bench import quality as bench_quality
 
 
 def test_bench_quality_toy_run(tmp_path, capsys):

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from decoder.analysis.metrics import METRICS, corr
-from decoder.reconstruct import cli
-from streams.formats import save_session
-from streams.synthetic import TrialPlan, make_mouse, simulate_session
+from neurocine.decoder.analysis.metrics import METRICS, corr
+from neurocine.decoder.reconstruct import cli
+from neurocine.streams.formats import save_session
+from neurocine.streams.synthetic import TrialPlan, make_mouse, simulate_session
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_bad_arguments_exit_2(session_file, tmp_path, capsys):
 
 
 def test_the_built_in_model_on_both_backends_gives_the_same_movie(session_file, tmp_path):
-    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR
 
     assert (DEFAULT_MODEL_DIR / "gradient.onnx").is_file() and (DEFAULT_MODEL_DIR / "checkpoint").is_dir()
     path, _ = session_file

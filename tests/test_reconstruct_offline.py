@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from decoder.analysis.metrics import corr, movie_correlation
-from decoder.encoder.oracle import OracleEncoder
-from decoder.reconstruct import fold_windows, gather_windows, window_starts
-from decoder.reconstruct.backends import TorchBackend
-from decoder.reconstruct.offline import (
+from neurocine.decoder.analysis.metrics import corr, movie_correlation
+from neurocine.decoder.encoder.oracle import OracleEncoder
+from neurocine.decoder.reconstruct import fold_windows, gather_windows, window_starts
+from neurocine.decoder.reconstruct.backends import TorchBackend
+from neurocine.decoder.reconstruct.offline import (
     MaskConfig,
     OfflineConfig,
     ReconstructionError,
@@ -17,8 +17,8 @@ from decoder.reconstruct.offline import (
     save_alpha_mask,
     train_alpha_mask,
 )
-from decoder.reconstruct.windows import WindowError, coverage
-from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+from neurocine.decoder.reconstruct.windows import WindowError, coverage
+from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
 
 N_NEURONS = 400
 T = 72
@@ -151,7 +151,7 @@ def test_alpha_mask_grows_where_the_neurons_look(mouse, tmp_path):
 def test_gradient_blur_matches_scipy_and_zero_sigma_is_the_identity() -> None:
     from scipy.ndimage import gaussian_filter
 
-    from decoder.reconstruct.optimiser import blur_gradient
+    from neurocine.decoder.reconstruct.optimiser import blur_gradient
 
     g = np.random.default_rng(3).normal(size=(4, 36, 64)).astype(np.float32)
     assert blur_gradient(g, 0.0) is g

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
-from decoder.analysis.metrics import movie_correlation
-from decoder.encoder.oracle import OracleEncoder
-from decoder.reconstruct.backends import TorchBackend
-from decoder.reconstruct.offline import OfflineConfig, ReconstructionError, reconstruct_offline
-from decoder.reconstruct.streaming import (
+from neurocine.decoder.analysis.metrics import movie_correlation
+from neurocine.decoder.encoder.oracle import OracleEncoder
+from neurocine.decoder.reconstruct.backends import TorchBackend
+from neurocine.decoder.reconstruct.offline import OfflineConfig, ReconstructionError, reconstruct_offline
+from neurocine.decoder.reconstruct.streaming import (
     StreamingConfig,
     StreamingReconstructor,
     reconstruct_streaming,
 )
-from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
 
 T = 64
 
@@ -163,7 +163,7 @@ def test_a_window_holding_under_a_quarter_window_of_active_frames_is_skipped(lag
     frames (at lag 32: only the frame being finalised) is not worth a gradient call."""
     from types import SimpleNamespace
 
-    from decoder.reconstruct.streaming import StreamingReconstructor
+    from neurocine.decoder.reconstruct.streaming import StreamingReconstructor
 
     c = lag + 32
     me = SimpleNamespace(capacity=c, window=32, n_active=lag + 1, cfg=SimpleNamespace(stride=32))
@@ -178,7 +178,7 @@ def test_cycle_is_refused_offline_with_the_reason():
 
 def test_push_times_are_kept_in_a_fixed_ring(monkeypatch):
     """A decoder running for hours keeps a bounded record of its compute times (the count covers all)."""
-    from decoder.reconstruct.streaming import PushTimes
+    from neurocine.decoder.reconstruct.streaming import PushTimes
 
     monkeypatch.setattr(PushTimes, "KEPT", 4)
     times = PushTimes()

@@ -10,17 +10,17 @@ import sys
 import threading
 from pathlib import Path
 
-from streams.example import example_session_path
-from streams.formats import load_session
-from streams.formats.native import read_recording
-from streams.protocol import encode_frame
-from streams.record import kill_loss_bound
-from streams.replay import replay, replay_publisher
+from neurocine.streams.example import example_session_path
+from neurocine.streams.formats import load_session
+from neurocine.streams.formats.native import read_recording
+from neurocine.streams.protocol import encode_frame
+from neurocine.streams.record import kill_loss_bound
+from neurocine.streams.replay import replay, replay_publisher
 from tests.conftest import REPO, free_port, wait_for
 
 
 def _recorder(ep: str, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", ep, "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "neurocine", "record", "--connect", ep, "--out", str(out),
                              *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -29,7 +29,7 @@ def test_flat_out_replay_of_the_example_is_recorded_without_loss(tmp_path: Path)
     out, ep = tmp_path / "r.ncr", f"tcp://127.0.0.1:{free_port()}"
     rec = _recorder(ep, out, "--until-end")
     try:
-        rep = subprocess.run([sys.executable, "-m", "streams.cli", "replay", "--bind", ep, "--speed", "0",
+        rep = subprocess.run([sys.executable, "-m", "neurocine", "replay", "--bind", ep, "--speed", "0",
                               "--wait-subscribers", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert rep.returncode == 0, rep.stderr
         stdout, stderr = rec.communicate(timeout=120)

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from decoder.analysis.resolution import cut, grid, score_cells
-from decoder.bench import resolution as bench_resolution
-from streams.synthetic.resolution import grating_clips, noise_clips, programme
-from streams.synthetic.stimuli import StimulusError
+from neurocine.decoder.analysis.resolution import cut, grid, score_cells
+from neurocine.decoder.bench import resolution as bench_resolution
+from neurocine.streams.synthetic.resolution import grating_clips, noise_clips, programme
+from neurocine.streams.synthetic.stimuli import StimulusError
 
 
 def test_noise_clips_cells_draws_and_inverted_copies():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import zmq
 
-from streams.control import TARGETS, CommandError, RigControl, parse_command
-from streams.protocol import Frame
-from streams.synthetic.stimuli import NaturalMovie
-from streams.transport import Subscriber
+from neurocine.streams.control import TARGETS, CommandError, RigControl, parse_command
+from neurocine.streams.protocol import Frame
+from neurocine.streams.synthetic.stimuli import NaturalMovie
+from neurocine.streams.transport import Subscriber
 from tests.conftest import free_port, neurocine
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.protocol import Frame, SessionHeader
-from streams.security import Keys, KeysError, is_loopback, make_keys
-from streams.transport import Publisher, Subscriber, TransportError
+from neurocine.streams.protocol import Frame, SessionHeader
+from neurocine.streams.security import Keys, KeysError, is_loopback, make_keys
+from neurocine.streams.transport import Publisher, Subscriber, TransportError
 from tests.conftest import free_port
 
 N = 8
@@ -94,7 +94,7 @@ def test_replay_and_record_verbs_with_keys(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from streams.formats import save_session
+    from neurocine.streams.formats import save_session
     from tests.conftest import REPO, make_session
 
     make_keys(tmp_path / "keys")
@@ -102,7 +102,7 @@ def test_replay_and_record_verbs_with_keys(tmp_path: Path) -> None:
     ep = f"tcp://127.0.0.1:{free_port()}"
 
     def cli(*a: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", *a], cwd=REPO, stdout=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "neurocine", *a], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     rec = cli("record", "--keys", str(tmp_path / "keys"), "--connect", ep, "--out", str(tmp_path / "o.ncr"),

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder.analysis.metrics import corr
-from decoder.live.decoded import as_decoded_frame
-from streams.example import example_session_path
-from streams.formats import load_session
-from streams.protocol import Decoded
-from streams.replay import replay
-from streams.session import Session
-from streams.transport import Publisher, Subscriber
+from neurocine.decoder.analysis.metrics import corr
+from neurocine.decoder.live.decoded import as_decoded_frame
+from neurocine.streams.example import example_session_path
+from neurocine.streams.formats import load_session
+from neurocine.streams.protocol import Decoded
+from neurocine.streams.replay import replay
+from neurocine.streams.session import Session
+from neurocine.streams.transport import Publisher, Subscriber
 from tests.conftest import REPO, free_port, wait_for
 
 N = 200  # a 200-neuron slice of the default mouse keeps the oracle cheap enough for CI
@@ -35,7 +35,7 @@ def example_slice(n_frames: int, ids_offset: int = 0) -> Session:
 def start_decoder(model: Path | None, rig: str, out: str, *extra: str) -> subprocess.Popen:
     """`neurocine decode` in its own process; model None = the built-in model."""
     chosen = [] if model is None else ["--model", str(model)]
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "decode", *chosen, "--connect", rig,
+    return subprocess.Popen([sys.executable, "-m", "neurocine", "decode", *chosen, "--connect", rig,
                              "--bind", out, "--threads", "1", *extra], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -88,7 +88,7 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
                                   timestamps_ns=s.timestamps_ns[:n], trials=[])
     rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     rec_path = tmp_path / "decoded.ncr"
-    recorder = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--decoded", "--connect", out, "--out",
+    recorder = subprocess.Popen([sys.executable, "-m", "neurocine", "record", "--decoded", "--connect", out, "--out",
                                  str(rec_path), "--frames", str(n)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     dec = start_decoder(None, rig, out, "--lag", "16", "--steps", "2", "--every-step")
@@ -101,7 +101,7 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
     finally:
         recorder.kill()
         out_text, err = stop(dec)
-    from streams.formats.native import read_recording
+    from neurocine.streams.formats.native import read_recording
 
     (messages,) = read_recording(rec_path).decoded.values()  # one decoded session
     recorded = [as_decoded_frame(m) for m in messages]
@@ -115,7 +115,7 @@ def test_builtin_model_replay_decode_record_then_replay_the_recording(tmp_path: 
 
     # the recording replays as a decoded stream, message for message
     port = f"tcp://127.0.0.1:{free_port()}"
-    player = subprocess.Popen([sys.executable, "-m", "streams.cli", "replay", str(rec_path), "--bind", port,
+    player = subprocess.Popen([sys.executable, "-m", "neurocine", "replay", str(rec_path), "--bind", port,
                                "--speed", "0", "--wait-subscribers", "1"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

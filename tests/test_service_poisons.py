@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.protocol import End, Heartbeat, encode_end, encode_frame, encode_heartbeat
-from streams.session import header_of
-from streams.transport import Publisher, Subscriber
+from neurocine.streams.protocol import End, Heartbeat, encode_end, encode_frame, encode_heartbeat
+from neurocine.streams.session import header_of
+from neurocine.streams.transport import Publisher, Subscriber
 from tests.conftest import free_port
 from tests.test_service import collect, example_slice, start_decoder, stop
 
@@ -71,7 +71,7 @@ def test_a_damaged_model_file_is_named_at_start_up(tmp_path: Path, damaged: str)
     import subprocess
     import sys
 
-    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR
     from tests.conftest import REPO
 
     model = tmp_path / "model"
@@ -82,7 +82,7 @@ def test_a_damaged_model_file_is_named_at_start_up(tmp_path: Path, damaged: str)
     raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64  # a damaged block in the middle
     (model / damaged).write_bytes(bytes(raw[: max(16, len(raw) - 100)]))
     # no rig at all: the error must come before any session arrives
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "decode", "--model", str(model), "--provider", "cpu",
+    r = subprocess.run([sys.executable, "-m", "neurocine", "decode", "--model", str(model), "--provider", "cpu",
                         "--connect", f"tcp://127.0.0.1:{free_port()}", "--bind", f"tcp://127.0.0.1:{free_port()}"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -96,7 +96,7 @@ class _Capture:
         self.sent: list = []
 
     def send_raw(self, parts) -> bool:
-        from streams.protocol import decode
+        from neurocine.streams.protocol import decode
 
         self.sent.append(decode([bytes(p) for p in parts]))
         return True
@@ -106,9 +106,9 @@ class _Capture:
 
 
 def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(small_mouse: Path, monkeypatch) -> None:
-    from decoder.live.service import DecodeService
-    from decoder.reconstruct import models as model_module
-    from decoder.reconstruct.streaming import StreamingConfig
+    from neurocine.decoder.live.service import DecodeService
+    from neurocine.decoder.reconstruct import models as model_module
+    from neurocine.decoder.reconstruct.streaming import StreamingConfig
 
     loads = []
     real = model_module.load_models
@@ -131,6 +131,6 @@ def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(smal
 
 
 def _frame(s, sid: str, seq: int):
-    from streams.protocol import Frame
+    from neurocine.streams.protocol import Frame
 
     return Frame(sid, seq, seq, seq, s.traces[seq], s.behaviour[seq])

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from decoder.live.decoded import as_decoded_frame
-from decoder.reconstruct.streaming import StreamingConfig
-from streams.protocol import RAW_TOPICS, Decoded
-from streams.replay import replay
-from streams.transport import Publisher, Subscriber
+from neurocine.decoder.live.decoded import as_decoded_frame
+from neurocine.decoder.reconstruct.streaming import StreamingConfig
+from neurocine.streams.protocol import RAW_TOPICS, Decoded
+from neurocine.streams.replay import replay
+from neurocine.streams.transport import Publisher, Subscriber
 from tests.conftest import free_port
 from tests.test_service import example_slice
 
@@ -32,7 +32,7 @@ class Lines(logging.Handler):
 
 def serve(model: Path, rig: str, out: str, result: dict[str, Any], stop: threading.Event, **kw: Any) -> None:
     """A DecodeService on this thread (it creates, and so owns, both sockets), as `neurocine decode` runs it."""
-    from decoder.live.service import DecodeService
+    from neurocine.decoder.live.service import DecodeService
 
     max_decoded = kw.pop("max_decoded", None)
     with Subscriber(rig, topics=RAW_TOPICS, in_order=True) as sub, Publisher(out) as pub:

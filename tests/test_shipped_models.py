@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR
 
 MODELS = DEFAULT_MODEL_DIR.parent
 SHIPPED = ["default", "seed1", "seed2"]
@@ -15,10 +15,10 @@ SHIPPED = ["default", "seed1", "seed2"]
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_graph_equals_torch_on_its_checkpoint(name: str) -> None:
-    from decoder.encoder.checkpoint import load_encoder
-    from decoder.encoder.export import GRAPH_VERSION
-    from decoder.encoder.samples import behaviour, random_smooth_movies
-    from decoder.reconstruct.backends import OrtBackend, TorchBackend
+    from neurocine.decoder.encoder.checkpoint import load_encoder
+    from neurocine.decoder.encoder.export import GRAPH_VERSION
+    from neurocine.decoder.encoder.samples import behaviour, random_smooth_movies
+    from neurocine.decoder.reconstruct.backends import OrtBackend, TorchBackend
 
     folder = MODELS / name
     meta = json.loads((folder / "graph.json").read_text())
@@ -47,7 +47,7 @@ def test_shipped_graph_equals_torch_on_its_checkpoint(name: str) -> None:
 
 def test_profile_splits_a_live_step_of_the_builtin_model(tmp_path) -> None:
     """`bench encoder --profile`: ORT's own per-operator times, one session.run per step, parts add up."""
-    from decoder.bench.profile_step import profile_step, render
+    from neurocine.decoder.bench.profile_step import profile_step, render
 
     result = profile_step(DEFAULT_MODEL_DIR, frames=3, warmup=2, steps=1, threads=1, workdir=tmp_path)
     assert result["calls_per_frame"] == 1.0  # one session.run per step
@@ -64,8 +64,8 @@ def test_half_precision_graph_keeps_float32_io_and_the_gradient_close(tmp_path) 
     """`neurocine export --half`: fp16 inside, float32 in and out; its gradient error on the shipped model."""
     import onnx
 
-    from decoder.encoder.export import write_half_precision
-    from decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.encoder.export import write_half_precision
+    from neurocine.decoder.reconstruct.backends import OrtBackend
 
     half = write_half_precision(DEFAULT_MODEL_DIR / "gradient.onnx", tmp_path / "gradient_fp16.onnx")
     model = onnx.load(str(half))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder.client import DecodedStream
-from streams.example import example_session_path
-from streams.formats import load_session
+from neurocine.decoder.client import DecodedStream
+from neurocine.streams.example import example_session_path
+from neurocine.streams.formats import load_session
 from tests.conftest import REPO, free_port
 from tests.test_service import start_decoder, stop
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from decoder.live.step_budget import StepBudget
+from neurocine.decoder.live.step_budget import StepBudget
 
 PERIOD = 1 / 30
 

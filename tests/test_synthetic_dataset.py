@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from streams.synthetic import MouseStream, NaturalMovie, make_mouse, plan_trials, simulate_dataset
-from streams.synthetic.mouse import load_mouse
-from streams.synthetic.rig import first_frames, run_rig
-from streams.synthetic.simulate import SimulationError
+from neurocine.streams.synthetic import MouseStream, NaturalMovie, make_mouse, plan_trials, simulate_dataset
+from neurocine.streams.synthetic.mouse import load_mouse
+from neurocine.streams.synthetic.rig import first_frames, run_rig
+from neurocine.streams.synthetic.simulate import SimulationError
 
 
 def _files(root):
@@ -42,7 +42,7 @@ def test_other_seed_gives_another_mouse(dataset):
 
 
 def test_dataset_loads_through_the_sensorium_reader(dataset):
-    from streams.formats import load_session
+    from neurocine.streams.formats import load_session
 
     a = dataset[0]
     s = load_session(a)
@@ -65,8 +65,8 @@ def test_plan_has_repeats_and_rejects_impossible_sizes():
 
 
 def test_shipped_example_session_is_the_default_mouse_on_test_movies():
-    from streams.example import example_session_path
-    from streams.formats import load_session
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats import load_session
 
     s = load_session(example_session_path())  # shipped in the package: missing is a failure
     assert s.source == "synthetic" and s.n_neurons == 1000 and len(s.trials) == 4
@@ -75,7 +75,7 @@ def test_shipped_example_session_is_the_default_mouse_on_test_movies():
 
 
 def test_native_format(tmp_path):
-    from streams.formats import load_session
+    from neurocine.streams.formats import load_session
 
     path = simulate_dataset(tmp_path / "s", n_neurons=20, n_trials=3, repeats=1, fmt="native", progress=False)
     s = load_session(path)
@@ -94,8 +94,8 @@ def test_rig_generator_is_the_mouse_stream_on_test_movies():
 
 
 def test_rig_publishes_frames_with_the_stimulus():
-    from streams.protocol import Frame
-    from streams.transport import Subscriber
+    from neurocine.streams.protocol import Frame
+    from neurocine.streams.transport import Subscriber
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,7 +121,7 @@ def test_rig_publishes_frames_with_the_stimulus():
 
 
 def test_cli_help_has_examples():
-    from streams.cli import build_parser
+    from neurocine.streams.cli import build_parser
 
     parser = build_parser()
     for verb in ("simulate", "rig"):
@@ -130,7 +130,7 @@ def test_cli_help_has_examples():
 
 
 def test_simulate_verb_writes_a_dataset(tmp_path, capsys):
-    from streams.cli import main
+    from neurocine.streams.cli import main
 
     out = tmp_path / "d"
     assert main(["simulate", "--out", str(out), "--trials", "3", "--repeats", "1", "--neurons", "10",
@@ -142,7 +142,7 @@ def test_simulate_verb_writes_a_dataset(tmp_path, capsys):
 
 
 def test_bench_measure_reports_percentiles():
-    from streams.synthetic.bench import measure
+    from neurocine.streams.synthetic.bench import measure
 
     res = measure(20, 0.2)
     assert res["frames"] == 6 and set(res["ms_per_frame"]) == {"mean", "p50", "p99", "max"}

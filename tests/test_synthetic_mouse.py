@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streams.synthetic import (
+from neurocine.streams.synthetic import (
     BehaviourGenerator,
     MouseStream,
     expected_activity,
@@ -12,8 +12,8 @@ from streams.synthetic import (
     make_mouse,
     natural_movie,
 )
-from streams.synthetic.mouse import MouseError
-from streams.synthetic.simulate import TrialPlan, simulate_trials
+from neurocine.streams.synthetic.mouse import MouseError
+from neurocine.streams.synthetic.simulate import TrialPlan, simulate_trials
 
 
 def test_same_seed_same_mouse_and_other_seed_other_mouse():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.encoder.oracle import OracleEncoder
-from streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+from neurocine.decoder.encoder.oracle import OracleEncoder
+from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
 
 
 def test_oracle_equals_numpy_within_1e_4():

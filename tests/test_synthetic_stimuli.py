@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streams.synthetic import stimuli as S
+from neurocine.streams.synthetic import stimuli as S
 
 
 def test_natural_movie_is_deterministic_and_uint8():
@@ -85,7 +85,7 @@ def test_grey_movie():
 
 @pytest.mark.slow  # decodes an H.264 clip
 def test_big_buck_bunny_clip_decodes_to_grey_frames() -> None:
-    from streams.synthetic.stimuli import bunny_movie
+    from neurocine.streams.synthetic.stimuli import bunny_movie
 
     movie = bunny_movie(40)
     assert movie.shape == (40, 36, 64) and movie.dtype == np.uint8

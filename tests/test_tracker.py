@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.protocol import End, Frame, FrameBeforeSession, Heartbeat, SessionHeader, SessionMismatch
-from streams.tracker import ImplausibleClaim, StreamTracker
+from neurocine.streams.protocol import End, Frame, FrameBeforeSession, Heartbeat, SessionHeader, SessionMismatch
+from neurocine.streams.tracker import ImplausibleClaim, StreamTracker
 
 N = 8
 
@@ -188,7 +188,7 @@ def test_a_consumer_away_with_messages_waiting_does_not_take_a_strangers_header_
 def test_the_frame_that_switches_to_a_held_session_is_delivered_after_its_header_with_the_headers_parts() -> None:
     """A rig restarted within the hold: its header is held, its first frame switches; the consumer gets the
     header (and the header's own raw parts, which a recorder writes) and then that frame: nothing lost."""
-    from streams.protocol import decode, encode_frame, encode_session
+    from neurocine.streams.protocol import decode, encode_frame, encode_session
 
     t = StreamTracker(switch_hold_s=0.5)
     t.accept_parts(encode_session(hdr()), recv_ns=0)

@@ -8,10 +8,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from streams.bench_transport import measure
-from streams.protocol import End, Frame, SessionHeader, encode_frame
-from streams.session import new_session_id
-from streams.transport import Publisher, Subscriber, TransportError
+from neurocine.streams.bench_transport import measure
+from neurocine.streams.protocol import End, Frame, SessionHeader, encode_frame
+from neurocine.streams.session import new_session_id
+from neurocine.streams.transport import Publisher, Subscriber, TransportError
 from tests.conftest import free_port, wait_for
 
 N = 64
@@ -117,7 +117,7 @@ def test_garbage_on_the_wire_is_counted_and_the_stream_goes_on() -> None:
     with Subscriber(f"tcp://127.0.0.1:{port}", on_error=errors.append) as sub:
         time.sleep(0.3)  # PUB has no subscriber handshake: give the connection time
         h = header(4)
-        from streams.protocol import encode_session
+        from neurocine.streams.protocol import encode_session
 
         raw.send_multipart([bytes(x) for x in encode_session(h)])
         raw.send_multipart([b"frame", b"\xc1garbage"])
@@ -149,8 +149,8 @@ def test_wait_subscribers_counts_neurocine_subscribers() -> None:
 def test_a_message_over_the_size_ceiling_is_never_buffered_or_delivered() -> None:
     """ZeroMQ cuts off a peer that sends a part over MAXMSGSIZE before buffering it (ZeroMQ itself does not
     reconnect to it, the Subscriber does: tests/test_transport_limits.py). Nothing of it is ever delivered."""
-    from streams.protocol import Decoded, encode_decoded
-    from streams.transport import MAX_MESSAGE_BYTES
+    from neurocine.streams.protocol import Decoded, encode_decoded
+    from neurocine.streams.transport import MAX_MESSAGE_BYTES
 
     ep = f"tcp://127.0.0.1:{free_port()}"
     with Publisher(ep, nodrop=True) as pub, Subscriber(ep) as sub:
@@ -169,7 +169,7 @@ def test_a_restart_within_the_hold_delivers_the_new_header_with_its_own_parts_an
     parts (what a recorder writes) are the header's, then that frame: the frame that switches is not lost."""
     import threading
 
-    from streams.protocol import decode
+    from neurocine.streams.protocol import decode
 
     traces = np.zeros(N, np.float32)
     got: list = []

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.formats.native import read_recording
-from streams.protocol import Frame, SessionHeader, encode_frame
-from streams.transport import (
+from neurocine.streams.formats.native import read_recording
+from neurocine.streams.protocol import Frame, SessionHeader, encode_frame
+from neurocine.streams.transport import (
     MAX_MESSAGE_BYTES,
     SESSION_PART_MARGIN,
     OversizedMessage,
@@ -35,7 +35,7 @@ def test_a_recorder_cut_off_for_an_oversized_message_reconnects_and_records_what
     """libzmq drops a peer that sends a part over MAXMSGSIZE and never retries it; the subscriber notices (socket
     monitor), says so in one log line, connects again and gets every valid frame sent after."""
     out, ep = tmp_path / "r.ncr", f"tcp://127.0.0.1:{free_port()}"
-    rec = subprocess.Popen([sys.executable, "-m", "streams.cli", "record", "--connect", ep, "--out", str(out),
+    rec = subprocess.Popen([sys.executable, "-m", "neurocine", "record", "--connect", ep, "--out", str(out),
                             "--until-end"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     n = 50
     try:

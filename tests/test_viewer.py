@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder.analysis.metrics import corr
-from decoder.live.decoded import DecodedFrame, encode_decoded_frame
-from decoder.view.state import ViewerState
-from streams.protocol import SessionHeader
-from streams.session import new_session_id
-from streams.transport import Publisher
+from neurocine.decoder.analysis.metrics import corr
+from neurocine.decoder.live.decoded import DecodedFrame, encode_decoded_frame
+from neurocine.decoder.view.state import ViewerState
+from neurocine.streams.protocol import SessionHeader
+from neurocine.streams.session import new_session_id
+from neurocine.streams.transport import Publisher
 from tests.conftest import REPO, free_port
 
 
@@ -74,7 +74,7 @@ def test_offscreen_screenshot_shows_the_decoded_frame(tmp_path: Path) -> None:
     th.start()
     png = tmp_path / "view.png"
     try:
-        r = subprocess.run([sys.executable, "-m", "streams.cli", "view", "--connect", dec_ep, "--truth", truth_ep,
+        r = subprocess.run([sys.executable, "-m", "neurocine", "view", "--connect", dec_ep, "--truth", truth_ep,
                             "--screenshot", str(png), "--frames", "40", "--timeout", "60"],
                            cwd=REPO, capture_output=True, text=True, timeout=120,
                            env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from decoder.live.decoded import DecodedFrame
-from decoder.view.qt_checks import debian_package, leaked_none_refs, missing_libraries, window_problem
-from decoder.view.state import MAX_PENDING, ViewerState
+from neurocine.decoder.live.decoded import DecodedFrame
+from neurocine.decoder.view.qt_checks import debian_package, leaked_none_refs, missing_libraries, window_problem
+from neurocine.decoder.view.state import MAX_PENDING, ViewerState
 from tests.conftest import REPO, free_port
 from tests.test_viewer import pattern, publish_streams
 
@@ -60,7 +60,7 @@ def run_viewer(env: dict[str, str], frames: int, seconds: float) -> tuple[subpro
     th = threading.Thread(target=publish_streams, args=(dec_ep, truth_ep, stop, frames, 30.0), daemon=True)
     th.start()
     try:
-        r = subprocess.run([sys.executable, "-m", "streams.cli", "view", "--connect", dec_ep, "--truth", truth_ep,
+        r = subprocess.run([sys.executable, "-m", "neurocine", "view", "--connect", dec_ep, "--truth", truth_ep,
                             "--seconds", str(seconds)], cwd=REPO, capture_output=True, text=True,
                            timeout=seconds + 90, env=env)
     finally:
@@ -153,10 +153,10 @@ def test_window_check_passes_on_a_real_x_server_and_explains_a_failure(xvfb: str
 def test_view_and_demo_explain_why_there_is_no_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
     monkeypatch.setenv("DISPLAY", ":1987")  # no X server there
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "view", "--connect", f"tcp://127.0.0.1:{free_port()}"],
+    r = subprocess.run([sys.executable, "-m", "neurocine", "view", "--connect", f"tcp://127.0.0.1:{free_port()}"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Qt cannot open a window" in r.stderr and ":1987" in r.stderr
-    from decoder.live.demo import viewer_or_reason
+    from neurocine.decoder.live.demo import viewer_or_reason
 
     reason = viewer_or_reason(headless_asked=False)  # the demo then runs headless and prints this
     assert reason is not None and "Qt cannot open a window" in reason

@@ -3,7 +3,7 @@
 
 Many labs already have a pipeline (suite2p, CaImAn, their own) that writes one traces file per trial.
 This script watches that folder and publishes each new trial, frame by frame at the frame rate, with
-`streams.publish.RigPublisher` (headers, heartbeats and sequence numbers are handled there).
+`neurocine.streams.publish.RigPublisher` (headers, heartbeats and sequence numbers are handled there).
 
 Files: FOLDER/<name>.npy, float traces of shape (N, T) (the Sensorium `responses/{i}.npy` layout; use
 --time-first for (T, N)), taken in natural order (2.npy before 10.npy). A file is published once it
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.commandline import get_logger
-from streams.publish import RigPublisher
+from neurocine.streams.commandline import get_logger
+from neurocine.streams.publish import RigPublisher
 
 log = get_logger("bridge")
 

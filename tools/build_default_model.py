@@ -22,20 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("build")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 DEFAULT_DIR = REPO / "decoder" / "models" / "default"
 
 
 def verb(argv: list[str]) -> int:
     """Run one `neurocine` verb in-process (train/export/simulate registered directly)."""
-    from decoder.encoder.cli import register_export, register_train
-    from streams.synthetic.cli import register_simulate
+    from neurocine.decoder.encoder.cli import register_export, register_train
+    from neurocine.streams.synthetic.cli import register_simulate
 
     parser = argparse.ArgumentParser(prog="neurocine")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -154,10 +152,10 @@ def train_mask(dest: Path, run: Path, data: Path, iterations: int, mouse: str): 
     from the first 8 training trials; saved beside the model as alpha_mask.npy."""
     import torch
 
-    from decoder.encoder.checkpoint import load_encoder
-    from decoder.reconstruct.backends import TorchBackend
-    from decoder.reconstruct.offline import MaskConfig, save_alpha_mask, train_alpha_mask
-    from streams.formats.sensorium import read_sensorium
+    from neurocine.decoder.encoder.checkpoint import load_encoder
+    from neurocine.decoder.reconstruct.backends import TorchBackend
+    from neurocine.decoder.reconstruct.offline import MaskConfig, save_alpha_mask, train_alpha_mask
+    from neurocine.streams.formats.sensorium import read_sensorium
 
     torch.set_num_threads(1)  # small convolutions: one thread beats two contended ones by far on small machines
     encoder, _ = load_encoder(run)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from neurocine.streams.formats import save_session
+from neurocine.streams.synthetic import build_example_session
 
-from streams.formats import save_session  # noqa: E402
-from streams.synthetic import build_example_session  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """An example closed-loop client: watch the decoded movie for a target image and act when it appears.
 
-It subscribes to a decode service (decoder.client.DecodedStream), scores each decoded frame against the
-target (decoder.detect.TargetDetector: mean correlation over a few frames, optional region of interest),
-and when the detector fires it sends one command to the rig's control socket (streams.control), by
+It subscribes to a decode service (neurocine.decoder.client.DecodedStream), scores each decoded frame against the
+target (neurocine.decoder.detect.TargetDetector: mean correlation over a few frames, optional region of interest),
+and when the detector fires it sends one command to the rig's control socket (neurocine.streams.control), by
 default "back to a movie" so the target is taken off screen: the loop closes. Each decision is printed
 as one JSON line (seq, kind of frame, latencies, the rig's acknowledgement); a summary at the end.
 Replace `act()` with what your experiment does (an optogenetic trigger, a reward, a log entry).
@@ -12,7 +12,7 @@ example:
   neurocine rig --synthetic --control tcp://127.0.0.1:5557 &
   neurocine decode --connect tcp://127.0.0.1:5555 --bind tcp://127.0.0.1:5556 --lag 16 &
   python tools/closed_loop_client.py --connect tcp://127.0.0.1:5556 --rig tcp://127.0.0.1:5557 --target bar
-  # elsewhere, show the target:  python -c "from streams.control import RigControl as R; \\
+  # elsewhere, show the target:  python -c "from neurocine.streams.control import RigControl as R; \\
   #     print(R('tcp://127.0.0.1:5557').send('target', name='bar'))"
 """
 
@@ -23,10 +23,10 @@ import json
 import sys
 import time
 
-from decoder.client import DecodedStream, LiveFrame
-from decoder.detect import DetectorConfig, TargetDetector
-from streams.commandline import get_logger
-from streams.control import TARGETS, RigControl
+from neurocine.decoder.client import DecodedStream, LiveFrame
+from neurocine.decoder.detect import DetectorConfig, TargetDetector
+from neurocine.streams.commandline import get_logger
+from neurocine.streams.control import TARGETS, RigControl
 
 log = get_logger("client")
 

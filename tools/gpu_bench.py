@@ -38,7 +38,22 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+
+
+def import_checkout() -> None:
+    """Make `neurocine` importable from this checkout where it is not installed (the GPU machine runs a copy of
+    the working tree): the repository root is the package's folder (see pyproject.toml)."""
+    import importlib.util
+
+    if importlib.util.find_spec("neurocine") is None:
+        spec = importlib.util.spec_from_file_location("neurocine", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["neurocine"] = module
+        spec.loader.exec_module(module)
+
+
+import_checkout()
 
 MOUSE = "bench"
 PRIVATE = "NEUROCINE_ORT_GPU_SITE"
@@ -80,10 +95,10 @@ def build(preset: str, neurons: int, seed: int, folder: Path) -> tuple[Any, Path
     """A random-weight encoder (BatchNorm calibrated), exported to folder; (frozen encoder, folder)."""
     import torch
 
-    from decoder.encoder import export as E
-    from decoder.encoder.model import build_encoder, calibrate_batchnorm
-    from decoder.encoder.presets import get_preset
-    from decoder.encoder.samples import behaviour, random_smooth_movies
+    from neurocine.decoder.encoder import export as E
+    from neurocine.decoder.encoder.model import build_encoder, calibrate_batchnorm
+    from neurocine.decoder.encoder.presets import get_preset
+    from neurocine.decoder.encoder.samples import behaviour, random_smooth_movies
 
     enc = build_encoder(get_preset(preset), {MOUSE: neurons}, seed=seed)
     video = torch.from_numpy(random_smooth_movies(2, enc.config.window, seed=seed))
@@ -116,8 +131,8 @@ def stage_encoder(args: argparse.Namespace, work: Path, device: str) -> dict[str
     import onnxruntime as ort
     import torch
 
-    from decoder.encoder import export as E
-    from decoder.reconstruct.backends import ort_session
+    from neurocine.decoder.encoder import export as E
+    from neurocine.decoder.reconstruct.backends import ort_session
 
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -170,8 +185,8 @@ def ort_half(folder: Path, provider: list[str], args: argparse.Namespace, ex: di
     import numpy as np
     import onnxruntime as ort
 
-    from decoder.encoder import export as E
-    from decoder.reconstruct.backends import ort_session
+    from neurocine.decoder.encoder import export as E
+    from neurocine.decoder.reconstruct.backends import ort_session
 
     half = folder / "gradient_fp16.onnx"
     if not half.is_file():
@@ -193,7 +208,7 @@ def cuda_graph_timing(grad_fn: Any, t: dict[str, Any], repeats: int) -> dict[str
     """Capture the gradient (forward + autograd backward) once as a CUDA graph, time its replay."""
     import torch
 
-    from decoder.encoder import export as E
+    from neurocine.decoder.encoder import export as E
 
     static = [t[k].clone() for k in E.GRADIENT_INPUTS]
     stream = torch.cuda.Stream()
@@ -212,8 +227,8 @@ def cuda_graph_timing(grad_fn: Any, t: dict[str, Any], repeats: int) -> dict[str
 
 
 def ensemble(args: argparse.Namespace, work: Path, device: str) -> Any:
-    from decoder.reconstruct.backends import Ensemble, OrtBackend
-    from decoder.reconstruct.ort_fused import fuse_ensemble
+    from neurocine.decoder.reconstruct.backends import Ensemble, OrtBackend
+    from neurocine.decoder.reconstruct.ort_fused import fuse_ensemble
 
     provider = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     members = []
@@ -231,7 +246,7 @@ ENSEMBLING = ("gradients", "videos")  # fused: one ORT call per step; videos: K 
 def stage_live(args: argparse.Namespace, ens: Any) -> dict[str, Any]:
     import numpy as np
 
-    from decoder.reconstruct.streaming import StreamingConfig, make_streaming
+    from neurocine.decoder.reconstruct.streaming import StreamingConfig, make_streaming
 
     rng = np.random.default_rng(0)
     n, frames = ens.n_neurons, 64 + args.frames
@@ -258,7 +273,7 @@ def stage_live(args: argparse.Namespace, ens: Any) -> dict[str, Any]:
 def stage_offline(args: argparse.Namespace, ens: Any) -> dict[str, Any]:
     import numpy as np
 
-    from decoder.reconstruct.offline import OfflineConfig, reconstruct_offline
+    from neurocine.decoder.reconstruct.offline import OfflineConfig, reconstruct_offline
 
     rng = np.random.default_rng(1)
     t_len = args.movie_frames

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("reexport")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 MODELS = REPO / "decoder" / "models"
 KEPT = ("model_dir", "neuron_ids", "statistics", "validation")
 
@@ -30,8 +27,8 @@ KEPT = ("model_dir", "neuron_ids", "statistics", "validation")
 def reexport(folder: Path) -> dict[str, object]:
     import onnx
 
-    from decoder.encoder.checkpoint import load_encoder
-    from decoder.encoder.export import export_mouse
+    from neurocine.decoder.encoder.checkpoint import load_encoder
+    from neurocine.decoder.encoder.export import export_mouse
 
     old = json.loads((folder / "graph.json").read_text())
     encoder, _config = load_encoder(folder / "checkpoint")

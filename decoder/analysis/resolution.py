@@ -1,7 +1,7 @@
 """Scoring the resolution analysis: one reconstruction of a programme of clips, cut back into clips and scored
 per grid cell against the truth and against a shuffle (Bauer, Margrie & Clopath, eLife 2026).
 
-Per clip: the paper's pixel correlation (decoder.analysis.metrics.corr) between its true frames and its reconstructed
+Per clip: the paper's pixel correlation (analysis.metrics.corr) between its true frames and its reconstructed
 frames (the whole reconstruction post-smoothed first, sigma 0.5 by default), over the eval-mask pixels.
 Per cell (x, y):
 - `r`: the mean over the cell's original (not inverted) clips;
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.analysis.metrics import SMOOTH_SIGMA, corr, smooth_movie
+from neurocine.decoder.analysis.metrics import SMOOTH_SIGMA, corr, smooth_movie
 
 
 def cut(video: np.ndarray, starts: Sequence[int], n_frames: int, sigma: float = SMOOTH_SIGMA) -> list[np.ndarray]:
@@ -35,7 +35,7 @@ def _r(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def score_cells(clips: Sequence[Any], recons: Sequence[np.ndarray], mask: np.ndarray | None) -> dict[tuple, dict]:
-    """Per cell, keyed (family, x, y) (see the module docstring). clips: streams.synthetic.resolution.Clip;
+    """Per cell, keyed (family, x, y) (see the module docstring). clips: neurocine.streams.synthetic.resolution.Clip;
     recons: the reconstruction of each clip."""
     if len(clips) != len(recons):
         raise ValueError(f"{len(clips)} clips but {len(recons)} reconstructions")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("bench.batch")
 
@@ -74,14 +74,14 @@ def _warm() -> int:
     """Import what a task imports, so the timed runs do not pay a worker's start-up."""
     import torch  # noqa: F401
 
-    import decoder.reconstruct.backends  # noqa: F401
+    import neurocine.decoder.reconstruct.backends  # noqa: F401
 
     time.sleep(1.0)  # hold the CPU so the next warm-up lands on another worker
     return os.getpid()
 
 
 def _serial(plan, settings) -> list[float]:
-    from decoder.cluster.jobs import run_unit
+    from neurocine.decoder.cluster.jobs import run_unit
 
     out = []
     for (unit,) in plan:
@@ -147,17 +147,17 @@ def run(args: argparse.Namespace) -> int:
         result["extrapolation"] = extrapolation(result, args, args.job_trials or result["trials"])
         print(json.dumps(result["extrapolation"]))
         return 0
-    from decoder.cluster.jobs import plan_units
-    from decoder.cluster.runner import gpus_per_task, import_ray, run_plan, start_ray
-    from decoder.reconstruct.models import default_models
-    from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
-    from streams.formats import load_session
+    from neurocine.decoder.cluster.jobs import plan_units
+    from neurocine.decoder.cluster.runner import gpus_per_task, import_ray, run_plan, start_ray
+    from neurocine.decoder.reconstruct.models import default_models
+    from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+    from neurocine.streams.formats import load_session
 
     ray = import_ray()
     if ray.is_initialized():
         raise SystemExit("bench batch: starts its own Ray clusters; run it outside one")
     if args.session is None:
-        from streams.example import example_session_path
+        from neurocine.streams.example import example_session_path
 
         args.session = str(example_session_path())
     model = args.model or default_models()[0]
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     result["same_outputs_bit_for_bit"] = _same(dirs, plan("serial"))
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["extrapolation"] = extrapolation(result, args, len(session.trials))
-    from streams.commandline import emit_json
+    from neurocine.streams.commandline import emit_json
 
     emit_json(result, args.json)
     return 0

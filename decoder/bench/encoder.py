@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("bench.encoder")
 
@@ -73,10 +73,10 @@ def _median_ms(fn: Any, repeats: int, sync: Any = None) -> float:
 def bench_preset(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import torch
 
-    from decoder.encoder import export as E
-    from decoder.encoder.model import build_encoder, calibrate_batchnorm, count_parameters
-    from decoder.encoder.presets import get_preset
-    from decoder.encoder.samples import behaviour, random_smooth_movies
+    from neurocine.decoder.encoder import export as E
+    from neurocine.decoder.encoder.model import build_encoder, calibrate_batchnorm, count_parameters
+    from neurocine.decoder.encoder.presets import get_preset
+    from neurocine.decoder.encoder.samples import behaviour, random_smooth_movies
 
     mouse = "bench"
     enc = build_encoder(get_preset(name), {mouse: args.neurons}, seed=0)
@@ -143,14 +143,14 @@ def run_profile(args: argparse.Namespace) -> int:
     """--profile: one JSON report on stdout, a readable table on stderr."""
     import onnxruntime
 
-    from decoder.bench.profile_step import profile_step, render
-    from decoder.reconstruct.models import DEFAULT_MODEL_DIR
+    from neurocine.decoder.bench.profile_step import profile_step, render
+    from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR
 
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     if args.frames < 1 or args.steps < 1:
         log.error("--frames and --steps must be >= 1")
         return 2
-    from decoder.reconstruct.backends import BackendError
+    from neurocine.decoder.reconstruct.backends import BackendError
 
     with tempfile.TemporaryDirectory(prefix="neurocine-profile-") as tmp:
         try:
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    from decoder.encoder.presets import PRESETS
+    from neurocine.decoder.encoder.presets import PRESETS
 
     unknown = [p for p in presets if p not in PRESETS]
     if unknown or not presets:

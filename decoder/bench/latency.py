@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import Progress, get_logger
+from neurocine.streams.commandline import Progress, get_logger
 
 log = get_logger("bench.latency")
 
 
 def register(bench_sub: Any) -> None:
-    from decoder.reconstruct.streaming import add_streaming_args
-    from streams.commandline import add_verb
+    from neurocine.decoder.reconstruct.streaming import add_streaming_args
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(bench_sub, "latency", "end-to-end latency of replay -> decode -> collector (JSON, figure)",
                  "neurocine bench latency --frames 600 --json out/latency.json --figure out/latency.png\n"
@@ -56,11 +56,11 @@ def _percentiles(x: np.ndarray) -> dict[str, float | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.live.pipeline import LivePipeline, truth_of
-    from decoder.reconstruct.streaming import streaming_argv
-    from streams.commandline import emit_json
-    from streams.example import example_session_path
-    from streams.formats import load_session
+    from neurocine.decoder.live.pipeline import LivePipeline, truth_of
+    from neurocine.decoder.reconstruct.streaming import streaming_argv
+    from neurocine.streams.commandline import emit_json
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats import load_session
 
     session_path = args.session or str(example_session_path())
     n_source = load_session(session_path).n_frames
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summarise(rows: np.ndarray, args: argparse.Namespace, truth: dict[int, np.ndarray],
               decoded: dict[int, np.ndarray], n_source: int) -> dict[str, Any]:
-    from decoder.analysis.metrics import movie_correlation
+    from neurocine.decoder.analysis.metrics import movie_correlation
 
     steady = rows[rows[:, 0] >= args.warmup] if rows.size else rows
     names = ["transport_ms", "queue_ms", "compute_ms", "end_to_end_ms", "delivery_ms"]

@@ -2,7 +2,8 @@
 
 Three processes, as at the microscope: the steerable synthetic rig (`neurocine rig --synthetic --control`),
 the decode service (`neurocine decode`, built-in model) and this process, which is both the experimenter's
-schedule and the closed-loop client (decoder.client + decoder.detect + streams.control). Events alternate
+schedule and the closed-loop client (neurocine.decoder.client + neurocine.decoder.detect +
+neurocine.streams.control). Events alternate
 at random between *target* trials (the rig shows the target image; the client must detect it in the decoded
 movie and answer by switching the rig back to a movie) and *catch* trials (the rig switches to another
 movie; the detector must stay quiet). A target the client has not found after --window seconds is taken
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import get_logger, neurocine_argv
+from neurocine.streams.commandline import get_logger, neurocine_argv
 
 log = get_logger("bench.loop")
 
@@ -37,7 +38,7 @@ PERIOD_NS = round(1e9 / 30)
 
 
 def register(bench_sub: Any) -> None:
-    from streams.commandline import add_verb
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(bench_sub, "loop", "closed-loop latency and detection: rig -> decode -> client -> rig (JSON)",
                  "neurocine bench loop --events 20 --json out/loop.json --figure out/loop.png\n"
@@ -47,7 +48,7 @@ def register(bench_sub: Any) -> None:
                    help="seconds a target stays up if not found (default 3: the biology's ~1 s, the lag, margin)")
     p.add_argument("--iti", type=float, nargs=2, default=(2.5, 3.5), metavar=("MIN", "MAX"),
                    help="seconds of movie between events, uniform (default 2.5 3.5)")
-    p.add_argument("--target", default="bar", help="built-in target image (streams.control.TARGETS)")
+    p.add_argument("--target", default="bar", help="built-in target image (neurocine.streams.control.TARGETS)")
     p.add_argument("--threshold", type=float, default=None, help="detector threshold (default: DetectorConfig)")
     p.add_argument("--detector-frames", type=int, default=None, help="frames the detector averages")
     p.add_argument("--provisional", action="store_true",
@@ -83,7 +84,7 @@ class Loop:
     """The schedule and the client, one thread: reads decoded frames and rig acknowledgements as they come."""
 
     def __init__(self, args: argparse.Namespace, stream: Any, ctl: Any, target: np.ndarray) -> None:
-        from decoder.detect import DetectorConfig, TargetDetector
+        from neurocine.decoder.detect import DetectorConfig, TargetDetector
 
         base = DetectorConfig()
         cfg = DetectorConfig(threshold=base.threshold if args.threshold is None else args.threshold,
@@ -357,9 +358,9 @@ def figure(loop: Loop, result: dict[str, Any], path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.client import DecodedStream
-    from streams.commandline import emit_json
-    from streams.control import TARGETS, AsyncRigControl
+    from neurocine.decoder.client import DecodedStream
+    from neurocine.streams.commandline import emit_json
+    from neurocine.streams.control import TARGETS, AsyncRigControl
 
     if args.target not in TARGETS:
         raise ValueError(f"--target {args.target!r}: built-in targets are {sorted(TARGETS)}")

@@ -81,8 +81,8 @@ def profile_step(
     workdir: str | Path,
 ) -> dict[str, Any]:
     """Profile `frames` live frames (after `warmup` frames that fill the window) of one exported model."""
-    from decoder.reconstruct.backends import OrtBackend
-    from decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor
+    from neurocine.decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor
 
     backend = OrtBackend(model, providers=("CPUExecutionProvider",), threads=threads,
                          profile_prefix=str(Path(workdir) / "ort"))  # fmt: skip

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
-from streams.commandline import get_logger
+from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("bench.quality")
 
@@ -95,12 +95,12 @@ Movie = tuple[np.ndarray, np.ndarray, np.ndarray]  # stimulus (T, 36, 64) uint8,
 
 def _load_movies(args: argparse.Namespace) -> tuple[Any, Any, list[Movie]]:
     """(mouse, session (for its neuron ids), [(stimulus, behaviour, traces)])."""
-    from streams.synthetic import TrialPlan, make_mouse, simulate_session
+    from neurocine.streams.synthetic import TrialPlan, make_mouse, simulate_session
 
     if args.data:
-        from decoder.encoder.oracle import find_mouse_folder
-        from streams.formats import load_session
-        from streams.synthetic import load_mouse
+        from neurocine.decoder.encoder.oracle import find_mouse_folder
+        from neurocine.streams.formats import load_session
+        from neurocine.streams.synthetic import load_mouse
 
         mouse = load_mouse(find_mouse_folder(args.data))
         session = load_session(args.data)
@@ -136,7 +136,7 @@ def _log(msg: str) -> None:
 def _encoders(args: argparse.Namespace, session: Any) -> tuple[list[Any], np.ndarray, Any, list[str], str]:
     """(one backend per --model, session columns in model neuron order, LoadedModels of the first, notes,
     backend name)."""
-    from decoder.reconstruct.models import SHIPPED_MODELS_DIR, backend_of, load_models
+    from neurocine.decoder.reconstruct.models import SHIPPED_MODELS_DIR, backend_of, load_models
 
     specs = args.model or [str(SHIPPED_MODELS_DIR / m) for m in DEFAULT_MODELS if (SHIPPED_MODELS_DIR / m).is_dir()]
     backend = args.backend or backend_of(specs)
@@ -152,12 +152,12 @@ def _encoders(args: argparse.Namespace, session: Any) -> tuple[list[Any], np.nda
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from decoder.analysis.metrics import METRICS, movie_metrics, spread
-    from decoder.encoder.oracle import OracleEncoder
-    from decoder.reconstruct.backends import TorchBackend
-    from decoder.reconstruct.models import in_model_order
-    from decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
-    from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
+    from neurocine.decoder.analysis.metrics import METRICS, movie_metrics, spread
+    from neurocine.decoder.encoder.oracle import OracleEncoder
+    from neurocine.decoder.reconstruct.backends import TorchBackend
+    from neurocine.decoder.reconstruct.models import in_model_order
+    from neurocine.decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
+    from neurocine.decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
 
     torch.set_num_threads(max(1, args.threads))
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     points = tuple(i for i in (10, 20, 40, 60, 100, 200, 500) if i < args.iterations)
 
     def score(videos: list[np.ndarray], eval_mask: np.ndarray | None = None) -> dict[str, Any]:
-        """Means over movies of decoder.analysis.metrics (paper smoothing; pixel correlation also unsmoothed), and
+        """Means over movies of analysis.metrics (paper smoothing; pixel correlation also unsmoothed), and
         the pixel correlation's per-movie values with its 95 % t-interval over movies."""
         per = [movie_metrics(m[0], v, eval_mask) for m, v in zip(movies, videos, strict=True)]
         out: dict[str, Any] = {k: round(float(np.mean([p[k] for p in per])), 4) for k in METRICS}
@@ -337,9 +337,9 @@ def _first_guess(inverse: Any, encoder: Any, inputs: list, score: Any, args: arg
                  main: dict[str, Any]) -> dict[str, Any]:
     """The inverse decoder alone, as the offline start (fixed counts and auto-stop) and as the streaming warm
     start (with quality against age); seconds per 10-s movie (300 frames) for each offline variant."""
-    from decoder.reconstruct.inverse import INVERSE_MIX
-    from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
-    from decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
+    from neurocine.decoder.reconstruct.inverse import INVERSE_MIX
+    from neurocine.decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
+    from neurocine.decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
 
     per_movie = 300 / n_frames  # seconds -> seconds per 10-s movie
     out: dict[str, Any] = {"inverse_mix": INVERSE_MIX,

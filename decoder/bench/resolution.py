@@ -1,9 +1,9 @@
 """`neurocine bench resolution`: what the decoder can resolve in space and time (Bauer et al., eLife 2026).
 
-Stimuli (streams.synthetic.resolution): Gaussian-noise clips over a grid of spatial (px) x temporal (frames)
+Stimuli (neurocine.streams.synthetic.resolution): Gaussian-noise clips over a grid of spatial (px) x temporal (frames)
 length constants, each draw with its phase-inverted copy; drifting gratings over spatial frequency (cycles
 per pixel) x temporal frequency (Hz), 4 directions. All clips of one run are laid back to back with grey
-between them and reconstructed in one go (the offline method, decoder.reconstruct.offline) by the chosen
+between them and reconstructed in one go (the offline method, neurocine.decoder.reconstruct.offline) by the chosen
 model or ensemble (default: the built-in model), from three sources of activity (default: the first two):
 - `predicted`: the model's own predicted responses to the true clips with the mouse's mean behaviour
   (the paper's analysis: what the encoder + inversion can resolve at best);
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from decoder.analysis.metrics import SMOOTH_SIGMA
-from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
-from streams.commandline import get_logger
-from streams.synthetic.resolution import CLIP_FRAMES, GRATING_SF_CPP
+from neurocine.decoder.analysis.metrics import SMOOTH_SIGMA
+from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
+from neurocine.streams.commandline import get_logger
+from neurocine.streams.synthetic.resolution import CLIP_FRAMES, GRATING_SF_CPP
 
 log = get_logger("bench.resolution")
 
@@ -100,12 +100,12 @@ def _log(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.analysis.resolution import cut, grid, score_cells
-    from decoder.reconstruct.models import default_models, in_model_order, load_models
-    from decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
-    from streams.session import Session
-    from streams.synthetic import make_mouse
-    from streams.synthetic.resolution import grating_clips, mean_behaviour, noise_clips, programme, watch
+    from neurocine.decoder.analysis.resolution import cut, grid, score_cells
+    from neurocine.decoder.reconstruct.models import default_models, in_model_order, load_models
+    from neurocine.decoder.reconstruct.offline import OfflineConfig, predict_movie, reconstruct_offline
+    from neurocine.streams.session import Session
+    from neurocine.streams.synthetic import make_mouse
+    from neurocine.streams.synthetic.resolution import grating_clips, mean_behaviour, noise_clips, programme, watch
 
     started = time.perf_counter()
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]

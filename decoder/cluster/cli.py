@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("batch")
 
@@ -31,7 +31,7 @@ Rerun the same command to resume: finished trials are skipped.
 
 
 def register(subparsers: Any) -> None:
-    from decoder.reconstruct.cli import add_reconstruct_options
+    from neurocine.decoder.reconstruct.cli import add_reconstruct_options
 
     p = subparsers.add_parser(
         "batch",
@@ -60,13 +60,13 @@ def register(subparsers: Any) -> None:
 def _trials_of(session: str, trials: list[int] | None) -> list[int]:
     if trials:
         return list(trials)
-    from streams.formats import load_session
+    from neurocine.streams.formats import load_session
 
     return [t.index for t in load_session(session).trials]
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.cluster.jobs import (
+    from neurocine.decoder.cluster.jobs import (
         UnitError,
         atomic_write_text,
         check_batch_file,
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         session_names,
         settings_of,
     )
-    from decoder.cluster.runner import ClusterError, gpus_per_task, run_plan, start_ray, summarise
-    from decoder.reconstruct.models import default_models
+    from neurocine.decoder.cluster.runner import ClusterError, gpus_per_task, run_plan, start_ray, summarise
+    from neurocine.decoder.reconstruct.models import default_models
 
     if args.max_retries < 0:
         log.error("--max-retries must be >= 0")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     sessions = ([args.session] if args.session else []) + list(args.sessions)
     if not sessions:
-        from streams.example import example_session_path
+        from neurocine.streams.example import example_session_path
 
         sessions = [str(example_session_path())]
     # absolute paths: tasks run in other processes (other machines), not in this working directory
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     except ClusterError as e:
         log.error(str(e))
         return 2
-    from streams.commandline import stop_on_sigterm
+    from neurocine.streams.commandline import stop_on_sigterm
 
     stop_on_sigterm()  # after ray.init, which installs its own: scancel / systemctl stop act like Ctrl-C
     try:

@@ -151,9 +151,9 @@ def _namespace(unit: Unit, settings: dict[str, Any]) -> argparse.Namespace:
 
 def _load(unit: Unit, settings: dict[str, Any]):
     """(session of the one trial, LoadedModels of all the unit's encoders); bad input -> UnitError."""
-    from decoder.reconstruct.backends import BackendError
-    from decoder.reconstruct.cli import load_inputs
-    from streams.formats import FormatError
+    from neurocine.decoder.reconstruct.backends import BackendError
+    from neurocine.decoder.reconstruct.cli import load_inputs
+    from neurocine.streams.formats import FormatError
 
     args = _namespace(unit, settings)
     try:
@@ -179,9 +179,9 @@ def run_unit(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reconstruct(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
-    from decoder.reconstruct.backends import BackendError
-    from decoder.reconstruct.cli import reconstruct_part
-    from decoder.reconstruct.offline import ReconstructionError
+    from neurocine.decoder.reconstruct.backends import BackendError
+    from neurocine.decoder.reconstruct.cli import reconstruct_part
+    from neurocine.decoder.reconstruct.offline import ReconstructionError
 
     args, session, models = _member_models(unit, settings) if unit.member is not None else _load(unit, settings)
     try:
@@ -218,7 +218,7 @@ def _merge(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
         raise UnitError(f"{unit.name}: member movies missing: {missing}")
     movie = np.mean([np.load(m.movie_path) for m in members], axis=0).astype(np.float32)
     args, session, models = _load(unit, settings)
-    from decoder.reconstruct.cli import merge_with_prior
+    from neurocine.decoder.reconstruct.cli import merge_with_prior
 
     return _finish(unit, args, session, models, merge_with_prior(models, session, args, movie))
 
@@ -226,10 +226,10 @@ def _merge(unit: Unit, settings: dict[str, Any]) -> dict[str, Any]:
 def _finish(unit: Unit, args: argparse.Namespace, session, models, movie: np.ndarray,
             info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the trial's uint8 movie, then its metrics JSON (the 'finished' mark)."""
-    from decoder.analysis.metrics import movie_metrics, response_correlation
-    from decoder.reconstruct.cli import as_uint8
-    from decoder.reconstruct.models import session_arrays
-    from decoder.reconstruct.offline import predict_movie
+    from neurocine.decoder.analysis.metrics import movie_metrics, response_correlation
+    from neurocine.decoder.reconstruct.cli import as_uint8
+    from neurocine.decoder.reconstruct.models import session_arrays
+    from neurocine.decoder.reconstruct.offline import predict_movie
 
     atomic_save(unit.movie_path, as_uint8(movie))
     row: dict[str, Any] = {

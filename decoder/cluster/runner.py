@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from decoder.cluster.jobs import Unit, merge_unit, run_unit
-from streams.commandline import Progress
+from neurocine.decoder.cluster.jobs import Unit, merge_unit, run_unit
+from neurocine.streams.commandline import Progress
 
 
 class ClusterError(RuntimeError):
@@ -53,7 +53,7 @@ def gpus_per_task(backend: str, provider: str, requested: float | None = None) -
 
 
 class TaskProgress:
-    """Tasks finished so far, as one progress line (streams.commandline.Progress), the last task beside it."""
+    """Tasks finished so far, as one progress line (neurocine.streams.commandline.Progress), the last task beside it."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
         self.total, self.done = total, 0

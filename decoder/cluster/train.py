@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("train")
 
@@ -34,9 +34,9 @@ def train_seed(args: argparse.Namespace, seed: int, export: bool) -> dict[str, A
     """Train (then export) one member in this process; bad data -> status 'failed' (no retry can help)."""
     import torch
 
-    from decoder.encoder.cli import export_model, train_options
-    from decoder.encoder.data import DataError
-    from decoder.encoder.train import train
+    from neurocine.decoder.encoder.cli import export_model, train_options
+    from neurocine.decoder.encoder.data import DataError
+    from neurocine.decoder.encoder.train import train
 
     torch.set_num_threads(args.threads or 1)
     out = Path(args.out) / f"seed{seed}"
@@ -55,7 +55,7 @@ def train_seed(args: argparse.Namespace, seed: int, export: bool) -> dict[str, A
 
 
 def run_seeds(args: argparse.Namespace) -> int:
-    from decoder.cluster.runner import ClusterError, import_ray, start_ray, summarise
+    from neurocine.decoder.cluster.runner import ClusterError, import_ray, start_ray, summarise
 
     try:
         seeds = parse_seeds(args.seeds)

@@ -3,6 +3,6 @@
 Importing this package is light; torch is imported by `model`, `train` and `export` only.
 """
 
-from decoder.encoder.presets import PRESETS, EncoderConfig, get_preset
+from neurocine.decoder.encoder.presets import PRESETS, EncoderConfig, get_preset
 
 __all__ = ["PRESETS", "EncoderConfig", "get_preset"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.encoder.presets import EncoderConfig
+from neurocine.decoder.encoder.presets import EncoderConfig
 
 FORMAT = "neurocine-encoder/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -94,7 +94,7 @@ def load_encoder(model_dir: str | Path, frames: int | None = None) -> tuple[Any,
     do not depend on it, only the fixed positional encoding does."""
     from safetensors.torch import load_file
 
-    from decoder.encoder.model import Encoder
+    from neurocine.decoder.encoder.model import Encoder
 
     config = read_config(model_dir)
     arch = EncoderConfig.from_dict(config["architecture"])

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 TRAIN_EXAMPLE = """example:
   neurocine train --data data/mouse_a data/mouse_b --preset small --out models/small --epochs 20
@@ -75,9 +75,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train_inverse(args: argparse.Namespace) -> int:
     """`neurocine train --inverse`: fit and export inverse.onnx into an exported model folder."""
-    from decoder.reconstruct.inverse import InverseDecoder, InverseError, export_inverse, fit_inverse
-    from streams.formats import FormatError
-    from streams.formats.sensorium import read_sensorium
+    from neurocine.decoder.reconstruct.inverse import InverseDecoder, InverseError, export_inverse, fit_inverse
+    from neurocine.streams.formats import FormatError
+    from neurocine.streams.formats.sensorium import read_sensorium
 
     if len(args.data) != 1:
         get_logger("train").error("give one --data folder (one mouse)")
@@ -101,7 +101,7 @@ def run_train_inverse(args: argparse.Namespace) -> int:
 
 def train_options(args: argparse.Namespace, seed: int | None = None, out: str | None = None):  # -> TrainOptions
     """TrainOptions from the command line (seed and out overridable: one per ensemble member)."""
-    from decoder.encoder.train import TrainOptions
+    from neurocine.decoder.encoder.train import TrainOptions
 
     return TrainOptions(
         data=list(args.data),
@@ -130,13 +130,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.inverse:
         return run_train_inverse(args)
     if args.seeds is not None:
-        from decoder.cluster.train import run_seeds
+        from neurocine.decoder.cluster.train import run_seeds
 
         return run_seeds(args)
     import torch
 
-    from decoder.encoder.data import DataError
-    from decoder.encoder.train import train
+    from neurocine.decoder.encoder.data import DataError
+    from neurocine.decoder.encoder.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,8 +172,8 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from decoder.encoder.checkpoint import CheckpointError
-    from decoder.encoder.export import ExportError
+    from neurocine.decoder.encoder.checkpoint import CheckpointError
+    from neurocine.decoder.encoder.export import ExportError
 
     if args.window is not None and (args.window < 2 or args.window % 2):
         get_logger("export").error(f"--window must be even and >= 2, got {args.window}")
@@ -195,8 +195,8 @@ def export_model(model_dir: str | Path, out: str | Path, mice: list[str] | None 
                  graphs: tuple[str, ...] = ("forward", "gradient"), half: bool = False) -> dict:
     """Export every (or each named) mouse of a trained model to OUT/<mouse>/; {mouse: {graph: path}}.
     Raises CheckpointError, ValueError (unknown mouse) or ExportError (naming the mouse)."""
-    from decoder.encoder.checkpoint import load_encoder
-    from decoder.encoder.export import ExportError, export_mouse, write_half_precision
+    from neurocine.decoder.encoder.checkpoint import load_encoder
+    from neurocine.decoder.encoder.export import ExportError, export_mouse, write_half_precision
 
     encoder, config = load_encoder(model_dir, None if window is None else window // 2)
     mice = mice or list(encoder.neurons)

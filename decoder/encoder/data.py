@@ -1,6 +1,6 @@
 """Training data: Sensorium-layout mouse folders -> random 32-frame windows and whole validation trials.
 
-Each folder is read once with streams.formats.sensorium (trials trimmed of their NaN padding, behaviour in
+Each folder is read once with neurocine.streams.formats.sensorium (trials trimmed of their NaN padding, behaviour in
 BEHAVIOUR_CHANNELS order) and kept in memory; windows are sampled inside trials, never across a boundary.
 Normalisation statistics come from the training tier: behaviour mean/std per channel, response std per
 neuron, video mean/std overall. No torch here: batches are numpy arrays.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder.analysis.metrics import corr
-from streams.session import Session
+from neurocine.decoder.analysis.metrics import corr
+from neurocine.streams.session import Session
 
 #: Trials shorter than a window cannot be trained on; a std below this is treated as this.
 MIN_STD = 1e-3
@@ -87,8 +87,8 @@ def _statistics(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, f
 
 def load_training_data(folder: str | Path, window: int, valid_tier: str = "oracle") -> MouseData:
     """Read the train tier (and the validation tier, if the folder has one) of one mouse folder."""
-    from streams.formats import FormatError
-    from streams.formats.sensorium import read_sensorium
+    from neurocine.streams.formats import FormatError
+    from neurocine.streams.formats.sensorium import read_sensorium
 
     try:
         train = read_sensorium(folder, tier="train")
@@ -181,7 +181,7 @@ def sensorium_correlation(
     pred: Sequence[np.ndarray], obs: Sequence[np.ndarray], skip: int = METRIC_SKIP_FRAMES
 ) -> float:
     """Single-trial correlation: per neuron, Pearson r of prediction vs recording over all trials' frames
-    after the first `skip` of each trial, then the mean over neurons. `decoder.analysis.metrics.corr`'s rules: NaN
+    after the first `skip` of each trial, then the mean over neurons. `analysis.metrics.corr`'s rules: NaN
     frames are left out per neuron, a flat neuron scores 0 and counts. pred/obs: per trial (T, N)."""
     p = np.concatenate([x[skip:] for x in pred]).astype(np.float64)
     o = np.concatenate([x[skip:] for x in obs]).astype(np.float64)

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from decoder.encoder.model import POISSON_EPS, Encoder, GaussianReadout, stable_softplus
+from neurocine.decoder.encoder.model import POISSON_EPS, Encoder, GaussianReadout, stable_softplus
 
 aten = torch.ops.aten
 
@@ -251,7 +251,7 @@ def fold_batchnorms(encoder: Encoder) -> None:
     rewrite of the convolutions (`_convolution_3d_as_2d`) puts a reshape between them; folded, neither
     the forward pass nor the backward one has a norm left (the shortcut's norms, which follow no
     convolution, stay). Predictions and gradients change by float32 rounding only (tests/test_encoder_export.py)."""
-    from decoder.encoder.model import InvertedResidual3d
+    from neurocine.decoder.encoder.model import InvertedResidual3d
 
     pairs = [(encoder.core, "stem", "bn_stem")]
     pairs += [(block, conv, f"bn_{conv}") for block in encoder.core.blocks if isinstance(block, InvertedResidual3d)
@@ -609,7 +609,7 @@ def write_half_precision(graph: Path | str, out: Path | str | None = None) -> Pa
 def onnx_session(path: Path | str, device: str = "cpu", threads: int = 0) -> Any:
     """An onnxruntime session on the CPU or the CUDA provider; a CUDA provider that does not load is an
     error (BackendError), never a silent CPU run."""
-    from decoder.reconstruct.backends import ort_session
+    from neurocine.decoder.reconstruct.backends import ort_session
 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")

@@ -13,7 +13,7 @@ core_features[i + 1] with expansion applied to its input width; each cortex laye
 BatchNorm + SiLU, a channel shuffle and a tiled, BatchNormed shortcut.
 
 Input planes (presets.INPUT_PLANES): video, then running_speed, pupil_dilation, pupil_x, pupil_y (the order
-of streams.session.BEHAVIOUR_CHANNELS), each behaviour value a constant plane.
+of neurocine.streams.session.BEHAVIOUR_CHANNELS), each behaviour value a constant plane.
 
 Everything is written with plain, ONNX-friendly operations (strided slices instead of interpolation, a mean
 instead of adaptive pooling, an explicit softplus) so the same module can be traced for export.
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from decoder.encoder.presets import EncoderConfig
+from neurocine.decoder.encoder.presets import EncoderConfig
 
 #: Rows of the 64x64 input that hold the 36-row movie frame (rows 14..49) in the pad64 layout.
 PAD64_TOP = 14

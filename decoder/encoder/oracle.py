@@ -1,6 +1,6 @@
 """The oracle encoder: a differentiable PyTorch twin of the synthetic mouse's noise-free model.
 
-It computes exactly what streams.synthetic.model.expected_activity computes (equal within 1e-4
+It computes exactly what neurocine.streams.synthetic.model.expected_activity computes (equal within 1e-4
 relative, tested), so it is the best encoder any training can reach on synthetic data: reconstructing
 through it gives the upper bound of a decoder's quality. Built from a Mouse or from the parameters a
 dataset folder carries (`OracleEncoder.from_dataset(folder)`).
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streams.synthetic.model import DRIVE_SCALE, MAX_SHIFT_PX
-from streams.synthetic.mouse import Mouse, load_mouse
+from neurocine.streams.synthetic.model import DRIVE_SCALE, MAX_SHIFT_PX
+from neurocine.streams.synthetic.mouse import Mouse, load_mouse
 
 
 def find_mouse_folder(path: str | Path) -> Path:

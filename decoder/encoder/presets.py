@@ -28,7 +28,7 @@ READOUTS: tuple[str, ...] = ("pooled", "gaussian")
 MOVIE_FRAME_SIZE: tuple[int, int] = (36, 64)
 
 #: Input planes of the core, in order: the video, then the four behaviour channels in the order of
-#: streams.session.BEHAVIOUR_CHANNELS (running_speed, pupil_dilation, pupil_x, pupil_y).
+#: neurocine.streams.session.BEHAVIOUR_CHANNELS (running_speed, pupil_dilation, pupil_x, pupil_y).
 INPUT_PLANES: tuple[str, ...] = ("video", "running_speed", "pupil_dilation", "pupil_x", "pupil_y")
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from decoder.encoder.checkpoint import TRAIN_STATE_FILE, save_checkpoint
-from decoder.encoder.data import (
+from neurocine.decoder.encoder.checkpoint import TRAIN_STATE_FILE, save_checkpoint
+from neurocine.decoder.encoder.data import (
     Batch,
     DataError,
     MouseData,
@@ -29,9 +29,9 @@ from decoder.encoder.data import (
     sensorium_correlation,
     trial_windows,
 )
-from decoder.encoder.model import NO_DECAY_SUFFIXES, Encoder, build_encoder, poisson_loss
-from decoder.encoder.presets import get_preset
-from streams.commandline import get_logger
+from neurocine.decoder.encoder.model import NO_DECAY_SUFFIXES, Encoder, build_encoder, poisson_loss
+from neurocine.decoder.encoder.presets import get_preset
+from neurocine.streams.commandline import get_logger
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.protocol import Decoded, PayloadError, ProtocolError, encode_decoded
+from neurocine.streams.protocol import Decoded, PayloadError, ProtocolError, encode_decoded
 
 FRAME_SHAPE = (36, 64)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("demo")
 
@@ -28,8 +28,8 @@ DEFAULT_PORT = 5555
 
 
 def register(sub: Any) -> None:
-    from decoder.reconstruct.streaming import add_streaming_args
-    from streams.commandline import add_verb
+    from neurocine.decoder.reconstruct.streaming import add_streaming_args
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(sub, "demo", "the live pipeline on built-in defaults: source -> decoder -> viewer / video",
                  "neurocine demo                 # viewer if there is a display, else a video + summary\n"
@@ -50,7 +50,7 @@ def viewer_or_reason(headless_asked: bool) -> str | None:
     """None when the viewer window can run here, else why not (the demo then goes headless and says so)."""
     if headless_asked:
         return "--headless"
-    from decoder.view.cli import has_display, viewer_problem
+    from neurocine.decoder.view.cli import has_display, viewer_problem
 
     if not has_display():
         return "no display (DISPLAY / WAYLAND_DISPLAY unset)"
@@ -59,8 +59,8 @@ def viewer_or_reason(headless_asked: bool) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.live.pipeline import LivePipeline, truth_of
-    from decoder.reconstruct.streaming import streaming_argv
+    from neurocine.decoder.live.pipeline import LivePipeline, truth_of
+    from neurocine.decoder.reconstruct.streaming import streaming_argv
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summarise(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], latencies: list[float],
               steps: list[int], stats: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from decoder.analysis.metrics import movie_correlation
+    from neurocine.decoder.analysis.metrics import movie_correlation
 
     seqs = sorted(set(truth) & set(decoded))
     quality = None
@@ -158,7 +158,7 @@ def write_side_by_side(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarr
     gap = np.full((36, 2), 255, np.uint8)
     frames = [np.hstack([truth[s], gap, decoded[s]]) for s in seqs]
     frames = [np.kron(f, np.ones((scale, scale), np.uint8)) for f in frames]
-    from decoder.reconstruct.movie_file import MovieFileError, write_movie
+    from neurocine.decoder.reconstruct.movie_file import MovieFileError, write_movie
 
     try:
         write_movie(np.stack(frames), path, fps=fps)

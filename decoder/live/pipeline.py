@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from decoder.live.decoded import DecodedFrame, as_decoded_frame
-from streams.commandline import neurocine_argv
-from streams.protocol import Decoded, End, Frame, ProtocolError
-from streams.transport import Subscriber
+from neurocine.decoder.live.decoded import DecodedFrame, as_decoded_frame
+from neurocine.streams.commandline import neurocine_argv
+from neurocine.streams.protocol import Decoded, End, Frame, ProtocolError
+from neurocine.streams.transport import Subscriber
 
 
 class LivePipeline:

@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import zmq
 
-from decoder.live.decoded import DecodedFrame, encode_decoded_frame
-from decoder.live.step_budget import StepBudget
-from decoder.reconstruct.models import in_model_order
-from decoder.reconstruct.streaming import StreamingConfig
-from streams.commandline import get_logger
-from streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
-from streams.session import Session
-from streams.tracker import StreamStats
-from streams.transport import Publisher, Subscriber
+from neurocine.decoder.live.decoded import DecodedFrame, encode_decoded_frame
+from neurocine.decoder.live.step_budget import StepBudget
+from neurocine.decoder.reconstruct.models import in_model_order
+from neurocine.decoder.reconstruct.streaming import StreamingConfig
+from neurocine.streams.commandline import get_logger
+from neurocine.streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
+from neurocine.streams.session import Session
+from neurocine.streams.tracker import StreamStats
+from neurocine.streams.transport import Publisher, Subscriber
 
 MAX_DRAIN = 1000  # messages read from the socket per I/O turn before publishing what is ready
 MAX_BACKLOG = 2048  # frames the inbox holds for the compute thread (~70 s at 30 Hz: a model load fits)
@@ -179,7 +179,7 @@ class DecodeService:
 
     def preload(self) -> None:
         """Load and check the models before any session arrives (errors name the damaged file)."""
-        from decoder.reconstruct.models import preload_models
+        from neurocine.decoder.reconstruct.models import preload_models
 
         preload_models(self.models, self.backend, self.providers, self.threads, cache=self._members)
 
@@ -189,7 +189,7 @@ class DecodeService:
     # ------------------------------------------------------------------ sessions
     def _load(self, h: SessionHeader) -> Any:
         """Models with the stream's neurons matched by id (cached: a restarted rig reuses them)."""
-        from decoder.reconstruct.models import load_models
+        from neurocine.decoder.reconstruct.models import load_models
 
         key = self._key(h)
         if key not in self._loaded:
@@ -208,8 +208,8 @@ class DecodeService:
 
     def start_session(self, h: SessionHeader) -> None:
         """Check the stream's neurons against the model and reset the optimiser, or refuse."""
-        from decoder.reconstruct.backends import BackendError
-        from decoder.reconstruct.streaming import make_streaming
+        from neurocine.decoder.reconstruct.backends import BackendError
+        from neurocine.decoder.reconstruct.streaming import make_streaming
 
         if self.recon is not None and self.session_id != h.session_id:
             self._flush()  # the previous session's last `lag` frames are final now
@@ -444,8 +444,8 @@ class DecodeService:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def register(sub: Any) -> None:
-    from decoder.reconstruct.streaming import add_streaming_args
-    from streams.commandline import add_verb
+    from neurocine.decoder.reconstruct.streaming import add_streaming_args
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(sub, "decode", "decode service: rig traces in, decoded movie frames out (ZeroMQ)",
                  "neurocine decode --connect tcp://127.0.0.1:5555 --bind tcp://127.0.0.1:5556 --lag 32 --steps 2\n"
@@ -473,11 +473,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from decoder.reconstruct.backends import BackendError
-    from decoder.reconstruct.models import backend_of, default_models
-    from decoder.reconstruct.offline import ReconstructionError
-    from decoder.reconstruct.streaming import streaming_config_from
-    from streams.commandline import emit_json, stop_on_sigterm
+    from neurocine.decoder.reconstruct.backends import BackendError
+    from neurocine.decoder.reconstruct.models import backend_of, default_models
+    from neurocine.decoder.reconstruct.offline import ReconstructionError
+    from neurocine.decoder.reconstruct.streaming import streaming_config_from
+    from neurocine.streams.commandline import emit_json, stop_on_sigterm
 
     models = args.model or default_models()
     try:
@@ -488,7 +488,7 @@ def run(args: Any) -> int:
     providers = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"],
                  None: None}[args.provider]
     if backend == "onnx":  # a graph that cannot load, batch or run on --provider: say so now, not per session
-        from decoder.reconstruct.backends import BackendError, check_graphs
+        from neurocine.decoder.reconstruct.backends import BackendError, check_graphs
 
         try:
             check_graphs(models, providers, args.threads or 0)

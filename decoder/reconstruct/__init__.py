@@ -8,6 +8,6 @@
 Importing the package is light (numpy); torch and onnxruntime are imported by the backend that needs them.
 """
 
-from decoder.reconstruct.windows import fold_windows, gather_windows, window_starts
+from neurocine.decoder.reconstruct.windows import fold_windows, gather_windows, window_starts
 
 __all__ = ["fold_windows", "gather_windows", "window_starts"]

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-#: Inside the Poisson log, as in the encoder's training loss (decoder.encoder.model.POISSON_EPS).
+#: Inside the Poisson log, as in the encoder's training loss (neurocine.decoder.encoder.model.POISSON_EPS).
 POISSON_EPS = 1e-8
 LOSSES = ("poisson", "mse")
 
@@ -138,7 +138,7 @@ class TorchBackend:
 
     @classmethod
     def from_encoder(cls, encoder: Any, mouse: str, **kw: Any) -> TorchBackend:
-        """A trained decoder.encoder Encoder for one mouse (fixed window, normalised units)."""
+        """A trained neurocine.decoder.encoder Encoder for one mouse (fixed window, normalised units)."""
         encoder.eval()
         encoder.requires_grad_(False)
         encoder.to(kw.get("device", "cpu"))

@@ -1,7 +1,7 @@
 """`neurocine reconstruct`: decode a recorded session (or one trial of it) into a movie file.
 
 Writes (T, 36, 64) uint8, frame t aligned with the session's frame t (stimulus frame t). When the session
-carries the true stimulus it prints one JSON line of metrics on stdout (decoder.analysis.metrics: pixel correlation (the
+carries the true stimulus it prints one JSON line of metrics on stdout (analysis.metrics: pixel correlation (the
 paper's score), frame-wise correlation, SSIM, PSNR, RMSE, each after the `--smooth` post-smoothing and again
 "unsmoothed"; the response correlation; per-trial values); progress goes to stderr.
 """
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from decoder.analysis.metrics import SMOOTH_SIGMA
-from decoder.reconstruct.movie_file import write_movie
-from decoder.reconstruct.streaming import add_streaming_args
-from streams.commandline import Progress, get_logger
+from neurocine.decoder.analysis.metrics import SMOOTH_SIGMA
+from neurocine.decoder.reconstruct.movie_file import write_movie
+from neurocine.decoder.reconstruct.streaming import add_streaming_args
+from neurocine.streams.commandline import Progress, get_logger
 
 log = get_logger("reconstruct")
 
@@ -116,11 +116,11 @@ PROVIDERS = {"auto": None, "cuda": ["CUDAExecutionProvider"], "cpu": ["CPUExecut
 def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -> (Session, LoadedModels)
     """The session (args.session, args.trial; default: the built-in example) and its encoders (`models`,
     default args.model, else the built-in model). Raises FormatError/BackendError/OSError/ValueError."""
-    from decoder.reconstruct.models import default_models, load_models
-    from streams.formats import load_session
+    from neurocine.decoder.reconstruct.models import default_models, load_models
+    from neurocine.streams.formats import load_session
 
     if args.session is None:
-        from streams.example import example_session_path
+        from neurocine.streams.example import example_session_path
 
         args.session = str(example_session_path())
     session = load_session(args.session, trials=args.trial)
@@ -139,10 +139,10 @@ def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info
     receives what was chosen on the way: the start, and the iteration count per encoder with --iterations auto.
     mix False: offline, leave the inverse decoder's estimate out of the result (an ensemble member of `batch`,
     mixed in once the members are merged: `merge_with_prior`)."""
-    from decoder.reconstruct.inverse import INVERSE_MIX
-    from decoder.reconstruct.models import session_arrays
-    from decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
-    from decoder.reconstruct.streaming import reconstruct_streaming, streaming_config_from
+    from neurocine.decoder.reconstruct.inverse import INVERSE_MIX
+    from neurocine.decoder.reconstruct.models import session_arrays
+    from neurocine.decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
+    from neurocine.decoder.reconstruct.streaming import reconstruct_streaming, streaming_config_from
 
     info = {} if info is None else info
     opt_mask = None if args.no_mask else models.opt_mask
@@ -169,9 +169,9 @@ def reconstruct_part(models, part, args: argparse.Namespace, progress=None, info
 def merge_with_prior(models, part, args: argparse.Namespace, movie: np.ndarray) -> np.ndarray:
     """An offline ensemble's averaged members, with the inverse decoder's estimate mixed in as
     `reconstruct_part` does for a whole ensemble (the same arithmetic, so the same bits)."""
-    from decoder.reconstruct.inverse import INVERSE_MIX
-    from decoder.reconstruct.models import session_arrays
-    from decoder.reconstruct.offline import mix_prior
+    from neurocine.decoder.reconstruct.inverse import INVERSE_MIX
+    from neurocine.decoder.reconstruct.models import session_arrays
+    from neurocine.decoder.reconstruct.offline import mix_prior
 
     if args.mode != "offline" or models.inverse is None or getattr(args, "init", "inverse") != "inverse":
         return movie
@@ -185,11 +185,11 @@ def as_uint8(movie: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from decoder.analysis.metrics import mean_metrics, movie_metrics, response_correlation
-    from decoder.reconstruct.backends import BackendError
-    from decoder.reconstruct.models import session_arrays
-    from decoder.reconstruct.offline import ReconstructionError, predict_movie
-    from streams.formats import FormatError
+    from neurocine.decoder.analysis.metrics import mean_metrics, movie_metrics, response_correlation
+    from neurocine.decoder.reconstruct.backends import BackendError
+    from neurocine.decoder.reconstruct.models import session_arrays
+    from neurocine.decoder.reconstruct.offline import ReconstructionError, predict_movie
+    from neurocine.streams.formats import FormatError
 
     out = Path(args.out)
     if out.suffix not in OUT_SUFFIXES:

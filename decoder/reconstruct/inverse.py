@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.session import Session
+from neurocine.streams.session import Session
 
 INVERSE_FILE = "inverse.onnx"
 #: Offsets (frames relative to the target frame) of the two heads; the graph's input spans their union.
@@ -89,7 +89,7 @@ def _trial_arrays(session: Session) -> list[tuple[np.ndarray, np.ndarray, np.nda
 
 def _trial_scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
     """Mean over trials of the Pearson r over all (frame, pixel) pairs."""
-    from decoder.analysis.metrics import corr
+    from neurocine.decoder.analysis.metrics import corr
 
     return float(np.mean([corr(p, y) for p, y in zip(preds, truths, strict=True)]))
 

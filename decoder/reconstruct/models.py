@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from decoder.reconstruct.backends import BackendError, Ensemble
-from decoder.reconstruct.inverse import InverseDecoder, InverseError, find_inverse
-from decoder.reconstruct.offline import load_alpha_mask, masks_from_alpha
-from streams.session import Session
+from neurocine.decoder.reconstruct.backends import BackendError, Ensemble
+from neurocine.decoder.reconstruct.inverse import InverseDecoder, InverseError, find_inverse
+from neurocine.decoder.reconstruct.offline import load_alpha_mask, masks_from_alpha
+from neurocine.streams.session import Session
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class LoadedModels:
 
 
 def _oracle_for_session(session: Session, session_path: str | Path | None):  # -> OracleEncoder
-    from decoder.encoder.oracle import OracleEncoder, find_mouse_folder
+    from neurocine.decoder.encoder.oracle import OracleEncoder, find_mouse_folder
 
     if session_path is not None:
         try:
@@ -56,7 +56,7 @@ def _oracle_for_session(session: Session, session_path: str | Path | None):  # -
             f"session mouse {session.mouse_id!r} is not a synthetic mouse and no mouse "
             "parameters lie beside it; pass --model"
         )
-    from streams.synthetic import make_mouse
+    from neurocine.streams.synthetic import make_mouse
 
     ids = session.neuron_ids
     n = int(ids.max()) + 1 if ids.size else 0
@@ -121,7 +121,7 @@ def _pick_mouse(config: dict, session_ids: np.ndarray) -> str:
 def _load_one(spec: str, session: Session, session_path: str | Path | None, backend: str,
               providers: Sequence[str] | None, threads: int | None):  # fmt: skip
     """(backend, neuron ids or None, description, folder to look for the alpha mask in or None)."""
-    from decoder.reconstruct.backends import OrtBackend, TorchBackend
+    from neurocine.decoder.reconstruct.backends import OrtBackend, TorchBackend
 
     if spec == "oracle":
         if backend != "torch":
@@ -145,7 +145,7 @@ def _load_one(spec: str, session: Session, session_path: str | Path | None, back
             graph.parent,
         )
     if checkpoint is not None:
-        from decoder.encoder.checkpoint import CheckpointError, load_encoder
+        from neurocine.decoder.encoder.checkpoint import CheckpointError, load_encoder
 
         try:
             encoder, config = load_encoder(checkpoint)
@@ -157,7 +157,7 @@ def _load_one(spec: str, session: Session, session_path: str | Path | None, back
         return member, ids, f"encoder {config.get('preset')} ({mouse}) from {spec}", p
     if graph.is_file():
         raise BackendError(f"--model {spec} is an ONNX graph; use --backend onnx")
-    from decoder.encoder.oracle import OracleEncoder, find_mouse_folder
+    from neurocine.decoder.encoder.oracle import OracleEncoder, find_mouse_folder
 
     try:
         folder = find_mouse_folder(p)
@@ -217,7 +217,7 @@ def load_models(
     ensemble = Ensemble(members)
     key = tuple(models or ["oracle"])
     if backend == "onnx" and fuse:
-        from decoder.reconstruct.ort_fused import fuse_ensemble
+        from neurocine.decoder.reconstruct.ort_fused import fuse_ensemble
 
         if cache is not None and ("fused", key) in cache:
             ensemble.fused = cache[("fused", key)]  # a new session of the same models builds nothing again

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
-from decoder.reconstruct.optimiser import blur_gradient, momentum_update, prepare_gradient
-from decoder.reconstruct.windows import (
+from neurocine.decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
+from neurocine.decoder.reconstruct.optimiser import blur_gradient, momentum_update, prepare_gradient
+from neurocine.decoder.reconstruct.windows import (
     STRIDE,
     WINDOW,
     WindowError,
@@ -275,7 +275,7 @@ def reconstruct_offline(
     init_video (T, 36, 64): the starting movie (default: grey). auto_stop: choose the iteration count by
     held-out neurons instead of `config.iterations` (see AutoStop). prior_mix: the result (and its snapshots)
     is prior_mix x init_video + the rest x the optimised movie (the inverse decoder's estimate as a prior:
-    decoder.reconstruct.inverse.INVERSE_MIX); 0 = the optimised movie alone.
+    neurocine.decoder.reconstruct.inverse.INVERSE_MIX); 0 = the optimised movie alone.
     """
     if not 0.0 <= prior_mix <= 1.0 or (prior_mix and init_video is None):
         raise ReconstructionError(f"prior_mix must be in [0, 1] and needs init_video, got {prior_mix}")

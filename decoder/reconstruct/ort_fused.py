@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.reconstruct.backends import BackendError, OrtBackend, check_batch, ort_session
+from neurocine.decoder.reconstruct.backends import BackendError, OrtBackend, check_batch, ort_session
 
 INPUTS = ("video", "behaviour", "responses", "weights")
 

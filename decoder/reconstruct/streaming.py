@@ -34,11 +34,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
-from decoder.reconstruct.inverse import FULL_AGE, INVERSE_MIX, SPAN, InverseDecoder
-from decoder.reconstruct.offline import DEFAULT_GRAD_BLUR, GREY, ReconstructionError
-from decoder.reconstruct.optimiser import momentum_update, prepare_gradient
-from decoder.reconstruct.windows import WINDOW
+from neurocine.decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
+from neurocine.decoder.reconstruct.inverse import FULL_AGE, INVERSE_MIX, SPAN, InverseDecoder
+from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR, GREY, ReconstructionError
+from neurocine.decoder.reconstruct.optimiser import momentum_update, prepare_gradient
+from neurocine.decoder.reconstruct.windows import WINDOW
 
 #: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
 #: indicator), so a shorter lag finalises frames before their evidence has arrived; `neurocine bench quality`
@@ -154,7 +154,7 @@ def streaming_argv(args: argparse.Namespace) -> list[str]:
 @dataclasses.dataclass
 class EstimatedFrame:
     """The optimiser's estimate of one frame: source sequence number, the frame (36, 64) float32 0..255, final
-    or provisional (the service wraps it into the wire message, decoder.live.decoded.DecodedFrame)."""
+    or provisional (the service wraps it into the wire message, neurocine.decoder.live.decoded.DecodedFrame)."""
 
     seq: int
     frame: np.ndarray

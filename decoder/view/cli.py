@@ -4,7 +4,7 @@ It is its own process and only consumes streams, so the GUI can never block the 
 timer at twice the frame rate drains the sockets without waiting and draws the latest frame when a new one
 has arrived (a timer at exactly the frame rate beats against the stream's own clock and skips frames), with
 fixed 0..255 levels (no auto-levelling, which would make the movie flicker and costs time). Before a window
-opens, `decoder.view.qt_checks` makes sure Qt can open one and that the Qt binding is sound.
+opens, `neurocine.decoder.view.qt_checks` makes sure Qt can open one and that the Qt binding is sound.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import os
 import time
 from typing import Any
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("view")
 
 
 def register(sub: Any) -> None:
-    from streams.commandline import add_verb
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(sub, "view", "live viewer of a decoded stream (pyqtgraph), with the true stimulus beside it",
                  "neurocine view --connect tcp://127.0.0.1:5556 --truth tcp://127.0.0.1:5555\n"
@@ -54,7 +54,7 @@ def viewer_problem(offscreen: bool) -> str | None:
         import pyqtgraph  # noqa: F401
     except ImportError as e:
         return f"the viewer needs pyqtgraph and PySide6-Essentials: pip install 'neurocine[view]' ({e})"
-    from decoder.view.qt_checks import binding_problem, window_problem
+    from neurocine.decoder.view.qt_checks import binding_problem, window_problem
 
     return binding_problem() or (None if offscreen else window_problem())
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         log.error(f"{problem}")
         return 2
-    from decoder.view.window import ViewerWindow
+    from neurocine.decoder.view.window import ViewerWindow
 
     window = ViewerWindow(args.connect, args.truth, rate_hz=args.rate, scale=args.scale, provisional=args.provisional)
     if args.screenshot:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from decoder.analysis.metrics import corr
+from neurocine.decoder.analysis.metrics import corr
 
 TRUTH_MEMORY = 900  # stimulus frames kept to match decoded frames (30 s at 30 Hz)
 HISTORY = 300  # points in the running correlation plot

@@ -9,10 +9,10 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
-from decoder.live.decoded import as_decoded_frame
-from decoder.view.state import ViewerState
-from streams.protocol import Decoded, Frame, ProtocolError
-from streams.transport import Subscriber
+from neurocine.decoder.live.decoded import as_decoded_frame
+from neurocine.decoder.view.state import ViewerState
+from neurocine.streams.protocol import Decoded, Frame, ProtocolError
+from neurocine.streams.transport import Subscriber
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 GREY = 128
@@ -55,7 +55,7 @@ class ViewerWindow(QtWidgets.QWidget):
         self.timer = QtCore.QTimer(self)
         self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self.tick)
-        self.timer.start(max(1, int(1000 / (4 * rate_hz))))  # 4x the frame rate: see decoder.view.cli
+        self.timer.start(max(1, int(1000 / (4 * rate_hz))))  # 4x the frame rate: see neurocine.decoder.view.cli
         self._drawn: tuple[str, int] | None = None  # (session, seq) of the frame on screen
         self._stats_drawn_s = 0.0
         self.resize(2 * 64 * scale + 60, 36 * scale + 320)

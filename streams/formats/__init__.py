@@ -1,8 +1,8 @@
 """Session files: pick the reader or writer from the path.
 
-- a folder in the Sensorium 2023 per-mouse layout (``data/responses/*.npy``)  -> streams.formats.sensorium
-- ``*.nwb``                                                            -> streams.formats.nwb (needs pynwb)
-- ``*.ncr`` (neurocine recording, the recorder's own append-only format) -> streams.formats.native
+- a folder in the Sensorium 2023 per-mouse layout (``data/responses/*.npy``)  -> neurocine.streams.formats.sensorium
+- ``*.nwb``                                                            -> neurocine.streams.formats.nwb (needs pynwb)
+- ``*.ncr`` (neurocine recording, the recorder's own append-only format) -> neurocine.streams.formats.native
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from streams.session import Session
+from neurocine.streams.session import Session
 
 
 class FormatError(ValueError):
@@ -40,15 +40,15 @@ def load_session(
     if not Path(path).exists():
         raise FormatError(f"{path}: no such file or folder")
     if fmt == "sensorium":
-        from streams.formats.sensorium import read_sensorium
+        from neurocine.streams.formats.sensorium import read_sensorium
 
         return read_sensorium(path, trials=trials, tier=tier)
     if fmt == "nwb":
-        from streams.formats.nwb import read_nwb
+        from neurocine.streams.formats.nwb import read_nwb
 
         session = read_nwb(path)
     else:
-        from streams.formats.native import read_native
+        from neurocine.streams.formats.native import read_native
 
         session = read_native(path)
     if trials is not None or tier is not None:
@@ -61,15 +61,15 @@ def save_session(session: Session, path: str | Path) -> None:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".nwb":
-        from streams.formats.nwb import write_nwb
+        from neurocine.streams.formats.nwb import write_nwb
 
         write_nwb(session, p)
     elif suffix == ".ncr":
-        from streams.formats.native import write_native
+        from neurocine.streams.formats.native import write_native
 
         write_native(session, p)
     elif suffix == "":
-        from streams.formats.sensorium import write_sensorium
+        from neurocine.streams.formats.sensorium import write_sensorium
 
         # Sensorium numbers trials 0..K-1 by file name; other sources may not, so renumber then.
         in_order = [tr.index for tr in session.trials] == list(range(len(session.trials)))

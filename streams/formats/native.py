@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.protocol import (
+from neurocine.streams.protocol import (
     Decoded,
     End,
     Frame,
@@ -45,7 +45,7 @@ from streams.protocol import (
     encode_frame,
     encode_session,
 )
-from streams.session import Session, Trial, frame_trials, header_of
+from neurocine.streams.session import Session, Trial, frame_trials, header_of
 
 MAGIC = b"NCREC\x00v1"
 SYNC = b"NCR\x1e"
@@ -57,7 +57,7 @@ MAX_HOLES = 100  # holes listed per session (all are counted)
 
 
 def _format_error(msg: str) -> Exception:
-    from streams.formats import FormatError
+    from neurocine.streams.formats import FormatError
 
     return FormatError(msg)
 

@@ -3,10 +3,10 @@
 numpy only at import (scikit-image is imported when the photographs are first needed).
 """
 
-from streams.synthetic.behaviour import BehaviourGenerator
-from streams.synthetic.model import ExpectedActivityStream, expected_activity
-from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, load_mouse, make_mouse
-from streams.synthetic.simulate import (
+from neurocine.streams.synthetic.behaviour import BehaviourGenerator
+from neurocine.streams.synthetic.model import ExpectedActivityStream, expected_activity
+from neurocine.streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, load_mouse, make_mouse
+from neurocine.streams.synthetic.simulate import (
     MouseStream,
     SimFrame,
     TrialPlan,
@@ -15,7 +15,7 @@ from streams.synthetic.simulate import (
     simulate_dataset,
     simulate_session,
 )
-from streams.synthetic.stimuli import (
+from neurocine.streams.synthetic.stimuli import (
     NaturalMovie,
     drifting_grating,
     gaussian_noise_movie,

@@ -1,4 +1,4 @@
-"""The synthetic mouse's behaviour, generated one frame at a time (channel order as streams.session).
+"""The synthetic mouse's behaviour, generated one frame at a time (channel order as neurocine.streams.session).
 
 - running_speed (cm/s): the mouse alternates between sitting (bouts ~20 s) and running (bouts ~8 s, a
   bout speed of ~15 cm/s with fluctuations), smoothed by the treadmill's inertia, plus encoder noise;
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.synthetic.stimuli import FRAME_RATE
+from neurocine.streams.synthetic.stimuli import FRAME_RATE
 
 
 class BehaviourGenerator:

@@ -14,14 +14,14 @@ import sys
 import time
 from typing import Any
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 EXAMPLE = "neurocine bench rig --neurons 8000 --seconds 10 --json out/bench-rig.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def register(bench_subparsers: Any) -> None:
-    from streams.commandline import add_verb
+    from neurocine.streams.commandline import add_verb
 
     p = add_verb(bench_subparsers, "rig", "synthetic rig: per-frame generation time on one core", EXAMPLE,
                  "Generate --seconds worth of 30 Hz frames of the synthetic mouse on one core and report "
@@ -37,8 +37,8 @@ def measure(n_neurons: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     """Time every frame of the rig's generator (no publishing); this process's threads as they are."""
     import numpy as np
 
-    from streams.synthetic.mouse import make_mouse
-    from streams.synthetic.rig import live_frames
+    from neurocine.streams.synthetic.mouse import make_mouse
+    from neurocine.streams.synthetic.rig import live_frames
 
     t0 = time.perf_counter()
     mouse = make_mouse(seed, n_neurons)
@@ -67,12 +67,13 @@ def measure(n_neurons: int, seconds: float, seed: int = 0) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.commandline import emit_json
+    from neurocine.streams.commandline import emit_json
 
     if args.neurons < 1 or args.seconds <= 0:
         raise ValueError(f"--neurons must be >= 1 and --seconds > 0, got {args.neurons}, {args.seconds}")
     env = dict(os.environ, **{v: "1" for v in THREAD_VARS})
-    cmd = [sys.executable, "-m", "streams.synthetic.bench", str(args.neurons), str(args.seconds), str(args.seed)]
+    cmd = [sys.executable, "-m", "neurocine.streams.synthetic.bench", str(args.neurons), str(args.seconds),
+           str(args.seed)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         get_logger("bench.rig").error(proc.stderr.strip())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.synthetic.mouse import Mouse
+from neurocine.streams.synthetic.mouse import Mouse
 
 
 def ar2_coefficients(mouse: Mouse) -> tuple[float, float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from streams.commandline import get_logger
+from neurocine.streams.commandline import get_logger
 
 log = get_logger("rig")
 
@@ -19,7 +19,7 @@ neurocine rig --synthetic --control tcp://127.0.0.1:5557   # steerable: see stre
 
 
 def _add(sub: Any, name: str, help: str, example: str, description: str) -> argparse.ArgumentParser:
-    from streams.commandline import add_verb
+    from neurocine.streams.commandline import add_verb
 
     return add_verb(sub, name, help, example, description)
 
@@ -38,7 +38,7 @@ def register_simulate(subparsers: Any) -> None:
              "Simulate the synthetic mouse watching naturalistic movies and write the recording: 300-frame "
              "trials; tiers train, oracle and final_test_main (held-out movies shown --repeats times each). "
              "The mouse's parameters are saved with the data (OUT/meta/mouse/ for Sensorium folders, "
-             "OUT.mouse/ otherwise) so decoder.encoder.oracle can rebuild the noise-free model.")
+             "OUT.mouse/ otherwise) so neurocine.decoder.encoder.oracle can rebuild the noise-free model.")
     p.add_argument("--out", required=True, help="output folder (sensorium) or file stem (nwb, native)")
     _mouse_args(p)
     size = p.add_mutually_exclusive_group()
@@ -54,7 +54,7 @@ def register_simulate(subparsers: Any) -> None:
 def run_simulate(args: argparse.Namespace) -> int:
     import json
 
-    from streams.synthetic.simulate import simulate_dataset
+    from neurocine.streams.synthetic.simulate import simulate_dataset
 
     path = simulate_dataset(args.out, n_neurons=args.neurons, n_trials=args.trials, minutes=args.minutes,
                             seed=args.seed, movie_seed=args.movie_seed, fmt=args.format,
@@ -65,7 +65,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def register_rig(subparsers: Any) -> None:
-    from streams.commandline import DEFAULT_PUB
+    from neurocine.streams.commandline import DEFAULT_PUB
 
     p = _add(subparsers, "rig", "live synthetic rig: publish the simulated mouse in real time", RIG_EXAMPLE,
              "Publish frames at 30 Hz on absolute deadlines, generated on the fly: deconvolved traces, "
@@ -91,8 +91,8 @@ def run_rig_verb(args: argparse.Namespace) -> int:
     if not args.synthetic:
         log.error("only the synthetic rig exists so far; pass --synthetic")
         return 2
-    from streams.commandline import stop_on_sigterm
-    from streams.synthetic.rig import run_rig
+    from neurocine.streams.commandline import stop_on_sigterm
+    from neurocine.streams.synthetic.rig import run_rig
 
     stop_on_sigterm()
     frames = args.frames

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.synthetic.mouse import Mouse
+from neurocine.streams.synthetic.mouse import Mouse
 
 MAX_SHIFT_PX = 18.0
 #: Global scale that gives the filter outputs roughly unit spread on the naturalistic movies.

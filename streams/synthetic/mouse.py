@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.synthetic.stimuli import DEG_PER_PX, FRAME_RATE, FRAME_SHAPE
+from neurocine.streams.synthetic.stimuli import DEG_PER_PX, FRAME_RATE, FRAME_SHAPE
 
 DEFAULT_SEED = 0
 DEFAULT_NEURONS = 1000

@@ -10,7 +10,7 @@ Two families of 60-frame, 36x64 clips at 30 Hz:
   a cycle per frame: the grating flips sign every frame, whatever its direction), a seeded random phase each.
 
 `programme` lays the clips back to back with mid-grey between them, so one reconstruction covers them all;
-`watch` shows that movie to the synthetic mouse (streams.synthetic) and returns its noisy deconvolved
+`watch` shows that movie to the synthetic mouse (neurocine.streams.synthetic) and returns its noisy deconvolved
 responses and behaviour, one presentation per trial seed. numpy only (no decoder imports).
 """
 
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streams.synthetic.behaviour import BehaviourGenerator
-from streams.synthetic.mouse import Mouse
-from streams.synthetic.simulate import MouseStream
-from streams.synthetic.stimuli import (
+from neurocine.streams.synthetic.behaviour import BehaviourGenerator
+from neurocine.streams.synthetic.mouse import Mouse
+from neurocine.streams.synthetic.simulate import MouseStream
+from neurocine.streams.synthetic.stimuli import (
     NOISE_SPATIAL_LENGTHS,
     NOISE_TEMPORAL_LENGTHS,
     StimulusError,

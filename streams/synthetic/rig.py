@@ -18,11 +18,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from streams.commandline import Progress, get_logger
-from streams.control import FRAME_SHAPE, GREY, TARGETS, Command, ControlServer
-from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
-from streams.synthetic.simulate import DEFAULT_MOVIE_SEED, MouseStream, SimFrame
-from streams.synthetic.stimuli import NaturalMovie
+from neurocine.streams.commandline import Progress, get_logger
+from neurocine.streams.control import FRAME_SHAPE, GREY, TARGETS, Command, ControlServer
+from neurocine.streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
+from neurocine.streams.synthetic.simulate import DEFAULT_MOVIE_SEED, MouseStream, SimFrame
+from neurocine.streams.synthetic.stimuli import NaturalMovie
 
 log = get_logger("rig")
 
@@ -87,9 +87,9 @@ def run_rig(
     With `control` (an endpoint), the rig is steerable (streams/control.py): a change received before a
     frame's deadline is shown in that frame, which is then generated at its deadline (a few ms late, on
     purpose: without control each frame is computed ahead and sent on time)."""
-    from streams.protocol import SessionHeader
-    from streams.session import new_session_id
-    from streams.transport import Publisher
+    from neurocine.streams.protocol import SessionHeader
+    from neurocine.streams.session import new_session_id
+    from neurocine.streams.transport import Publisher
 
     if max_frames is not None and max_frames < 0:
         raise ValueError(f"number of frames must be >= 0, got {max_frames}")

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.commandline import Progress
-from streams.session import Session, Trial
-from streams.synthetic.behaviour import BehaviourGenerator
-from streams.synthetic.calcium import Deconvolver, Indicator, Spiker
-from streams.synthetic.model import ExpectedActivityStream
-from streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
-from streams.synthetic.stimuli import NaturalMovie
+from neurocine.streams.commandline import Progress
+from neurocine.streams.session import Session, Trial
+from neurocine.streams.synthetic.behaviour import BehaviourGenerator
+from neurocine.streams.synthetic.calcium import Deconvolver, Indicator, Spiker
+from neurocine.streams.synthetic.model import ExpectedActivityStream
+from neurocine.streams.synthetic.mouse import DEFAULT_NEURONS, DEFAULT_SEED, Mouse, make_mouse
+from neurocine.streams.synthetic.stimuli import NaturalMovie
 
 TRIAL_FRAMES = 300
 ITI_FRAMES = 30
@@ -200,7 +200,7 @@ def simulate_dataset(
     report = _progress(out.name) if progress else None
     trials = simulate_trials(mouse, plans, movie_seed, progress=report)
     if fmt == "sensorium":
-        from streams.formats.sensorium import SensoriumWriter
+        from neurocine.streams.formats.sensorium import SensoriumWriter
 
         with SensoriumWriter(out, mouse.neuron_ids, mouse.neurons["cell_coordinates"],
                              frame_shape=mouse.frame_shape, overwrite=overwrite) as writer:
@@ -209,7 +209,7 @@ def simulate_dataset(
                 writer.add_trial(plan.index, plan.tier, video, traces, beh, pad_to=TRIAL_FRAMES)
         mouse_dir = out / "meta" / "mouse"
     else:
-        from streams.formats import save_session
+        from neurocine.streams.formats import save_session
 
         suffix = ".nwb" if fmt == "nwb" else ".ncr"
         if out.suffix.lower() != suffix:

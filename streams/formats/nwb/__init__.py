@@ -11,7 +11,7 @@ One job per submodule:
 pynwb is optional: it is imported only when a file is used.
 """
 
-from streams.formats.nwb.metadata import (
+from neurocine.streams.formats.nwb.metadata import (
     METADATA_KEY,
     METADATA_VERSION,
     STIMULUS_NAME,
@@ -21,8 +21,8 @@ from streams.formats.nwb.metadata import (
     RecordingFacts,
     recording_facts,
 )
-from streams.formats.nwb.reader import read_nwb
-from streams.formats.nwb.writer import write_nwb
+from neurocine.streams.formats.nwb.reader import read_nwb
+from neurocine.streams.formats.nwb.writer import write_nwb
 
 __all__ = [
     "METADATA_KEY",

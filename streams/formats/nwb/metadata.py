@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.session import Session
+from neurocine.streams.session import Session
 
 #: Key of the JSON object in ``data_collection`` that marks a file written by neurocine.
 METADATA_KEY = "neurocine"
@@ -41,13 +41,13 @@ class RecordingFacts:
     pupil_reference_frame: str
 
 
-#: The synthetic mouse (streams.synthetic) models an adult mouse's primary visual cortex (Gabor receptive
+#: The synthetic mouse (neurocine.streams.synthetic) models an adult mouse's primary visual cortex (Gabor receptive
 #: fields, Sensorium-like V1 data); no sex and no exact age are simulated, so sex is "U" and the age an open
 #: adult range. Units are the generator's (streams/synthetic/behaviour.py).
 SYNTHETIC_FACTS = RecordingFacts(
     sex="U",
     age="P60D/",
-    subject_description="synthetic mouse simulated by neurocine (streams.synthetic); the seed is in subject_id",
+    subject_description="synthetic mouse simulated by neurocine.streams.synthetic; the seed is in subject_id",
     location="VISp",
     running_unit="cm/s",
     pupil_size_unit="pixels",

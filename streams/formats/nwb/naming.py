@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from streams.formats import FormatError
+from neurocine.streams.formats import FormatError
 
 _PREFERRED_TRACE_WORDS = ("deconv", "spike", "event")
 

@@ -18,16 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from streams.formats import FormatError
-from streams.formats.nwb.metadata import METADATA_KEY, STIMULUS_NAME, _datetime_to_ns, _import_pynwb, _seconds_to_ns
-from streams.formats.nwb.naming import (
+from neurocine.streams.formats import FormatError
+from neurocine.streams.formats.nwb.metadata import (
+    METADATA_KEY,
+    STIMULUS_NAME,
+    _datetime_to_ns,
+    _import_pynwb,
+    _seconds_to_ns,
+)
+from neurocine.streams.formats.nwb.naming import (
     _BEHAVIOUR_RULES,
     _behaviour_series,
     _find_module,
     _norm,
     _pick_roi_response_series,
 )
-from streams.session import DEFAULT_FRAME_RATE, Session, SessionError, Trial
+from neurocine.streams.session import DEFAULT_FRAME_RATE, Session, SessionError, Trial
 
 #: Samples closer than this (seconds) count as simultaneous when matching clocks (float rounding).
 _TIME_TOLERANCE_S = 1e-9

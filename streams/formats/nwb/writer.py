@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import get_logger
-from streams.formats import FormatError
-from streams.formats.nwb.metadata import (
+from neurocine.streams.commandline import get_logger
+from neurocine.streams.formats import FormatError
+from neurocine.streams.formats.nwb.metadata import (
     METADATA_KEY,
     METADATA_VERSION,
     STIMULUS_NAME,
@@ -42,7 +42,7 @@ from streams.formats.nwb.metadata import (
     _seconds_to_ns,
     recording_facts,
 )
-from streams.session import Session
+from neurocine.streams.session import Session
 
 log = get_logger("nwb")
 

@@ -9,15 +9,15 @@ One job per submodule:
 - `statistics`: the meta/statistics values the writer stores (pixels, behaviour columns, response medians).
 """
 
-from streams.formats.sensorium.layout import (
+from neurocine.streams.formats.sensorium.layout import (
     DEFAULT_FRAME_SHAPE,
     DEFAULT_PAD_TO,
     SENSORIUM_FRAME_RATE,
     STATISTICS,
     TRIAL_DIRS,
 )
-from streams.formats.sensorium.reader import read_sensorium, read_sensorium_statistics
-from streams.formats.sensorium.writer import SensoriumWriter, write_sensorium
+from neurocine.streams.formats.sensorium.reader import read_sensorium, read_sensorium_statistics
+from neurocine.streams.formats.sensorium.writer import SensoriumWriter, write_sensorium
 
 __all__ = [
     "DEFAULT_FRAME_SHAPE",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.formats import FormatError
+from neurocine.streams.formats import FormatError
 
 #: Per-trial sub-folders of data/, in the order the writer replaces them (responses last: a trial
 #: exists for the reader only once its responses file does, so a crash never exposes half a trial).

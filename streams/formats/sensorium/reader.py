@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.formats import FormatError
-from streams.formats.sensorium.layout import SENSORIUM_FRAME_RATE, STATISTICS, TRIAL_DIRS, _load_npy
-from streams.session import TIERS, Session, Trial, regular_timestamps
+from neurocine.streams.formats import FormatError
+from neurocine.streams.formats.sensorium.layout import SENSORIUM_FRAME_RATE, STATISTICS, TRIAL_DIRS, _load_npy
+from neurocine.streams.session import TIERS, Session, Trial, regular_timestamps
 
 #: How far a float pixel may sit from an integer and still count as an 8-bit value.
 _PIXEL_TOLERANCE = 1e-3

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from streams.formats.sensorium.layout import STATISTICS
+from neurocine.streams.formats.sensorium.layout import STATISTICS
 
 
 def _histogram_statistics(hist: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,16 +17,16 @@ from types import TracebackType
 
 import numpy as np
 
-from streams.formats import FormatError
-from streams.formats.sensorium.layout import (
+from neurocine.streams.formats import FormatError
+from neurocine.streams.formats.sensorium.layout import (
     DEFAULT_FRAME_SHAPE,
     DEFAULT_PAD_TO,
     SENSORIUM_FRAME_RATE,
     TRIAL_DIRS,
     _load_npy,
 )
-from streams.formats.sensorium.statistics import _column_statistics, _histogram_statistics, _nanmedian_rows
-from streams.session import TIERS, Session
+from neurocine.streams.formats.sensorium.statistics import _column_statistics, _histogram_statistics, _nanmedian_rows
+from neurocine.streams.session import TIERS, Session
 
 #: Memory used per block of neurons when the writer re-reads responses to take their medians.
 _MEDIAN_BLOCK_BYTES = 256 * 2**20
