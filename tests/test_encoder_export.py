@@ -149,9 +149,10 @@ def test_one_call_of_many_windows_equals_one_call_per_window(exported) -> None:
 
 
 def test_readout_pruning_keeps_predictions_and_gradients() -> None:
-    """The export drops blob weights < prune x the neuron's largest: kept fraction falls, error stays tiny."""
+    """The gaussian (blob) readout's export drops blob weights < prune x the neuron's largest: kept fraction
+    falls, error stays tiny."""
     torch.manual_seed(0)
-    enc = build_encoder(get_preset("tiny"), {MOUSE: 50}, seed=5)
+    enc = build_encoder(get_preset("tiny").replace(readout="gaussian"), {MOUSE: 50}, seed=5)
     readout = enc.readouts[MOUSE]
     with torch.no_grad():
         readout.log_sigma.fill_(float(np.log(0.1)))  # narrow blobs: most of the 5x8 map carries ~nothing

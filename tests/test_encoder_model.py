@@ -144,7 +144,7 @@ def test_bad_configs_and_presets_are_refused() -> None:
 
 
 def test_stable_softplus_is_accurate_from_tiny_to_large_rates() -> None:
-    from neurocine.decoder.encoder.model import stable_softplus
+    from neurocine.decoder.encoder.readouts import stable_softplus
 
     x = torch.linspace(-400, 400, 20001)
     ref = torch.nn.functional.softplus(x.double(), beta=0.07, threshold=1e9)
@@ -153,9 +153,9 @@ def test_stable_softplus_is_accurate_from_tiny_to_large_rates() -> None:
 
 
 def test_gaussian_readout_pools_around_each_neurons_position() -> None:
-    from neurocine.decoder.encoder.model import GaussianReadout
+    from neurocine.decoder.encoder.readouts import GaussianReadout
 
-    readout = GaussianReadout(4, (5, 8), 3, get_preset("tiny"))
+    readout = GaussianReadout(4, (5, 8), 3, beta=1.0)
     with torch.no_grad():
         readout.position.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))  # (x, y) corners and centre
         readout.log_sigma.fill_(math.log(0.05))  # narrower than a cell: all weight on the nearest one

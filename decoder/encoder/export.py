@@ -44,7 +44,8 @@ from typing import Any
 
 import torch
 
-from neurocine.decoder.encoder.model import POISSON_EPS, Encoder, GaussianReadout, stable_softplus
+from neurocine.decoder.encoder.model import POISSON_EPS, Encoder
+from neurocine.decoder.encoder.readouts import FrozenGaussianReadout, FrozenPointReadout
 
 aten = torch.ops.aten
 
@@ -194,42 +195,43 @@ def _convolution_3d_as_2d(
     return NotImplemented
 
 
+def _softplus_exact(inp: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
+    """softplus(x) = (relu(z) + log1p(exp(-|z|))) / beta, z = beta x, with vectorised operators only.
+
+    Why not ONNX Runtime's Softplus kernel: exact but scalar, ~50 ns per element (5.6 ms of a 40 ms gradient
+    call at 8,000 neurons, `neurocine bench encoder --profile`), while its Exp is vectorised. ONNX has no Log1p:
+    log1p(u) = log(s) + (u - (s - 1)) / s with s = 1 + u rounded, the first-order correction for that rounding
+    (exact to float32 where plain log(1 + u) loses every digit, u < 1e-7: tiny rates stay right). The
+    threshold is ignored: above it the formula gives z anyway."""
+    z = inp * beta if beta != 1.0 else inp
+    u = torch.exp(-torch.abs(z))
+    s = 1.0 + u
+    out = torch.relu(z) + (torch.log(s) + (u - (s - 1.0)) / s)
+    return out / beta if beta != 1.0 else out
+
+
+def _softplus_input_grad(grad_out: torch.Tensor, inp: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+    """softplus_backward as grad * sigmoid(beta x), the sigmoid written as where(z < 0, u, 1) / (1 + u) with
+    u = exp(-|z|): exact in relative terms for very negative z, where ONNX Runtime's Sigmoid kernel (an
+    approximation good to ~1e-8 absolute) is off by tens of percent, and where the Poisson loss's gradient
+    divides by the tiny rate (the core table's exp(z) / (1 + exp(z)) overflows to NaN for large z)."""
+    z = inp * beta if beta != 1.0 else inp
+    u = torch.exp(-torch.abs(z))
+    return grad_out * (torch.where(z < 0, u, torch.ones_like(u)) / (1.0 + u))
+
+
 def decomposition_table() -> dict[Any, Callable[..., Any]]:
     """Core-ATen decompositions plus our rules: input gradients of convolutions and slices, 3-D
     convolutions as 2-D ones."""
     from torch._decomp import core_aten_decompositions
 
     table = dict(core_aten_decompositions())
+    table[aten.softplus.default] = _softplus_exact  # readouts.export_softplus; its gradient a sigmoid:
+    table[aten.softplus_backward.default] = _softplus_input_grad
     table[aten.convolution_backward.default] = _convolution_input_grad
     table[aten.slice_backward.default] = _slice_input_grad
     table[aten.convolution.default] = _convolution_3d_as_2d
     return table
-
-
-class FrozenGaussianReadout(torch.nn.Module):
-    """A GaussianReadout with its pooling matrix (N, C*H*W) computed once: features x blob, blob weights
-    below `prune` x the neuron's largest set to 0 (they carry < prune of its weight each)."""
-
-    def __init__(self, readout: GaussianReadout, prune: float) -> None:
-        super().__init__()
-        self.n_neurons, self.beta = readout.n_neurons, readout.beta
-        with torch.no_grad():
-            blob = readout.spatial_weights()
-            blob = torch.where(blob >= prune * blob.amax(dim=1, keepdim=True), blob, torch.zeros_like(blob))
-        # The pooling matrix (N, C*H*W) is features x blob; the graph keeps these two factors (N*(C+H*W)
-        # numbers) and onnxruntime folds their product when it loads the graph: a small file, no per-call cost.
-        self.register_buffer("blob", blob.contiguous())
-        self.register_buffer("features", readout.features.detach().clone())
-        self.register_buffer("bias", readout.bias.detach().clone())
-        #: fraction of the pooling matrix kept (reported in graph.json)
-        self.kept = float((blob > 0).float().mean())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c * h * w)
-        weight = (self.features[:, :, None] * self.blob[:, None, :]).reshape(self.n_neurons, -1)
-        y = torch.matmul(x, weight.t()) + self.bias  # (B*T, N)
-        return stable_softplus(y.reshape(b, t, self.n_neurons).transpose(1, 2), self.beta)
 
 
 def _fold_batchnorm(conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d) -> None:
@@ -264,7 +266,8 @@ def fold_batchnorms(encoder: Encoder) -> None:
 
 def frozen_copy(encoder: Encoder, readout_prune: float | None = None, fold_norms: bool = True) -> Encoder:
     """An eval-mode copy whose parameters are constants (the export must not touch the caller's model).
-    readout_prune: also freeze gaussian readouts into FrozenGaussianReadout (None: keep them as they are);
+    readout_prune: also put every readout in its frozen form (readouts.Readout.frozen: the gaussian blob computed
+    and pruned, the point readout as a gather; None: keep them as they are);
     fold_norms: fold the core's BatchNorms into their convolutions (`fold_batchnorms`)."""
     frozen = copy.deepcopy(encoder).cpu().float().eval()
     frozen.requires_grad_(False)
@@ -272,8 +275,7 @@ def frozen_copy(encoder: Encoder, readout_prune: float | None = None, fold_norms
         fold_batchnorms(frozen)
     if readout_prune is not None:
         for mouse, readout in list(frozen.readouts.items()):
-            if isinstance(readout, GaussianReadout):
-                frozen.readouts[mouse] = FrozenGaussianReadout(readout, readout_prune)
+            frozen.readouts[mouse] = readout.frozen(readout_prune)
     return frozen
 
 
@@ -300,18 +302,26 @@ def forward_function(encoder: Encoder, mouse: str) -> Callable[..., torch.Tensor
     return predict
 
 
-def window_poisson_loss(pred: torch.Tensor, obs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B,) weighted mean Poisson NLL of each window (model.poisson_loss's rule, per window): NaN
-    observations and weight-0 neurons are absent; a window with nothing present has loss 0."""
+def window_poisson_loss(pred: torch.Tensor, obs: torch.Tensor, weights: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """Weighted mean Poisson NLL of each window (model.poisson_loss's rule, per window) -> (B,): windows along
+    `axis`, every other axis summed (the three tensors broadcast to one layout). NaN observations and
+    weight-0 neurons are absent; a window with nothing present has loss 0.
+
+    Written as sum(pred w) - sum(obs w log(pred + eps)) with the recorded side's products formed first: they
+    need no gradient, so the gradient graph's work on every (neuron, frame) is a handful of kernels."""
     finite = ~torch.isnan(obs)
-    obs = torch.where(finite, obs, torch.zeros_like(obs))
-    w = finite.to(pred.dtype) * weights[:, :, None]
-    nll = pred - obs * torch.log(pred + POISSON_EPS)
-    return (nll * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1e-12)
+    present = finite.to(pred.dtype) * weights
+    counts = torch.where(finite, obs, torch.zeros_like(obs)) * present
+    dims = [d for d in range(max(pred.dim(), obs.dim())) if d != axis]
+    total = (pred * present).sum(dim=dims) - (counts * torch.log(pred + POISSON_EPS)).sum(dim=dims)
+    return total / present.sum(dim=dims).clamp_min(1e-12)
 
 
 def gradient_function(encoder: Encoder, mouse: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """video, behaviour, responses, weights -> (loss per window (B,), d loss_b / d video_b), by autograd."""
+    """video, behaviour, responses, weights -> (loss per window (B,), d loss_b / d video_b), by autograd.
+
+    The loss is computed in the readout's own layout (readouts.Readout.window_terms): the recorded side is
+    moved there, so no gradient flows back through a reordering of the predictions."""
     scale = encoder.stats[mouse].response_std
 
     def loss_and_grad(
@@ -319,8 +329,8 @@ def gradient_function(encoder: Encoder, mouse: str) -> Callable[..., tuple[torch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         video = video.detach().requires_grad_(True)
         with torch.enable_grad():
-            pred = encoder(video, behaviour, mouse)
-            loss = window_poisson_loss(pred, responses / scale[None, :, None], weights)
+            terms = encoder.window_terms(video, behaviour, mouse, responses / scale[None, :, None], weights)
+            loss = window_poisson_loss(*terms)
             (grad,) = torch.autograd.grad(loss.sum(), video)
         return loss.detach(), grad
 
@@ -579,8 +589,11 @@ def export_mouse(
         },
         "written": [g for g in GRAPHS if g in graphs],
         "loss": "per window: weighted mean Poisson NLL pred - obs*log(pred + 1e-8), obs = responses / response_std",
+        "readout": cfg.readout,
         "readout_prune": readout_prune if isinstance(readout, FrozenGaussianReadout) else None,
-        "readout_kept": round(readout.kept, 4) if isinstance(readout, FrozenGaussianReadout) else None,
+        # gaussian: fraction of the pooling matrix kept; point: fraction of the gather's slots holding a neuron
+        "readout_kept": round(readout.kept, 4) if isinstance(readout, (FrozenGaussianReadout,
+                                                                      FrozenPointReadout)) else None,
         **(metadata or {}),
     }
     paths["meta"].write_text(json.dumps(meta, indent=2))

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from neurocine.decoder.encoder.presets import EncoderConfig
+from neurocine.decoder.encoder.readouts import READOUT_KINDS
 
 #: Rows of the 64x64 input that hold the 36-row movie frame (rows 14..49) in the pad64 layout.
 PAD64_TOP = 14
@@ -51,21 +52,6 @@ def positional_encoding_3d(channels: int, frames: int, height: int, width: int) 
         shape[axis + 1] = size
         codes.append(code.reshape(shape).expand(per_axis, frames, height, width))
     return torch.cat(codes, dim=0)[None, :channels].to(torch.float32).contiguous()
-
-
-def stable_softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
-    """softplus(x) = log(1 + exp(beta x)) / beta, accurate over the whole range with standard ONNX ops.
-
-    Written as relu(z) + log1p(exp(-|z|)); ONNX has no Log1p (an exporter writes log(1 + u), which is 0 for
-    u < 6e-8 in float32, so tiny rates would become exactly 0 and their log-likelihood blow up). Hence
-    log1p(u) by its Taylor series to u^5 for u < 0.05 (relative error < 6e-8), log(1 + u) above (where
-    float32 rounding of 1 + u costs < 1.2e-6 relative): torch and every exported graph compute the same.
-    """
-    z = x * beta
-    u = torch.exp(-torch.abs(z))
-    series = u * (1.0 - u * (0.5 - u * (1.0 / 3.0 - u * (0.25 - u * 0.2))))
-    log1p_u = torch.where(u < 0.05, series, torch.log(1.0 + u))
-    return (torch.relu(z) + log1p_u) / beta
 
 
 def tile_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -241,63 +227,6 @@ class Cortex(nn.Module):
         return self.layers(x)
 
 
-class Readout(nn.Module):
-    """One mouse: Dropout1d, grouped pointwise Conv1d (bias) to N neurons, softplus(beta) -> rates >= 0."""
-
-    def __init__(self, in_ch: int, n_neurons: int, cfg: EncoderConfig) -> None:
-        super().__init__()
-        self.n_neurons = n_neurons
-        self.beta = cfg.softplus_beta
-        self.dropout = nn.Dropout1d(cfg.drop_rate)
-        padded = math.ceil(n_neurons / cfg.groups) * cfg.groups
-        self.conv = nn.Conv1d(in_ch, padded, 1, groups=cfg.groups, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(self.dropout(x))[:, : self.n_neurons]
-        return stable_softplus(x, self.beta)
-
-
-class GaussianReadout(nn.Module):
-    """One mouse, reading the core's map (B, C, T, H, W): each neuron pools the map through a normalised
-    Gaussian blob at a learned position (x, y in -1..1 over the map) and width, weighs the C pooled features
-    with its own weights, adds a bias and applies softplus(beta) -> (B, N, T) rates >= 0.
-
-    Why a blob and not a free mask per neuron: 4 spatial numbers per neuron instead of H*W keep the readout
-    well-posed on tens of minutes of data, and a smooth, localised readout gives localised input gradients.
-    """
-
-    def __init__(self, in_ch: int, size: tuple[int, int], n_neurons: int, cfg: EncoderConfig) -> None:
-        super().__init__()
-        self.n_neurons = n_neurons
-        self.beta = cfg.softplus_beta
-        height, width = size
-        self.position = nn.Parameter(torch.empty(n_neurons, 2).uniform_(-0.8, 0.8))
-        self.log_sigma = nn.Parameter(torch.full((n_neurons,), math.log(0.4)))
-        self.features = nn.Parameter(torch.randn(n_neurons, in_ch) * (0.5 / math.sqrt(in_ch)))
-        self.bias = nn.Parameter(torch.zeros(n_neurons))
-        self.register_buffer("grid_y", torch.linspace(-1.0, 1.0, height), persistent=False)
-        self.register_buffer("grid_x", torch.linspace(-1.0, 1.0, width), persistent=False)
-
-    def spatial_weights(self) -> torch.Tensor:
-        """(N, H*W) non-negative weights, each row summing to 1."""
-        sigma = torch.exp(self.log_sigma).clamp_min(1e-3)[:, None]
-        dy = (self.grid_y[None, :] - self.position[:, 1:2]) / sigma  # (N, H)
-        dx = (self.grid_x[None, :] - self.position[:, 0:1]) / sigma  # (N, W)
-        w = torch.exp(-0.5 * (dy[:, :, None] ** 2 + dx[:, None, :] ** 2)).reshape(self.n_neurons, -1)
-        return w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-    def weight(self) -> torch.Tensor:
-        """(N, C*H*W): features x blob, so the readout is one matrix product (no (B, C, T, N) temporary)."""
-        w = self.features[:, :, None] * self.spatial_weights()[:, None, :]
-        return w.reshape(self.n_neurons, -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c * h * w)
-        y = torch.matmul(x, self.weight().t()) + self.bias  # (B*T, N)
-        return stable_softplus(y.reshape(b, t, self.n_neurons).transpose(1, 2), self.beta)
-
-
 #: Readout parameters that place a neuron: no weight decay (it would pull every neuron to the centre).
 NO_DECAY_SUFFIXES: tuple[str, ...] = ("position", "log_sigma")
 
@@ -335,12 +264,10 @@ class Encoder(nn.Module):
         self.neurons = {m: int(n) for m, n in neurons.items()}
         self.core = Core(config)
         self.cortex = Cortex(config, self.core.out_features)
-        if config.readout == "gaussian":
-            readouts = {m: GaussianReadout(self.core.out_features, self.core.out_size, n, config)
-                        for m, n in neurons.items()}
-        else:
-            readouts = {m: Readout(self.cortex.out_features, n, config) for m, n in neurons.items()}
-        self.readouts = nn.ModuleDict(readouts)
+        kind = READOUT_KINDS[config.readout]
+        self.readouts = nn.ModuleDict({
+            m: kind.build(self.core.out_features, self.core.out_size, self.cortex.out_features, n, config)
+            for m, n in neurons.items()})
         self.stats = nn.ModuleDict({m: MouseStatistics(n) for m, n in neurons.items()})
         self.register_buffer("video_mean", torch.tensor(127.5))
         self.register_buffer("video_std", torch.tensor(64.0))
@@ -362,10 +289,12 @@ class Encoder(nn.Module):
         return self._head(self.core(x), mouse)
 
     def _head(self, features: torch.Tensor, mouse: str) -> torch.Tensor:
-        """Core map (B, C, T, H, W) -> (B, N, T) through the configured readout."""
-        if self.config.readout == "gaussian":
-            return self.readouts[mouse](features)
-        return self.readouts[mouse](self.cortex(features.mean(dim=(3, 4))))
+        """Core map (B, C, T, H, W) -> (B, N, T) through the mouse's readout."""
+        return self.readouts[mouse](self._readout_input(features, mouse))
+
+    def _readout_input(self, features: torch.Tensor, mouse: str) -> torch.Tensor:
+        """What the mouse's readout reads: the core's map itself, or the cortex's output from its space mean."""
+        return features if self.readouts[mouse].reads == "map" else self.cortex(features.mean(dim=(3, 4)))
 
     def _normalised(
         self, video: torch.Tensor, behaviour: torch.Tensor, mouse: str
@@ -398,14 +327,29 @@ class Encoder(nn.Module):
     def forward(self, video: torch.Tensor, behaviour: torch.Tensor, mouse: str) -> torch.Tensor:
         """(B, T, 36, 64) video + (B, T, 4) behaviour -> (B, N, T), the same as forward_planes on
         make_planes' output, but without materialising the constant behaviour planes."""
+        return self.from_features(self.features(video, behaviour, mouse), mouse)
+
+    def window_terms(self, video: torch.Tensor, behaviour: torch.Tensor, mouse: str, responses: torch.Tensor,
+                     weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Predictions with responses (B, N, T, normalised units) and weights (B, N) in the readout's own layout,
+        for a per-window loss (readouts.Readout.window_terms; the exported gradient's loss)."""
+        features = self._readout_input(self.features(video, behaviour, mouse), mouse)
+        return self.readouts[mouse].window_terms(features, responses, weights)
+
+    def features(self, video: torch.Tensor, behaviour: torch.Tensor, mouse: str) -> torch.Tensor:
+        """The shared core's map of B windows: (2B, C, T/2, H', W'), window b's even frames at 2b, its odd ones
+        at 2b + 1. What a frozen core gives a new mouse's readout to fit on (decoder/encoder/calibrate.py)."""
         video, behaviour = self._normalised(video, behaviour, mouse)
-        b = video.shape[0]
-        halves = torch.cat([video[:, 0::2], video[:, 1::2]], dim=0)[:, None]  # (2B, 1, T/2, H, W)
-        beh = torch.cat([behaviour[:, 0::2], behaviour[:, 1::2]], dim=0).transpose(1, 2)  # (2B, 4, T/2)
-        out = self._head(self.core.forward_split(halves, beh), mouse)  # (2B, N, T/2)
-        even, odd = out[:b], out[b:]
-        n, half = even.shape[1:]
-        return torch.stack([even, odd], dim=-1).reshape(b, n, 2 * half)
+        t, h, w = video.shape[1:]
+        halves = torch.stack([video[:, 0::2], video[:, 1::2]], dim=1).reshape(-1, 1, t // 2, h, w)
+        beh = torch.stack([behaviour[:, 0::2], behaviour[:, 1::2]], dim=1).reshape(-1, t // 2, 4).transpose(1, 2)
+        return self.core.forward_split(halves, beh)  # behaviour (2B, 4, T/2)
+
+    def from_features(self, features: torch.Tensor, mouse: str) -> torch.Tensor:
+        """features() of B windows -> (B, N, T) through the mouse's readout, even and odd frames interleaved."""
+        out = self._head(features, mouse)  # (2B, N, T/2)
+        n, half = out.shape[1:]
+        return out.reshape(-1, 2, n, half).permute(0, 2, 3, 1).reshape(-1, n, 2 * half)
 
 
 def poisson_loss(pred: torch.Tensor, obs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 `dwiseneuro` is the Sensorium 2023 winner's layout; its core has 3,075,736 parameters at expansion 6
 (3,673,404 at 7, preset `dwiseneuro7`) and its cortex 5,402,624. `tiny` and `small` are cut-down
-members of the same family sized for CPU decoding (see `neurocine bench encoder`), with the gaussian readout
+members of the same family sized for CPU decoding (see `neurocine bench encoder`), with the point readout
 (see READOUTS) instead of the pooled core + cortex.
 
 Block i of the core maps core_features[i] -> core_features[i + 1] (the last block keeps its width),
@@ -17,12 +17,16 @@ from typing import Any
 #: How the 36x64 movie frame is laid out at the model input.
 FRAME_LAYOUTS: tuple[str, ...] = ("pad64", "native")
 
-#: Readouts: "pooled" averages the core over space before the shared cortex (the published DwiseNeuro);
-#: "gaussian" keeps the core's feature map and gives every neuron a learned position (a Gaussian blob over
-#: the map) and its own feature weights. Why both: with few channels the pooled readout cannot tell 1,000
-#: receptive-field positions apart, so its input gradient carries no picture (measured: reconstruction
-#: pixel correlation 0.03 from a pooled `tiny`); small CPU presets use the gaussian one.
-READOUTS: tuple[str, ...] = ("pooled", "gaussian")
+#: Readouts (decoder/encoder/readouts.py): "pooled" averages the core over space before the shared cortex (the
+#: published DwiseNeuro); "point" keeps the core's feature map and gives every neuron a learned position, read
+#: by bilinear interpolation, and its own feature weights; "gaussian" pools the map through a learned blob per
+#: neuron (dense: its cost grows with N x map size; models trained with it still load). Why a map readout:
+#: with few channels the pooled readout cannot tell 1,000 receptive-field positions apart, so its input
+#: gradient carries no picture (measured: reconstruction pixel correlation 0.03 from a pooled `tiny`); the CPU
+#: presets use "point", whose exported cost is a gather (`neurocine bench encoder --neurons 8000`).
+READOUTS: tuple[str, ...] = ("pooled", "gaussian", "point")
+#: Readouts that read the core's map (no cortex).
+MAP_READOUTS: tuple[str, ...] = ("gaussian", "point")
 
 #: Recorded movie frame size (height, width) in the Sensorium 2023 data.
 MOVIE_FRAME_SIZE: tuple[int, int] = (36, 64)
@@ -53,7 +57,7 @@ class EncoderConfig:
     frames: int = 16  # frames per model pass: every 2nd frame of a 2*frames window
     stem_kernel: int = 0  # spatial kernel of the stem; 0 = stem_stride (non-overlapping patches)
     squeeze_excite: bool = True
-    readout: str = "pooled"  # "pooled" (DwiseNeuro: space mean -> cortex -> readout) or "gaussian"
+    readout: str = "pooled"  # one of READOUTS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "core_features", tuple(int(v) for v in self.core_features))
@@ -76,8 +80,8 @@ class EncoderConfig:
             raise ValueError(f"preset {self.name!r}: readout must be one of {READOUTS}, got {self.readout!r}")
         if self.readout == "pooled" and not self.cortex_features:
             raise ValueError(f"preset {self.name!r}: the pooled readout needs cortex_features")
-        if self.readout == "gaussian" and self.cortex_features:
-            raise ValueError(f"preset {self.name!r}: the gaussian readout reads the core's map; no cortex")
+        if self.readout in MAP_READOUTS and self.cortex_features:
+            raise ValueError(f"preset {self.name!r}: the {self.readout} readout reads the core's map; no cortex")
         for width in (self.core_features[-1], *self.cortex_features):
             if width % self.groups:
                 raise ValueError(f"preset {self.name!r}: width {width} is not divisible by groups={self.groups}")
@@ -138,7 +142,7 @@ PRESETS: dict[str, EncoderConfig] = {
         core_features=(24, 48, 96),
         spatial_strides=(2, 2, 1),
         cortex_features=(),
-        readout="gaussian",
+        readout="point",
         softplus_beta=1.0,
         expansion=3,
         se_reduce=16,
@@ -153,7 +157,7 @@ PRESETS: dict[str, EncoderConfig] = {
         core_features=(16, 32),
         spatial_strides=(1, 2),
         cortex_features=(),
-        readout="gaussian",
+        readout="point",
         softplus_beta=1.0,
         expansion=2,
         se_reduce=8,
