@@ -47,7 +47,8 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--model", default=None, help="encoder (default: the built-in model)")
     p.add_argument("--trials", type=int, default=4, help="trials (tasks) per run (default 4)")
     p.add_argument("--iterations", type=int, default=3, help="offline iterations per task (default 3)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default): the model's ONNX graphs where it has them")
     p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="cpu")
     p.add_argument("--workers", default="1,2", help="Ray CPU counts to compare (default 1,2)")
     p.add_argument("--repeats", type=int, default=2,
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     frames = session.select_trials(trials[:1]).n_frames
     settings = dict(mode="offline", iterations=args.iterations, init="grey", lag=None, steps=None, warm_start=None,
                     ensemble=None, backend=args.backend, provider=args.provider, no_mask=False,
-                    grad_blur=DEFAULT_GRAD_BLUR, threads=1)
+                    grad_blur=DEFAULT_GRAD_BLUR, threads=1, allow_other_mouse=False)
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
 
     def plan(tag: str):

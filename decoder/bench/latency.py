@@ -28,6 +28,7 @@ log = get_logger("bench.latency")
 
 
 def register(bench_sub: Any) -> None:
+    from neurocine.decoder.reconstruct.models import add_model_args
     from neurocine.decoder.reconstruct.streaming import add_streaming_args
     from neurocine.streams.commandline import add_verb
 
@@ -35,12 +36,10 @@ def register(bench_sub: Any) -> None:
                  "neurocine bench latency --frames 600 --json out/latency.json --figure out/latency.png\n"
                  "neurocine bench latency --frames 18000   # a 10-minute replay at 30 Hz")
     p.add_argument("--session", help="session to replay (default: the built-in example, looped)")
-    p.add_argument("--model", action="append", help="model(s) for the decoder (default: the built-in model)")
     p.add_argument("--frames", type=int, default=600, help="source frames to replay (default 600 = 20 s)")
     add_streaming_args(p)
     p.add_argument("--provisional", action="store_true", help="the decoder also publishes provisional frames")
-    p.add_argument("--threads", type=int, default=None, help="decoder compute threads")
-    p.add_argument("--provider", choices=["cuda", "cpu"], default=None)
+    add_model_args(p, threads_default=None, threads_help="the decoder's compute threads (default: decode's own)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds at the start left out of the statistics")
     p.add_argument("--port", type=int, default=27550, help="first of two loopback ports to use")
     p.add_argument("--json", help="also write the result here")
@@ -57,6 +56,7 @@ def _percentiles(x: np.ndarray) -> dict[str, float | None]:
 
 def run(args: argparse.Namespace) -> int:
     from neurocine.decoder.live.pipeline import LivePipeline, truth_of
+    from neurocine.decoder.reconstruct.models import model_argv
     from neurocine.decoder.reconstruct.streaming import streaming_argv
     from neurocine.streams.commandline import emit_json
     from neurocine.streams.example import example_session_path
@@ -64,15 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     session_path = args.session or str(example_session_path())
     n_source = load_session(session_path).n_frames
-    decode_args = list(streaming_argv(args))
+    decode_args = [*streaming_argv(args), *model_argv(args)]
     if args.provisional:
         decode_args.append("--provisional")
-    for m in args.model or []:
-        decode_args += ["--model", m]
-    if args.threads:
-        decode_args += ["--threads", str(args.threads)]
-    if args.provider:
-        decode_args += ["--provider", args.provider]
     rows: list[tuple[float, ...]] = []
     truth: dict[int, np.ndarray] = {}
     decoded: dict[int, np.ndarray] = {}

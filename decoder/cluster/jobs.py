@@ -27,7 +27,7 @@ import numpy as np
 
 #: the reconstruction settings a batch passes to every unit (all of `reconstruct`'s options but the inputs)
 SETTING_KEYS = ("mode", "iterations", "init", "lag", "steps", "warm_start", "ensemble", "backend", "provider",
-                "no_mask", "grad_blur", "threads")
+                "no_mask", "grad_blur", "threads", "allow_other_mouse")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,13 +41,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 
 def gpus_per_task(backend: str, provider: str, requested: float | None = None) -> float:
-    """GPUs a task asks for: `requested`, else 1 with --provider cuda, or with 'auto' when the backend is ONNX
-    and the cluster has GPUs (torch runs on the CPU here)."""
+    """GPUs a task asks for: `requested`, else 1 with --provider cuda, or with 'auto' when the cluster has GPUs
+    (either backend then runs on one)."""
     if requested is not None:
         return requested
     if provider == "cuda":
         return 1.0
-    if provider == "auto" and backend == "onnx":
+    if provider == "auto":
         return 1.0 if import_ray().cluster_resources().get("GPU", 0) > 0 else 0.0
     return 0.0
 

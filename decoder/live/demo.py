@@ -28,6 +28,7 @@ DEFAULT_PORT = 5555
 
 
 def register(sub: Any) -> None:
+    from neurocine.decoder.reconstruct.models import add_model_args
     from neurocine.decoder.reconstruct.streaming import add_streaming_args
     from neurocine.streams.commandline import add_verb
 
@@ -39,7 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument("--headless", action="store_true", help="no viewer window: write a video and a summary")
     p.add_argument("--source", choices=["replay", "rig"], default="replay",
                    help="replay the built-in example session (default) or run the live synthetic rig")
-    p.add_argument("--model", action="append", help="decoder model(s) (default: the built-in model)")
+    add_model_args(p, threads_default=None, threads_help="the decoder's compute threads (default: decode's own)")
     add_streaming_args(p)
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="source port; the decoder uses the next one")
     p.add_argument("--out-dir", default=".", help="where the video and summary go (default: here)")
@@ -60,6 +61,7 @@ def viewer_or_reason(headless_asked: bool) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from neurocine.decoder.live.pipeline import LivePipeline, truth_of
+    from neurocine.decoder.reconstruct.models import model_argv
     from neurocine.decoder.reconstruct.streaming import streaming_argv
 
     out_dir = Path(args.out_dir)
@@ -68,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
     headless = reason is not None
     if headless and reason != "--headless":
         log.info(f"no viewer window ({reason}); running headless instead")
-    decode_args = list(streaming_argv(args))
-    for m in args.model or []:
-        decode_args += ["--model", m]
+    decode_args = [*streaming_argv(args), *model_argv(args)]
     source = ["replay", "--loop"] if args.source == "replay" else ["rig", "--synthetic"]
     truth: dict[int, np.ndarray] = {}
     decoded: dict[int, np.ndarray] = {}

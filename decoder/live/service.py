@@ -146,6 +146,7 @@ class DecodeService:
         min_fraction: float = 0.5,
         max_backlog: int = MAX_BACKLOG,
         every_step: bool = False,
+        allow_other_mouse: bool = False,
     ) -> None:
         self.models = list(models or [])
         self.sub, self.pub = sub, pub
@@ -155,6 +156,7 @@ class DecodeService:
         self._said_no_inverse = False
         self.backend, self.providers, self.threads = backend, providers, threads
         self.min_fraction = min_fraction
+        self.allow_other_mouse = allow_other_mouse
         self.stats = ServiceStats()
         self.recon: Any = None
         self.columns: np.ndarray | None = None
@@ -196,7 +198,8 @@ class DecodeService:
             self._last_load = time.monotonic()
             self._loaded[key] = load_models(self.models or None, header_session(h), None, backend=self.backend,
                                             providers=self.providers, threads=self.threads, cache=self._members,
-                                            fuse=self.config.ensemble == "gradients")
+                                            fuse=self.config.ensemble == "gradients",
+                                            allow_other_mouse=self.allow_other_mouse)
             while len(self._loaded) > MODEL_CACHE:
                 self._loaded.popitem(last=False)
         self._loaded.move_to_end(key)
@@ -444,24 +447,21 @@ class DecodeService:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def register(sub: Any) -> None:
+    from neurocine.decoder.reconstruct.models import add_model_args
     from neurocine.decoder.reconstruct.streaming import add_streaming_args
     from neurocine.streams.commandline import add_verb
 
     p = add_verb(sub, "decode", "decode service: rig traces in, decoded movie frames out (ZeroMQ)",
                  "neurocine decode --connect tcp://127.0.0.1:5555 --bind tcp://127.0.0.1:5556 --lag 32 --steps 2\n"
                  "neurocine decode --model models/m1 --model models/m2 --provider cuda --connect tcp://rig:5555")
-    p.add_argument("--model", action="append", help="exported model folder (gradient.onnx), a synthetic "
-                   "mouse folder, or 'oracle'; repeat for an ensemble (default: the built-in model)")
     p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="the rig's (or replay's) endpoint")
     p.add_argument("--bind", default="tcp://127.0.0.1:5556", help="where decoded frames are published")
     add_streaming_args(p)
     p.add_argument("--provisional", action="store_true",
                    help="also publish each arriving frame's current estimate at once (final=False), for closed loops")
-    p.add_argument("--provider", choices=["cuda", "cpu"], default=None,
-                   help="ONNX Runtime provider (default: CUDA when available, else CPU)")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help=f"ONNX Runtime intra-op (or torch) threads; 0 = all cores (default {DEFAULT_THREADS}: measured "
-                        "best on a 2-core machine, where a second thread competes with the I/O thread)")
+    add_model_args(p, threads_default=DEFAULT_THREADS,
+                   threads_help=f"ONNX Runtime intra-op (or torch) threads; 0 = all cores (default {DEFAULT_THREADS}: "
+                   "measured best on a 2-core machine, where a second thread competes with the I/O thread)")
     p.add_argument("--every-step", action="store_true",
                    help="never shed steps: every frame gets --steps however far behind the decoder falls (replays "
                         "where real time does not matter; frames then wait in the inbox, up to its bound)")
@@ -474,19 +474,18 @@ def register(sub: Any) -> None:
 
 def run(args: Any) -> int:
     from neurocine.decoder.reconstruct.backends import BackendError
-    from neurocine.decoder.reconstruct.models import backend_of, default_models
+    from neurocine.decoder.reconstruct.models import default_models, providers_for, resolve_backend
     from neurocine.decoder.reconstruct.offline import ReconstructionError
     from neurocine.decoder.reconstruct.streaming import streaming_config_from
     from neurocine.streams.commandline import emit_json, stop_on_sigterm
 
     models = args.model or default_models()
     try:
-        backend = backend_of(models)
+        backend = resolve_backend(models, args.backend)
+        providers = providers_for(args.provider)
     except BackendError as err:
         log.error(str(err))
         return 2
-    providers = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"],
-                 None: None}[args.provider]
     if backend == "onnx":  # a graph that cannot load, batch or run on --provider: say so now, not per session
         from neurocine.decoder.reconstruct.backends import BackendError, check_graphs
 
@@ -500,7 +499,7 @@ def run(args: Any) -> int:
         service = DecodeService(models, sub, pub, config=streaming_config_from(args), provisional=args.provisional,
                                 backend=backend,
                                 providers=providers, threads=args.threads, min_fraction=args.min_fraction,
-                                every_step=args.every_step)
+                                every_step=args.every_step, allow_other_mouse=args.allow_other_mouse)
         try:
             service.preload()
         except (BackendError, ReconstructionError) as e:

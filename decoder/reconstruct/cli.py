@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
         "the published offline method or the streaming optimiser.",
         epilog="example:\n  neurocine reconstruct --session streams/data/example.ncr --trial 0 "
         "--iterations 200 --out trial0.mp4\n"
-        "  neurocine reconstruct --model export/m0 --backend onnx --session s.ncr --mode streaming "
+        "  neurocine reconstruct --model models/m0 --session s.ncr --mode streaming "
         "--lag 32 --out s.npy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,14 +46,9 @@ def register(subparsers: Any) -> None:
 
 def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
     """Every option of a reconstruction but --out (shared with `neurocine batch`)."""
-    p.add_argument(
-        "--model",
-        action="append",
-        default=None,
-        help="encoder (repeat for an ensemble): a model folder (trained checkpoint and/or its ONNX "
-        "export; default: the built-in model decoder/models/default), gradient.onnx, a synthetic mouse "
-        "folder, or 'oracle' (the synthetic mouse that recorded the session)",
-    )
+    from neurocine.decoder.reconstruct.models import add_model_args
+
+    add_model_args(p)  # --model, --backend, --provider, --threads, --allow-other-mouse
     p.add_argument("--session", default=None, help="session file/folder (default: the built-in example)")
     p.add_argument(
         "--trial",
@@ -71,18 +66,10 @@ def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
                    help="offline start: the inverse decoder's estimate beside the model (default; grey when the "
                    "model has none) or grey (the paper's)")
     add_streaming_args(p)  # --lag, --steps, --grad-blur (offline too), --warm-start, --ensemble
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
-    p.add_argument(
-        "--provider",
-        choices=("auto", "cuda", "cpu"),
-        default="auto",
-        help="ONNX Runtime provider (auto: CUDA when available)",
-    )
     p.add_argument("--no-mask", action="store_true", help="ignore the alpha mask beside the model")
     p.add_argument("--smooth", type=float, default=SMOOTH_SIGMA, metavar="SIGMA",
                    help=f"3-D Gaussian post-smoothing of the reconstruction before scoring (default {SMOOTH_SIGMA}, "
                    "the paper's; the metrics without it are reported too, under 'unsmoothed')")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
 
 def _iterations(text: str) -> int | str:
@@ -109,14 +96,10 @@ def _progress(prefix: str) -> Callable[[int, int, float], None]:
     return report
 
 
-#: --provider -> ONNX Runtime providers (None: CUDA when available)
-PROVIDERS = {"auto": None, "cuda": ["CUDAExecutionProvider"], "cpu": ["CPUExecutionProvider"]}
-
-
 def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -> (Session, LoadedModels)
     """The session (args.session, args.trial; default: the built-in example) and its encoders (`models`,
     default args.model, else the built-in model). Raises FormatError/BackendError/OSError/ValueError."""
-    from neurocine.decoder.reconstruct.models import default_models, load_models
+    from neurocine.decoder.reconstruct.models import default_models, load_models, providers_for
     from neurocine.streams.formats import load_session
 
     if args.session is None:
@@ -127,8 +110,8 @@ def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -
     specs = models or args.model or default_models()
     streaming = getattr(args, "mode", "offline") == "streaming"
     ensemble = getattr(args, "ensemble", None) or ("gradients" if streaming else "videos")  # each mode's default
-    loaded = load_models(specs, session, args.session, args.backend, PROVIDERS[args.provider], args.threads,
-                         fuse=ensemble == "gradients")
+    loaded = load_models(specs, session, args.session, args.backend, providers_for(args.provider), args.threads,
+                         fuse=ensemble == "gradients", allow_other_mouse=args.allow_other_mouse)
     return session, loaded
 
 

@@ -8,8 +8,14 @@ Accepted today:
 - a trained encoder folder (config.json + model.safetensors, or such a `checkpoint/` inside it): torch
   backend, the mouse whose neuron ids match the session best;
 - an exported gradient graph: gradient.onnx, or the folder holding it (from decoder/encoder/export.py):
-  ONNX Runtime backend (`--backend onnx`); neuron ids from graph.json.
-The built-in model folder (decoder/models/default) holds both, so it runs on either backend.
+  ONNX Runtime backend; neuron ids from graph.json.
+The backend rule, one for every verb (`--backend auto`, the default): a model folder that has its ONNX graphs
+runs them under ONNX Runtime; torch runs checkpoints without graphs and the oracle, or when asked
+(`--backend torch`). `--provider cuda` runs on CUDA or fails naming CUDA, on either backend.
+
+A model belongs to a mouse: graph.json (or the checkpoint) names the mouse it was fitted on, and a session of
+another mouse is refused (`MouseMismatch`) unless the caller allows it (`--allow-other-mouse`): unit ids are
+unique only within a recording, so matching them across mice would decode silently from the wrong neurons.
 The alpha mask is looked up beside the (first) model: alpha_mask.npy; the inverse decoder (the optimiser's
 first guess, decoder/reconstruct/inverse.py) likewise: inverse.onnx.
 """
@@ -24,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from neurocine.decoder.reconstruct.backends import BackendError, Ensemble
+from neurocine.decoder.reconstruct.backends import PROVIDER_CHOICES, BackendError, Ensemble
 from neurocine.decoder.reconstruct.inverse import InverseDecoder, InverseError, find_inverse
 from neurocine.decoder.reconstruct.offline import load_alpha_mask, masks_from_alpha
 from neurocine.streams.session import Session
@@ -40,6 +46,91 @@ class LoadedModels:
     description: list[str]
     #: the first guess beside the (first) model folder that has one, reading the encoders' neurons in their order
     inverse: InverseDecoder | None = None
+
+
+class MouseMismatch(BackendError):
+    """A session of another mouse than the one a model was fitted on."""
+
+
+#: --backend: "auto" = the ONNX graphs where the model folder has them, else torch (see the module docstring).
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def add_model_args(p: Any, *, threads_default: int | None = 1, threads_help: str = "") -> None:
+    """--model, --backend, --provider, --threads and --allow-other-mouse, one definition for every verb that
+    runs an encoder (reconstruct, batch, decode, demo and the benches that decode)."""
+    p.add_argument("--model", action="append", default=None,
+                   help="model folder (its ONNX graphs and/or checkpoint; default: the built-in model "
+                   "decoder/models/default), gradient.onnx, a synthetic mouse folder, or 'oracle' (the synthetic "
+                   "mouse that recorded the session); repeat for an ensemble of one mouse")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (default): the model's ONNX graphs under ONNX Runtime where the folder has them, "
+                   "torch for checkpoints without graphs and the oracle; onnx or torch to insist")
+    p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto (default): CUDA where it runs, else the CPU; cuda: CUDA or an error naming it "
+                   "(ONNX Runtime and torch alike)")
+    p.add_argument("--threads", type=int, default=threads_default,
+                   help=threads_help or f"ONNX Runtime (or torch) CPU threads; 0 = all cores "
+                   f"(default {threads_default})")
+    p.add_argument("--allow-other-mouse", action="store_true",
+                   help="decode a session whose mouse is not the model's (neurons still matched by id); without it "
+                   "such a session is refused: calibrate a model for the mouse (neurocine calibrate)")
+
+
+def model_argv(args: Any) -> list[str]:
+    """add_model_args' options as given, for a `neurocine decode` started by another verb (demo, benches)."""
+    argv = [a for m in (args.model or []) for a in ("--model", m)]
+    argv += ["--backend", args.backend, "--provider", args.provider]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
+    return argv + (["--allow-other-mouse"] if args.allow_other_mouse else [])
+
+
+def resolve_backend(models: Sequence[str], requested: str = "auto") -> str:
+    """The backend that runs `models`: requested 'onnx'/'torch' as asked, 'auto' by backend_of."""
+    if requested not in BACKENDS:
+        raise BackendError(f"backend must be one of {BACKENDS}, got {requested!r}")
+    return backend_of(models) if requested == "auto" else requested
+
+
+def providers_for(provider: str | None) -> list[str] | None:
+    """--provider -> ONNX Runtime's providers (None: CUDA where it loads, else the CPU)."""
+    if provider not in PROVIDER_CHOICES:
+        raise BackendError(f"--provider must be one of auto, cuda, cpu; got {provider!r}")
+    return PROVIDER_CHOICES[provider]
+
+
+def torch_device(providers: Sequence[str] | None) -> str:
+    """The torch device for --provider: cuda when asked (an error naming CUDA where torch has none), the CPU
+    when asked, and for auto CUDA where torch sees a device."""
+    import torch
+
+    wanted = None if providers is None else providers[0]
+    if wanted == "CUDAExecutionProvider":
+        if not torch.cuda.is_available():
+            raise BackendError("--provider cuda: torch sees no CUDA device here (a CPU-only torch build, or no "
+                               "GPU); choose --provider cpu")
+        return "cuda"
+    if wanted is None and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def check_mouse(model_mouse: str | None, spec: str, session: Session, allow_other_mouse: bool) -> None:
+    """Refuse a session of another mouse than the model's (MouseMismatch), unless allowed. A model that names
+    no mouse (exported by an older version) and a session that names none pass with their ids matched."""
+    if allow_other_mouse or model_mouse is None or session.mouse_id == model_mouse:
+        return
+    raise MouseMismatch(
+        f"--model {spec} was fitted on mouse {model_mouse!r}, but the session is from mouse {session.mouse_id!r}: "
+        "unit ids are unique only within one recording, so its neurons cannot be matched by id. Calibrate a model "
+        f"for {session.mouse_id!r} from a recording with its stimulus (neurocine calibrate --recording REC "
+        f"--out models/{_safe_folder(session.mouse_id)}; minutes on a CPU), or pass --allow-other-mouse if both "
+        "names are the same animal and its ROIs")
+
+
+def _safe_folder(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "mouse"
 
 
 def _oracle_for_session(session: Session, session_path: str | Path | None):  # -> OracleEncoder
@@ -111,26 +202,39 @@ def _checkpoint_dir(p: Path) -> Path | None:
     return None
 
 
-def _pick_mouse(config: dict, session_ids: np.ndarray) -> str:
-    """The model's mouse whose neuron ids overlap the session's most."""
-    have = set(int(i) for i in session_ids)
+def _pick_mouse(config: dict, session: Session, spec: str, allow_other_mouse: bool) -> str:
+    """The checkpoint's mouse the session is from; with allow_other_mouse and no such mouse, the one whose
+    neuron ids overlap the session's most. A checkpoint of one mouse is that mouse (checked by check_mouse)."""
+    mice = list(config["neuron_ids"])
+    if session.mouse_id in mice:
+        return session.mouse_id
+    if len(mice) > 1 and not allow_other_mouse:
+        raise MouseMismatch(f"--model {spec} holds mice {mice}, not the session's {session.mouse_id!r}; calibrate a "
+                            "model for it (neurocine calibrate), or pass --allow-other-mouse to pick by neuron ids")
+    have = set(int(i) for i in session.neuron_ids)
     scores = {m: len(have.intersection(int(i) for i in ids)) for m, ids in config["neuron_ids"].items()}
-    return max(sorted(scores), key=lambda m: scores[m])
+    mouse = max(sorted(scores), key=lambda m: scores[m])
+    check_mouse(mouse, spec, session, allow_other_mouse)
+    return mouse
 
 
 def _load_one(spec: str, session: Session, session_path: str | Path | None, backend: str,
-              providers: Sequence[str] | None, threads: int | None):  # fmt: skip
-    """(backend, neuron ids or None, description, folder to look for the alpha mask in or None)."""
+              providers: Sequence[str] | None, threads: int | None, allow_other_mouse: bool = False):  # fmt: skip
+    """(backend, neuron ids or None, description, folder to look for the alpha mask in or None, model mouse)."""
     from neurocine.decoder.reconstruct.backends import OrtBackend, TorchBackend
 
     if spec == "oracle":
         if backend != "torch":
             raise BackendError("--model oracle (the synthetic mouse's own model) runs with --backend torch")
         oracle, note = _oracle_for_session(session, session_path)
-        return TorchBackend.from_oracle(oracle, threads=threads), _oracle_ids(oracle), note, None
+        member = TorchBackend.from_oracle(oracle, threads=threads, device=torch_device(providers))
+        return member, _oracle_ids(oracle), note, None, None
     p = Path(spec)
     if not p.exists():
         raise BackendError(f"--model {spec}: no such file or folder")
+    if (p / "INCOMPLETE").exists() or (p.parent / "INCOMPLETE").exists():
+        raise BackendError(f"--model {spec}: a model folder still being written, or left by a calibration that did "
+                           "not finish (it holds INCOMPLETE); rerun `neurocine calibrate`")
     graph = p if p.suffix == ".onnx" else p / "gradient.onnx"
     checkpoint = _checkpoint_dir(p) if p.is_dir() else None
     if backend == "onnx":
@@ -143,6 +247,7 @@ def _load_one(spec: str, session: Session, session_path: str | Path | None, back
             None if ids is None else np.asarray(ids),
             f"{member.name} on {member.provider}",
             graph.parent,
+            member.meta.get("mouse"),
         )
     if checkpoint is not None:
         from neurocine.decoder.encoder.checkpoint import CheckpointError, load_encoder
@@ -151,10 +256,10 @@ def _load_one(spec: str, session: Session, session_path: str | Path | None, back
             encoder, config = load_encoder(checkpoint)
         except CheckpointError as err:
             raise BackendError(f"--model {spec}: {err}") from err
-        mouse = _pick_mouse(config, session.neuron_ids)
-        member = TorchBackend.from_encoder(encoder, mouse, threads=threads)
+        mouse = _pick_mouse(config, session, spec, allow_other_mouse)
+        member = TorchBackend.from_encoder(encoder, mouse, threads=threads, device=torch_device(providers))
         ids = np.asarray(config["neuron_ids"][mouse])
-        return member, ids, f"encoder {config.get('preset')} ({mouse}) from {spec}", p
+        return member, ids, f"encoder {config.get('preset')} ({mouse}) from {spec} on {member.provider}", p, mouse
     if graph.is_file():
         raise BackendError(f"--model {spec} is an ONNX graph; use --backend onnx")
     from neurocine.decoder.encoder.oracle import OracleEncoder, find_mouse_folder
@@ -167,10 +272,11 @@ def _load_one(spec: str, session: Session, session_path: str | Path | None, back
         ) from err
     oracle = OracleEncoder.from_dataset(folder)
     return (
-        TorchBackend.from_oracle(oracle, threads=threads),
+        TorchBackend.from_oracle(oracle, threads=threads, device=torch_device(providers)),
         _oracle_ids(oracle),
         f"oracle from {spec}",
         folder,
+        oracle.mouse_id,
     )
 
 
@@ -178,31 +284,34 @@ def load_models(
     models: Sequence[str] | None,
     session: Session,
     session_path: str | Path | None,
-    backend: str = "torch",
+    backend: str = "auto",
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     cache: dict[str, Any] | None = None,
     fuse: bool = True,
+    allow_other_mouse: bool = False,
 ) -> LoadedModels:
-    """Backends for `models` (default: the oracle), neurons matched to the session's by id.
+    """Backends for `models` (default: the oracle), neurons matched to the session's by id; a session of
+    another mouse than a model's raises MouseMismatch unless `allow_other_mouse`.
 
     `cache` (a dict the caller keeps) holds the session-independent members (ONNX graphs): a new session
     then costs only the id matching, never a reload (see preload_models). `fuse`: merge an ONNX ensemble's
     graphs into one session; only averaging gradients uses it (ensembles of videos or in turn run members
     one by one), so callers that do not average say False and skip building it.
     """
-    if backend not in ("torch", "onnx"):
-        raise BackendError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    backend = resolve_backend(models or ["oracle"], backend)
     members, columns, notes, model_ids = [], [], [], []
     mask_from: Path | None = None
     folders: list[Path] = []
     for spec in models or ["oracle"]:
         if cache is not None and backend == "onnx" and spec in cache:
-            member, ids, note, mask_dir = cache[spec]
+            member, ids, note, mask_dir, mouse = cache[spec]
         else:
-            member, ids, note, mask_dir = _load_one(spec, session, session_path, backend, providers, threads)
+            member, ids, note, mask_dir, mouse = _load_one(spec, session, session_path, backend, providers, threads,
+                                                           allow_other_mouse)
             if cache is not None and backend == "onnx":
-                cache[spec] = (member, ids, note, mask_dir)
+                cache[spec] = (member, ids, note, mask_dir, mouse)
+        check_mouse(mouse, spec, session, allow_other_mouse)
         columns.append(match_columns(session.neuron_ids, ids, member.n_neurons, spec))
         members.append(member)
         notes.append(note)
@@ -253,15 +362,17 @@ def preload_models(models: Sequence[str], backend: str, providers: Sequence[str]
     gradient.onnx, graph.json, alpha_mask.npy or inverse.onnx is an error naming the file before any session
     arrives."""
     cache = {} if cache is None else cache
+    backend = resolve_backend(models, backend)
     if backend != "onnx":
         for spec in models:
             if spec != "oracle" and not Path(spec).exists():
                 raise BackendError(f"--model {spec}: no such file or folder")
+        torch_device(providers)  # --provider cuda without CUDA: an error now, not at the first session
         return cache
     empty = Session(np.zeros((0, 0), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
                     np.zeros(0, np.int64), 30.0, "none")
     for spec in models:
-        cache[spec] = _load_one(spec, empty, None, backend, providers, threads)
+        cache[spec] = _load_one(spec, empty, None, backend, providers, threads, allow_other_mouse=True)
         mask_dir = cache[spec][3]
         if mask_dir is not None:
             load_alpha_mask(mask_dir)
