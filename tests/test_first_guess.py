@@ -16,7 +16,8 @@ import pytest
 
 from neurocine.decoder.encoder.oracle import OracleEncoder
 from neurocine.decoder.reconstruct.backends import TorchBackend
-from neurocine.decoder.reconstruct.inverse import FULL_AGE, InverseDecoder, export_inverse, fit_inverse
+from neurocine.decoder.reconstruct.inverse import FULL_AGE, InverseDecoder, export_inverse
+from neurocine.decoder.reconstruct.inverse_fit import fit_inverse
 from neurocine.decoder.reconstruct.offline import AutoStop, OfflineConfig, reconstruct_offline
 from neurocine.decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor, reconstruct_streaming
 from neurocine.streams.session import Session, Trial, regular_timestamps

@@ -14,12 +14,12 @@ from neurocine.decoder.reconstruct.inverse import (
     SPAN,
     InverseDecoder,
     InverseError,
-    _features,
     export_inverse,
     find_inverse,
-    fit_inverse,
     span_windows,
 )
+from neurocine.decoder.reconstruct.inverse_fit import features as _features
+from neurocine.decoder.reconstruct.inverse_fit import fit_inverse
 from neurocine.streams.session import Session, Trial, regular_timestamps
 from tests.conftest import REPO
 
@@ -99,3 +99,19 @@ def test_train_inverse_cli_writes_a_graph_for_a_sensorium_folder(tmp_path: Path)
     r = subprocess.run([sys.executable, "-m", "neurocine", "train", "--inverse", "--data", str(data),
                         "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "graph.json" in r.stderr
+
+
+def test_many_neurons_are_fitted_through_their_principal_components(tmp_path: Path) -> None:
+    """Above max_neurons the fit works on the responses' principal components; the exported graph still reads
+    every neuron (the projection folded into its first layer) and decodes the planted picture."""
+    session = planted_session(n=40, seed=3)
+    fit = fit_inverse(session, max_neurons=6)
+    assert fit.report["frame"]["neuron_components"] == 6
+    a, _, _ = fit.heads["frame"]
+    assert a.shape[0] == len(fit.report["frame"]["offsets"]) * (40 + 4)
+    assert fit.report["frame"]["heldout_r_full_rank"] > 0.9  # 3 latents: 6 components hold them
+    dec = InverseDecoder(export_inverse(fit, tmp_path))
+    t0 = session.trials[-1]
+    movie = dec.movie(session.traces[t0.start : t0.stop], session.behaviour[t0.start : t0.stop])
+    truth = session.stimulus[t0.start : t0.stop].astype(np.float32)
+    assert np.corrcoef(movie[6:].ravel(), truth[6:].ravel())[0, 1] > 0.8

@@ -75,7 +75,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train_inverse(args: argparse.Namespace) -> int:
     """`neurocine train --inverse`: fit and export inverse.onnx into an exported model folder."""
-    from neurocine.decoder.reconstruct.inverse import InverseDecoder, InverseError, export_inverse, fit_inverse
+    from neurocine.decoder.reconstruct.inverse import InverseDecoder, InverseError, export_inverse
+    from neurocine.decoder.reconstruct.inverse_fit import fit_inverse
     from neurocine.streams.formats import FormatError
     from neurocine.streams.formats.sensorium import read_sensorium
 
@@ -148,6 +149,77 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     summary.pop("history", None)
     print(json.dumps(summary))
+    return 0
+
+
+CALIBRATE_EXAMPLE = """example:
+  neurocine rig --synthetic --seed 31337 --bind tcp://127.0.0.1:5555 &        # a mouse the core never saw
+  neurocine record --connect tcp://127.0.0.1:5555 --out m31337.ncr --seconds 600
+  neurocine calibrate --recording m31337.ncr --out models/synthetic-31337     # ~3 min on 2 cores
+  neurocine decode --model models/synthetic-31337 --connect tcp://127.0.0.1:5555
+  neurocine calibrate --recording data/mouse_a --minutes 10 --out models/mouse_a   # a Sensorium folder
+"""
+
+
+def register_calibrate(subparsers: argparse._SubParsersAction) -> None:
+    from neurocine.decoder.encoder.readout_fit import ReadoutFitOptions
+
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit a new mouse on the shared core from a calibration recording -> a ready model folder",
+        description="A model folder for a new mouse (or new ROIs) in one command: the shared core stays frozen; the "
+        "mouse's readout, its inverse decoder (first guess) and the ONNX graphs are fitted from a recording with "
+        "its stimulus (.ncr from `neurocine record`, .nwb, or a Sensorium folder's train tier). Progress on "
+        "stderr, a JSON summary (seconds per stage, held-out validation) on stdout; the folder says which mouse "
+        "and which neuron ids it was fitted on, and decode/reconstruct refuse sessions of other mice.",
+        epilog=CALIBRATE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from neurocine.decoder.encoder.calibrate import CORE_DIR
+
+    defaults = ReadoutFitOptions()
+    p.add_argument("--recording", nargs="+", required=True, metavar="PATH",
+                   help="calibration recording(s) of one mouse with its stimulus (.ncr, .nwb, Sensorium folder)")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
+    p.add_argument("--core", default=str(CORE_DIR), help="model folder of the shared core (default: the shipped one)")
+    p.add_argument("--mouse", default=None, help="the mouse's id (default: the recording's; the rig must send it)")
+    p.add_argument("--minutes", type=float, default=None, help="use only the first M minutes of the recording")
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
+    p.add_argument("--steps", type=int, default=defaults.steps, help=f"readout fit steps (default {defaults.steps})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (atomically)")
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from neurocine.decoder.encoder.calibrate import CalibrateOptions, CalibrationError, calibrate
+    from neurocine.decoder.encoder.readout_fit import ReadoutFitOptions
+    from neurocine.streams.commandline import emit_json
+    from neurocine.streams.formats import FormatError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not 0 < args.holdout < 0.5 or (args.minutes is not None and args.minutes <= 0) or args.steps < 1:
+        get_logger("calibrate").error("--holdout must be in (0, 0.5), --minutes > 0 and --steps >= 1")
+        return 2
+    bad = [p for p in args.recording if not Path(p).exists()]
+    if bad:
+        get_logger("calibrate").error(f"--recording {bad[0]}: no such file or folder")
+        return 2
+    readout = dataclasses.replace(ReadoutFitOptions(), steps=args.steps, seed=args.seed)
+    opts = CalibrateOptions(recordings=list(args.recording), out=args.out, core=args.core, mouse=args.mouse,
+                            minutes=args.minutes, holdout=args.holdout, readout=readout, overwrite=args.overwrite)
+    try:
+        summary = calibrate(opts)
+    except (CalibrationError, FormatError, ValueError) as err:
+        get_logger("calibrate").error(str(err))
+        return 2
+    emit_json(summary)
     return 0
 
 

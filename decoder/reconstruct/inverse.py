@@ -13,8 +13,8 @@ trial) becomes the neuron's mean, i.e. no evidence. Two heads share the graph:
   temporal filters put a frame's evidence there); complete once the frame is 10 frames old;
 - ``frame_causal`` uses the responses *up to* the frame (offsets -10..0): what exists when the frame's own
   responses arrive, for provisional frames and the warm start of the newest frame.
-The ridge penalty and the rank are chosen on held-out training trials (the last `HOLDOUT` of them); the rank
-is the smallest whose held-out score is within 1 % of full rank (it keeps the shipped files small).
+The ridge penalty and the rank are chosen on held-out training trials; the rank is the smallest whose held-out
+score is within 1 % of full rank (it keeps the shipped files small). The fit: inverse_fit.py.
 
 Exported as ``inverse.onnx`` beside the encoder graphs (standard operators; neuron ids, offsets and the fit
 in its metadata) and run with ONNX Runtime (`InverseDecoder`).
@@ -29,8 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from neurocine.streams.session import Session
-
 INVERSE_FILE = "inverse.onnx"
 #: Offsets (frames relative to the target frame) of the two heads; the graph's input spans their union.
 OFFSETS_FULL = (0, 2, 4, 6, 8, 10)
@@ -38,9 +36,6 @@ OFFSETS_CAUSAL = (-10, -8, -6, -4, -2, 0)
 SPAN = tuple(range(min(OFFSETS_CAUSAL), max(OFFSETS_FULL) + 1, 2))  # (-10, -8, ..., 10): 11 input frames
 #: Complete evidence for the full head: a frame this many frames old has all its offsets.
 FULL_AGE = max(OFFSETS_FULL)
-LAMBDAS = (1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)  # ridge penalties tried (features standardised: ~T per diagonal)
-RANKS = (8, 16, 32, 48, 64, 96, 128)
-HOLDOUT = 0.1
 #: Weight of the inverse decoder's own estimate in what the optimisers emit (streaming and offline, when it is
 #: the start): the gradient inversion through the CPU-sized encoders is weaker than this decoder alone, and
 #: mixing the two beats both (built-in model, bench quality's movies: inverse 0.406, streaming 1 step from it
@@ -53,7 +48,7 @@ class InverseError(ValueError):
     """An inverse decoder cannot be fitted, loaded or applied to these inputs."""
 
 
-# ---------------------------------------------------------------------------------------------- fitting
+# ---------------------------------------------------------------------------------------------- the fit
 @dataclasses.dataclass
 class InverseFit:
     """A fitted inverse decoder: per head, y = clip(((x - mean) / std) @ a @ b + bias, 0, 255)."""
@@ -65,140 +60,6 @@ class InverseFit:
     beh_std: np.ndarray  # (4,)
     heads: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> (a (F, r), b (r, P), bias (P,))
     report: dict[str, dict]  # name -> chosen lambda, rank, held-out scores
-
-
-def _features(resp_z: np.ndarray, beh_z: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
-    """(T, len(offsets) * (N + 4)) features of every frame of one trial; outside the trial: 0 (the mean)."""
-    t_len, n = resp_z.shape
-    out = np.zeros((t_len, len(offsets), n + 4), np.float32)
-    for k, o in enumerate(offsets):
-        lo, hi = max(0, -o), min(t_len, t_len - o)
-        if hi > lo:
-            out[lo:hi, k, :n] = resp_z[lo + o : hi + o]
-            out[lo:hi, k, n:] = beh_z[lo + o : hi + o]
-    return out.reshape(t_len, -1)
-
-
-def _trial_arrays(session: Session) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    if session.stimulus is None:
-        raise InverseError(f"session {session.mouse_id}: the training tier has no videos to fit frames to")
-    return [(session.traces[t.start : t.stop], session.behaviour[t.start : t.stop],
-             session.stimulus[t.start : t.stop].reshape(t.stop - t.start, -1).astype(np.float32))
-            for t in session.trials if t.stop > t.start]
-
-
-def _trial_scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
-    """Mean over trials of the Pearson r over all (frame, pixel) pairs."""
-    from neurocine.decoder.analysis.metrics import corr
-
-    return float(np.mean([corr(p, y) for p, y in zip(preds, truths, strict=True)]))
-
-
-def fit_inverse(session: Session, log: callable = lambda msg: None) -> InverseFit:  # type: ignore[valid-type]
-    """Fit both heads on a training session (trials with their stimulus); deterministic."""
-    trials = _trial_arrays(session)
-    if len(trials) < 3:
-        raise InverseError(f"fitting an inverse decoder needs at least 3 training trials, got {len(trials)}")
-    traces = np.concatenate([r for r, _, _ in trials])
-    resp_mean = np.nan_to_num(np.nanmean(traces, axis=0)).astype(np.float32)
-    resp_std = np.maximum(np.nan_to_num(np.nanstd(traces, axis=0), nan=1.0), 1e-3).astype(np.float32)
-    beh = np.concatenate([b for _, b, _ in trials])
-    beh_mean = np.nan_to_num(np.nanmean(beh, axis=0)).astype(np.float32)
-    beh_std = np.maximum(np.nan_to_num(np.nanstd(beh, axis=0), nan=1.0), 1e-3).astype(np.float32)
-
-    def z(r: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (np.nan_to_num((r - resp_mean) / resp_std).astype(np.float32),
-                np.nan_to_num((b - beh_mean) / beh_std).astype(np.float32))
-
-    zs = [z(r, b) for r, b, _ in trials]
-    ys = [y for _, _, y in trials]
-    n_hold = max(1, round(HOLDOUT * len(trials)))
-    fit_idx, hold_idx = range(len(trials) - n_hold), range(len(trials) - n_hold, len(trials))
-    heads, report = {}, {}
-    for name, offsets in (("frame", OFFSETS_FULL), ("frame_causal", OFFSETS_CAUSAL)):
-        heads[name], report[name] = _fit_head(zs, ys, offsets, fit_idx, hold_idx, log, name)
-    return InverseFit(np.asarray(session.neuron_ids, np.int64), resp_mean, resp_std, beh_mean, beh_std, heads, report)
-
-
-def _fit_head(zs: list[tuple[np.ndarray, np.ndarray]], ys: list[np.ndarray], offsets: Sequence[int],
-              fit_idx: range, hold_idx: range, log: callable, name: str):  # type: ignore[valid-type]
-    """Ridge penalty and rank chosen on the held-out trials, then refitted on every trial."""
-
-    def gram(idx: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        xtx = xty = xs = ysum = None
-        count = 0
-        for i in idx:
-            x = _features(*zs[i], offsets).astype(np.float64)
-            y = ys[i].astype(np.float64)
-            xtx = x.T @ x if xtx is None else xtx + x.T @ x
-            xty = x.T @ y if xty is None else xty + x.T @ y
-            xs = x.sum(0) if xs is None else xs + x.sum(0)
-            ysum = y.sum(0) if ysum is None else ysum + y.sum(0)
-            count += x.shape[0]
-        return xtx, xty, xs, ysum, count
-
-    def decompose(stats: tuple) -> tuple:
-        """The centred normal equations in the eigenbasis of the features' covariance (once per data set)."""
-        xtx, xty, xs, ysum, count = stats
-        xm, ym = xs / count, ysum / count
-        c_xx = xtx - count * np.outer(xm, xm)  # centred: the bias is the mean frame
-        c_xy = xty - count * np.outer(xm, ym)
-        evals, evecs = np.linalg.eigh(c_xx)
-        return np.maximum(evals, 0), evecs, evecs.T @ c_xy, xm, ym
-
-    def solve(dec: tuple, lam: float, basis: bool = False) -> tuple:
-        """Weights (F, P), bias (P,) and, if asked, the output basis (P, k) of the fitted frames."""
-        evals, evecs, proj, xm, ym = dec
-        coef = proj / (evals + lam)[:, None]  # w in the eigenbasis of the features' covariance
-        w = evecs @ coef
-        return w, ym - xm @ w, _principal_outputs(np.sqrt(evals)[:, None] * coef) if basis else None
-
-    def predict(idx: range, w: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
-        return [np.clip(_features(*zs[i], offsets) @ w + bias, 0, 255) for i in idx]
-
-    held_truth = [ys[i] for i in hold_idx]
-    fit_stats = gram(fit_idx)
-    dec = decompose(fit_stats)
-    scores = []
-    for lam in LAMBDAS:
-        w, bias, _ = solve(dec, lam)
-        scores.append(_trial_scores(predict(hold_idx, w, bias), held_truth))
-        log(f"inverse {name}: lambda {lam:g}: held-out r {scores[-1]:.4f}")
-    best = int(np.argmax(scores))
-    lam = LAMBDAS[best]
-    w, bias, basis = solve(dec, lam, basis=True)
-    rank_scores = {}
-    for r in RANKS:
-        v = basis[:, :r]
-        rank_scores[r] = _trial_scores(predict(hold_idx, (w @ v) @ v.T, bias), held_truth)
-        log(f"inverse {name}: rank {r}: held-out r {rank_scores[r]:.4f}")
-    rank = next((r for r in RANKS if rank_scores[r] >= 0.99 * scores[best]), RANKS[-1])
-    # refit on every trial with the chosen penalty and rank
-    hold_stats = gram(hold_idx)
-    all_stats = tuple(a + b for a, b in zip(fit_stats, hold_stats, strict=True))
-    w, bias, basis = solve(decompose(all_stats), lam, basis=True)
-    v = basis[:, :rank]
-    head = ((w @ v).astype(np.float32), v.T.astype(np.float32), bias.astype(np.float32))
-    report = {"offsets": list(offsets), "lambda": lam, "rank": rank,
-              "heldout_r_by_lambda": {f"{lam_:g}": round(s, 4) for lam_, s in zip(LAMBDAS, scores, strict=True)},
-              "heldout_r_full_rank": round(scores[best], 4),
-              "heldout_r_by_rank": {str(r): round(s, 4) for r, s in rank_scores.items()},
-              "heldout_trials": len(hold_idx), "fit_trials": len(fit_idx)}
-    return head, report
-
-
-def _principal_outputs(m: np.ndarray) -> np.ndarray:
-    """Right singular vectors (P, k) of m (F, P), largest first, from the smaller of the two Gram matrices'
-    eigenproblems (reduced-rank regression: the fitted frames' principal directions; cheaper than an SVD)."""
-    f, p = m.shape
-    if p <= f:
-        evals, vecs = np.linalg.eigh(m.T @ m)
-        return vecs[:, ::-1]
-    evals, u = np.linalg.eigh(m @ m.T)
-    evals, u = evals[::-1], u[:, ::-1]
-    keep = evals > evals[0] * 1e-12
-    v = m.T @ u[:, keep] / np.sqrt(evals[keep])[None, :]
-    return v
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
