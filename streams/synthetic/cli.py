@@ -80,9 +80,13 @@ def register_rig(subparsers: Any) -> None:
                    help="accept commands here (ZeroMQ REP, JSON): {\"cmd\": \"movie\", \"k\": K}, "
                         "{\"cmd\": \"target\", \"name\": \"bar\"|\"checker\"}, {\"cmd\": \"grey\"}, "
                         "{\"cmd\": \"status\"}; the reply says which frame showed the change and when")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X",
+                   help="publish X times faster than real time (default 1: 30 Hz); the frames' times still say "
+                        "30 Hz, so a recording of it is a normal one made in 1/X of the time (tests, calibration "
+                        "dry runs)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--frames", type=int, metavar="N", help="stop after N frames")
-    stop.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    stop.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds of recording (at 30 Hz)")
     p.set_defaults(func=run_rig_verb)
 
 
@@ -100,6 +104,8 @@ def run_rig_verb(args: argparse.Namespace) -> int:
         if args.seconds < 0:
             raise ValueError(f"--seconds must be >= 0, got {args.seconds}")
         frames = round(args.seconds * 30.0)
+    if not args.speed > 0:
+        raise ValueError(f"--speed must be > 0, got {args.speed}")
     run_rig(args.bind, n_neurons=args.neurons, seed=args.seed, movie_seed=args.movie_seed, max_frames=frames,
-            wait_subscribers=args.wait_subscribers, control=args.control)
+            wait_subscribers=args.wait_subscribers, control=args.control, speed=args.speed)
     return 0

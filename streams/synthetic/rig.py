@@ -80,13 +80,15 @@ def run_rig(
     wait_subscribers: int = 0,
     wait_timeout_s: float | None = None,
     control: str | None = None,
+    speed: float = 1.0,
 ) -> RigReport:
     """Publish the synthetic mouse on `bind` until max_frames (None: until interrupted); first wait
     (up to wait_timeout_s) for `wait_subscribers` subscribers so that they see frame 0.
 
     With `control` (an endpoint), the rig is steerable (streams/control.py): a change received before a
     frame's deadline is shown in that frame, which is then generated at its deadline (a few ms late, on
-    purpose: without control each frame is computed ahead and sent on time)."""
+    purpose: without control each frame is computed ahead and sent on time). `speed` > 1 publishes that many
+    times faster than real time; the frames' acquisition times stay on the 30 Hz clock."""
     from neurocine.streams.protocol import SessionHeader
     from neurocine.streams.session import new_session_id
     from neurocine.streams.transport import Publisher
@@ -121,7 +123,7 @@ def run_rig(
         try:
             seq = 0
             while max_frames is None or seq < max_frames:
-                deadline = start + seq * period_ns
+                deadline = start + round(seq * period_ns / speed)
                 while True:
                     left = deadline - time.monotonic_ns()
                     if left <= 0:
