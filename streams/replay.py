@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import Progress
-from streams.session import Session, frame_trials, header_of, new_session_id
-from streams.transport import Publisher
+from neurocine.streams.commandline import Progress
+from neurocine.streams.session import Session, frame_trials, header_of, new_session_id
+from neurocine.streams.transport import Publisher
 
 SPIN_NS = 1_000_000  # busy-wait the last millisecond before a deadline: sleep() overshoots
 #: A replay waits for its slowest subscriber (nodrop), so a deep queue only holds frames in flight: a
