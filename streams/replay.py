@@ -122,8 +122,8 @@ def replay_decoded(
     Why: a decoded stream recorded by `neurocine record` plays back to a viewer or a closed-loop client
     exactly as the decode service sent it (its sequence numbers, timestamps, frames and stats).
     """
-    from streams.formats.native import iter_records
-    from streams.protocol import Decoded, ProtocolError, decode
+    from neurocine.streams.formats.native import iter_records
+    from neurocine.streams.protocol import Decoded, ProtocolError, decode
 
     if speed < 0:
         raise ValueError(f"speed must be >= 0, got {speed}")
