@@ -24,8 +24,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from neurocine.decoder.live.decoded import DecodedFrame, as_decoded_frame
+from neurocine.decoder.live.decoded import DecodedFrame, as_decoded_frame, follow
+from neurocine.streams.commandline import get_logger
 from neurocine.streams.protocol import TOPIC_DECODED, Decoded, ProtocolError
+from neurocine.streams.stall import DEFAULT_STALL, StallConfig, StallWatch
 from neurocine.streams.transport import Subscriber
 
 
@@ -48,6 +50,13 @@ class LiveFrame:
     decoded: DecodedFrame  # everything the decoder sent (queue and compute times, steps, stats)
 
     @property
+    def flushed(self) -> str:
+        """"" for a frame refined for the decoder's whole lag (or a provisional one); "end" or "switch" for a final
+        frame published early because the source session ended or another began (`lag` says how many frames
+        refined it). A decoder publishes nothing for a frame it never received."""
+        return self.decoded.flushed
+
+    @property
     def latency_ms(self) -> float:
         """Source frame published -> this client has its estimate (includes the decoder's lag)."""
         return (self.t_recv_ns - self.t_pub_ns) / 1e6
@@ -67,19 +76,23 @@ class ClientStats:
     malformed: int = 0  # decoded messages that are not decoded frames (counted, never fatal)
     sessions: int = 0
     last_error: str = ""
+    stalls: int = 0  # times the decoded stream of a live session went silent past the stall limit (logged)
+    stalled: bool = False  # ... and it is silent now
 
 
 class DecodedStream:
     """Subscriber to a decode service's `decoded` stream that hands over LiveFrames."""
 
     def __init__(self, connect: str, *, final: bool = True, provisional: bool = False, newest_only: bool = False,
-                 rcvhwm: int = 1000) -> None:
+                 rcvhwm: int = 1000, stall: StallConfig = DEFAULT_STALL) -> None:
         if not (final or provisional):
             raise ValueError("ask for final frames, provisional frames, or both")
         self.want_final, self.want_provisional, self.newest_only = final, provisional, newest_only
-        self._sub = Subscriber(connect, topics=(TOPIC_DECODED,), rcvhwm=rcvhwm)
+        self._sub = Subscriber(connect, topics=(TOPIC_DECODED,), rcvhwm=rcvhwm, stall=None)
         self.stats = ClientStats()
         self._session: str | None = None
+        #: a closed loop must know when the decoded movie stops: a warning (logger neurocine.client) and stats
+        self.watch = StallWatch(stall, get_logger("client"), connect)
 
     def __enter__(self) -> DecodedStream:
         return self
@@ -94,6 +107,8 @@ class DecodedStream:
             self.stats.malformed += 1
             self.stats.last_error = str(e)
             return None
+        follow(self.watch, d, time.monotonic())
+        self.stats.stalls, self.stats.stalled = self.watch.stalls, self.watch.stalled
         if not (self.want_final if d.final else self.want_provisional):
             self.stats.filtered += 1
             return None
@@ -116,6 +131,8 @@ class DecodedStream:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             msg = self._sub.recv(timeout_s=left)
             if msg is None:
+                self.watch.check(time.monotonic())
+                self.stats.stalls, self.stats.stalled = self.watch.stalls, self.watch.stalled
                 return None
             out = self._convert(msg, self._sub.last_recv_ns) if isinstance(msg, Decoded) else None
             if out is not None and self.newest_only:
