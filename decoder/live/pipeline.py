@@ -52,12 +52,12 @@ class LivePipeline:
     endpoint of a publisher the caller runs itself (a string), which starts nothing. `decode` holds the decoder's
     options without `--connect/--bind`; it publishes on `port + 1`. `watch_source` / `watch_decoded`: this
     process subscribes to the source's frames / the decoded stream (False: the caller connects its own consumer
-    to `decoded_ep`). The decoder's JSON summary (its stdout) is in `decoder_result` after close(). Used as a
-    context manager.
+    to `decoded_ep`). The decoder's JSON summary (its stdout) is in `decoder_result` after close(); with
+    `keep_decoder_log`, its last `log_lines` log lines are in `decoder_log`. Used as a context manager.
     """
 
     def __init__(self, source: Sequence[str] | str, decode: Sequence[str], port: int, keep_decoder_log: bool = False,
-                 *, watch_source: bool = True, watch_decoded: bool = True) -> None:
+                 *, watch_source: bool = True, watch_decoded: bool = True, log_lines: int = 200) -> None:
         own_source = not isinstance(source, str)
         self.source_ep = f"tcp://127.0.0.1:{port}" if own_source else str(source)
         self.decoded_ep = f"tcp://127.0.0.1:{port + 1}"
@@ -69,7 +69,7 @@ class LivePipeline:
         self._keep_log = keep_decoder_log
         #: the decoder's last stderr lines when `keep_decoder_log` (read by a thread, so a chatty decoder never
         #: blocks on a full pipe); otherwise its log goes to this process's stderr
-        self.decoder_log: collections.deque[str] = collections.deque(maxlen=200)
+        self.decoder_log: collections.deque[str] = collections.deque(maxlen=log_lines)
         #: the decoder's final JSON (its stats), read when it exits; None if it printed none
         self.decoder_result: dict[str, Any] | None = None
         self.procs: dict[str, subprocess.Popen] = {}
