@@ -85,6 +85,30 @@ def test_newest_only_skips_stale_frames() -> None:
     assert stream.stats.skipped_stale == 9
 
 
+def test_stream_counts_a_stall_of_a_live_session_and_not_the_silence_after_its_end() -> None:
+    from neurocine.streams.stall import StallConfig
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    with DecodedStream(ep, stall=StallConfig(stall_after_s=0.3)) as stream, Publisher(ep) as pub:
+        assert pub.wait_subscribers(1, 10)
+        for seq in range(3):
+            pub.send_raw(decoded("a", seq, True, noise_frame()))
+        assert len(receive_all(stream, 3)) == 3
+        deadline = time.monotonic() + 10
+        while not stream.stats.stalled and time.monotonic() < deadline:
+            assert stream.recv(timeout_s=0.1) is None
+        assert stream.stats.stalled and stream.stats.stalls == 1
+        t = time.time_ns()  # the session ends: the decoder flushes its last frame, marked
+        pub.send_raw(encode_decoded_frame(DecodedFrame("a", 3, t, t, t, t, 0, True, noise_frame(), trigger_seq=3,
+                                                       trigger_t_pub_ns=t, flushed="end")))
+        f = stream.recv(timeout_s=5)
+        assert f is not None and f.flushed == "end" and not stream.stats.stalled
+        t_end = time.monotonic()
+        while time.monotonic() < t_end + 0.9:  # three times the limit after the end: normal, no second stall
+            assert stream.recv(timeout_s=0.1) is None
+        assert stream.stats.stalls == 1
+
+
 def test_stream_refuses_to_hand_over_nothing() -> None:
     with pytest.raises(ValueError, match="final frames, provisional frames, or both"):
         DecodedStream("tcp://127.0.0.1:1", final=False, provisional=False)
