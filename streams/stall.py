@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-#: A rig at 30 Hz sends 60 frames in 2 s; a cut-off subscriber reconnects in ~0.2 s and a restarted publisher is
-#: heard again within 1 s (tests/test_transport_limits.py), so 2 s of silence inside a session is not normal.
+#: A rig at 30 Hz sends 60 frames in 2 s; a cut-off subscriber has frames again 133 ms after four 256 MiB messages
+#: (`neurocine bench fuzz --cutoffs 4`) and a restarted publisher is heard within 1 s (tests/test_stall.py), so 2 s
+#: of silence inside a session is not normal.
 STALL_AFTER_S = 2.0
 #: While a stall lasts, it is logged again this often (the status line repeats too, so the log says why).
 STALL_REPEAT_S = 10.0

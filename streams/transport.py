@@ -62,7 +62,7 @@ SESSION_BOUND_TOPICS = frozenset({TOPIC_FRAME, TOPIC_END, TOPIC_HEARTBEAT})
 CUTOFF_RECONNECT_S = 0.1
 #: ZeroMQ's own reconnect to a publisher that went away: first after 100 ms, backing off to this. Why 0.5 s, not
 #: ZeroMQ's 1 s: with the header sent on a join (JOIN_HEADER_MIN_S), a restarted publisher is heard again within a
-#: second (tests/test_transport_limits.py); a connect attempt to a dead port twice a second costs nothing.
+#: second (tests/test_stall.py); a connect attempt to a dead port twice a second costs nothing.
 RECONNECT_IVL_MAX_MS = 500
 #: A subscriber that joins gets the session header at once (not up to HEADER_INTERVAL_S later); joins this close
 #: together share one header (a peer flapping its connection cannot make the publisher send only headers).
