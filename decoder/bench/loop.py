@@ -139,10 +139,13 @@ class Loop(EventRunner):
             self.take_off(ev, "client")
 
     def run(self) -> None:
-        act = self.args.act_on
-        for kind in self.plan(self.args.events):
+        plan = self.plan(self.args.events)
+        n_targets = plan.count("target")
+        acts = [self.args.act_on] * n_targets if self.args.act_on != "alternate" else [  # half each, seeded order
+            str(k) for k in self.rng.permutation([KINDS[i % 2] for i in range(n_targets)])]
+        for kind in plan:
             if kind == "target":
-                self.run_event(kind, act_on=act if act != "alternate" else str(self.rng.choice(KINDS)))
+                self.run_event(kind, act_on=acts.pop())
             else:
                 self.run_event(kind)
         self.pump(time.time_ns() + int((self.args.lag / 30 + 1.5) * 1e9))  # the last final frames
