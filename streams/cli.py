@@ -8,6 +8,7 @@ a light rig install still gets a working CLI.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -23,6 +24,7 @@ from neurocine.streams.commandline import (
     get_logger,
     stop_on_sigterm,
 )
+from neurocine.streams.stall import DEFAULT_STALL
 
 
 def parse_trials(text: str) -> list[int]:
@@ -135,6 +137,9 @@ def _register_record(sub: Any) -> None:
     p.add_argument("--decoded", action="store_true",
                    help="record a decoder's output (`decoded` messages); by default only the rig's raw topics "
                    "(session, frame, end) are kept, so nothing injected as `decoded` lands in a raw recording")
+    p.add_argument("--stall-after", type=float, default=DEFAULT_STALL.stall_after_s, metavar="S",
+                   help="warn when a live session sends no valid frame for S seconds (default "
+                   f"{DEFAULT_STALL.stall_after_s:g}; the summary counts the stalls)")
     p.add_argument("--json", help="also write the summary here")
     p.set_defaults(func=_run_record)
 
@@ -151,7 +156,9 @@ def _run_record(args: argparse.Namespace) -> int:
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
     get_logger("record").info(f"{endpoints} -> {args.out} (Ctrl-C stops)")
     topics = TOPICS if args.decoded else RAW_TOPICS
-    with Subscriber(endpoints, topics=topics, rcvhwm=RECORD_RCVHWM, rcvbuf=RECORD_RCVBUF) as sub:
+    stall = dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
+    with Subscriber(endpoints, topics=topics, rcvhwm=RECORD_RCVHWM, rcvbuf=RECORD_RCVBUF, stall=stall,
+                    log_name="record") as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
                          until_end=args.until_end)
     emit_json({"record": summary.as_dict()}, args.json)
@@ -199,12 +206,10 @@ def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> Non
     p = add_verb(sub, "bench", "benchmarks (JSON out): transport, rig, encoder, ...",
                  "neurocine bench transport --json out/transport.json")
     bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    from neurocine.streams import bench_fuzz, bench_soak, bench_transport
+    from neurocine.streams import bench_transport
     from neurocine.streams.synthetic import bench as bench_rig
 
     bench_transport.register(bench_sub)
-    bench_fuzz.register(bench_sub)
-    bench_soak.register(bench_sub)
     bench_rig.register(bench_sub)
     for register in bench_plugins:
         register(bench_sub)

@@ -69,6 +69,9 @@ class RecordSummary:
     errors_by_kind: dict[str, int]
     seconds: float
     stopped_by: str
+    stalls: int = 0  # times a live session went silent past the stall limit (each logged as a warning)
+    stalled_s: float = 0.0
+    cutoffs: int = 0  # times the publisher cut the recorder off and it connected again
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,7 +141,8 @@ def record(
         path=str(out), frames=frames, decoded=decoded, sessions=sessions, gaps=st.gaps, missing=st.missing,
         gap_ranges=[list(r) for r in st.gap_ranges], duplicates=st.duplicates, out_of_order=st.out_of_order,
         malformed=st.malformed, unsynced=st.unsynced, late=st.late, errors_by_kind=st.errors_by_kind,
-        seconds=round(time.monotonic() - t0, 3), stopped_by=stopped_by,
+        seconds=round(time.monotonic() - t0, 3), stopped_by=stopped_by, stalls=st.stalls, stalled_s=st.stalled_s,
+        cutoffs=st.cutoffs,
     )
 
 

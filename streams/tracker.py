@@ -70,6 +70,12 @@ class StreamStats:
     nan_frames: int = 0  # frames with at least one NaN trace (a neuron not reported)
     heartbeats: int = 0
     ends: int = 0
+    # filled in by the Subscriber (streams/stall.py, transport.py): silences of a live session, cut-offs
+    stalls: int = 0  # times a live session's stream went silent for longer than the stall limit
+    stalled_s: float = 0.0  # their total length, the current one included
+    stalled: bool = False  # silent right now
+    stalled_for_s: float = 0.0  # ... for this long
+    cutoffs: int = 0  # times the publisher cut this subscriber off (oversized part, broken stream) and it reconnected
     errors_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
     gap_ranges: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (session, first, last)
 

@@ -29,6 +29,7 @@ from neurocine.streams.protocol import (
     TOPIC_HEARTBEAT,
     TOPICS,
     End,
+    Frame,
     Heartbeat,
     Message,
     ProtocolError,
@@ -39,6 +40,7 @@ from neurocine.streams.protocol import (
     encode_session,
 )
 from neurocine.streams.security import Keys, default_keys, insecure_allowed, is_loopback, secure_client, secure_server
+from neurocine.streams.stall import DEFAULT_STALL, StallConfig, StallWatch
 from neurocine.streams.tracker import StreamStats, StreamTracker
 
 #: ~100 s of 30 Hz frames per subscriber (about 100 MB at 8,000 neurons).
@@ -58,6 +60,13 @@ SESSION_PART_MARGIN = 128 * 1024
 SESSION_BOUND_TOPICS = frozenset({TOPIC_FRAME, TOPIC_END, TOPIC_HEARTBEAT})
 #: A publisher that cut us off (ZeroMQ drops a peer over MAXMSGSIZE for good) is connected to again after this.
 CUTOFF_RECONNECT_S = 0.1
+#: ZeroMQ's own reconnect to a publisher that went away: first after 100 ms, backing off to this. Why 0.5 s, not
+#: ZeroMQ's 1 s: with the header sent on a join (JOIN_HEADER_MIN_S), a restarted publisher is heard again within a
+#: second (tests/test_stall.py); a connect attempt to a dead port twice a second costs nothing.
+RECONNECT_IVL_MAX_MS = 500
+#: A subscriber that joins gets the session header at once (not up to HEADER_INTERVAL_S later); joins this close
+#: together share one header (a peer flapping its connection cannot make the publisher send only headers).
+JOIN_HEADER_MIN_S = 0.05
 
 log = logging.getLogger("neurocine.transport")
 
@@ -84,6 +93,8 @@ def session_part_limit(header: SessionHeader, ceiling: int = MAX_MESSAGE_BYTES) 
 
 #: A caller away from recv() longer than this, with messages waiting, was busy (not the stream silent).
 AWAY_NOTICED_NS = 20_000_000
+#: While a session is live, recv() wakes at least this often to notice a stall (streams/stall.py).
+STALL_CHECK_S = 0.25
 
 
 def _now_ns() -> int:
@@ -153,6 +164,7 @@ class Publisher:
         self._last_send_ns = 0
         self._subscribers: set[bytes] = set()
         self.joins = 0  # subscriptions seen, reconnections included
+        self._header_wanted = False  # a subscriber joined since the last header: send it now, not at the interval
         self._closed = False
 
     # ------------------------------------------------------------------ context manager
@@ -173,6 +185,7 @@ class Publisher:
                 if msg[0] == 1:
                     self._subscribers.add(msg[1:])
                     self.joins += 1
+                    self._header_wanted = True
                 else:
                     self._subscribers.discard(msg[1:])
 
@@ -224,12 +237,16 @@ class Publisher:
         last_send = self._last_send_ns
         self._send(encode_session(self.header))
         self._last_header_ns = _now_ns()
+        self._header_wanted = False
         # A header re-send is not news: keep the heartbeat timer, so an idle session still gets heartbeats
         # (their last_seq is how a subscriber notices frames lost at the end of a burst).
         self._last_send_ns = last_send
 
     def _maybe_resend_header(self, now: int) -> None:
-        if self.header is not None and now - self._last_header_ns >= self.header_interval_ns:
+        if self.header is None:
+            return
+        since = now - self._last_header_ns
+        if since >= self.header_interval_ns or (self._header_wanted and since >= JOIN_HEADER_MIN_S * 1e9):
             self._send_header()
 
     def send_frame(
@@ -245,6 +262,7 @@ class Publisher:
         if self.header is None:
             raise TransportError("send_frame before begin(): publish a session header first")
         now = _now_ns()
+        self._poll_subscriptions()  # a subscriber that (re)joined gets the header before this frame
         self._maybe_resend_header(now)
         t_pub = _now_ns()
         self._send(encode_frame(self.header.session_id, seq, t_acq_ns, t_pub, traces, behaviour, stimulus, trial))
@@ -284,6 +302,8 @@ class Subscriber:
     a heartbeat or a decoded message) or None when `timeout_s` passes. Malformed messages are
     counted in `stats`, kept in `errors`, passed to `on_error`, and raised only if `strict`.
     Each delivered message's raw parts are in `last_parts` (for bit-identical recording).
+    A caller that waits on its own poller registers every socket of `sockets` and calls `maintain()` every
+    turn: the reconnect after a cut-off and the stall warning happen there, whether or not anything arrives.
     """
 
     def __init__(
@@ -300,6 +320,8 @@ class Subscriber:
         in_order: bool = False,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         rcvbuf: int | None = None,
+        stall: StallConfig | None = DEFAULT_STALL,
+        log_name: str | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
@@ -315,7 +337,7 @@ class Subscriber:
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         self.hello = HELLO_PREFIX + uuid.uuid4().hex.encode()
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic)
@@ -346,6 +368,10 @@ class Subscriber:
         self._poller.register(self._monitor, zmq.POLLIN)
         self._cut: dict[str, float] = {}  # endpoint -> when it was disconnected without a reconnect attempt
         self._last_cut_log = -1e9
+        self._log = log if log_name is None else logging.getLogger(f"neurocine.{log_name}")
+        #: a session's stream that goes silent is logged (None: never, e.g. a decoded stream, which has no sessions)
+        self.stall = None if stall is None else StallWatch(stall, self._log, ", ".join(endpoints))
+        self._quiet = {"heartbeats": 0, "rejected": 0, "cutoffs": 0}  # what came instead of frames
 
     def __enter__(self) -> Subscriber:
         return self
@@ -355,7 +381,14 @@ class Subscriber:
 
     @property
     def stats(self) -> StreamStats:
-        return self.tracker.stats.snapshot()
+        st = self.tracker.stats.snapshot()
+        st.cutoffs = self.cutoffs
+        if self.stall is not None:
+            now = time.monotonic()
+            st.stalled, st.stalls = self.stall.stalled, self.stall.stalls
+            st.stalled_s = round(self.stall.stalled_s(now), 2)
+            st.stalled_for_s = round(self.stall.stalled_for(now), 2)
+        return st
 
     @property
     def session(self) -> SessionHeader | None:
@@ -365,12 +398,65 @@ class Subscriber:
     def errors(self) -> list[ProtocolError]:
         return list(self.tracker.errors)
 
+    @property
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        """Every socket an outside poller must wait on: the data socket first, then the connection monitor.
+
+        Why the monitor too: a cut-off (a part over MAXMSGSIZE, a broken ZMTP stream) is only seen there, and a
+        caller that polled the data socket alone never woke to reconnect (issue 26: `decode` deaf for good)."""
+        return (self._sock,) if self._monitor is None else (self._sock, self._monitor)
+
+    def maintain(self) -> None:
+        """Upkeep that must happen even when nothing arrives: connect again to a publisher that cut us off, and
+        say when an expected stream has gone silent. `recv` does it; a caller with its own poller calls it on
+        every turn (at least every ~0.1 s), whatever woke it."""
+        if self._monitor is not None and (self._cut or self._monitor.poll(0)):
+            self._watch_connections()
+        if self.stall is not None and self.stall.expecting and not self._sock.poll(0):  # nothing waits: silence
+            self.stall.check(time.monotonic(), self._quiet_hint())
+
+    def _quiet_hint(self) -> str:
+        q = self._quiet
+        said = []
+        if q["cutoffs"]:
+            said.append(f"the publisher cut this subscriber off {q['cutoffs']} time(s) (reconnected)")
+        if q["rejected"]:
+            said.append(f"{q['rejected']} message(s) rejected (stats.errors_by_kind)")
+        said.append(f"{q['heartbeats']} heartbeat(s): the publisher is up but sends no frame" if q["heartbeats"]
+                    else "no heartbeat either: the publisher is gone or unreachable")
+        return "; ".join(said)
+
+    def _upkeep_due_s(self) -> float | None:
+        """How long recv may block before maintain() is due (None: nothing pending)."""
+        due = None
+        if self._cut:  # wake up in time to reconnect
+            due = max(0.0, min(self._cut.values()) + CUTOFF_RECONNECT_S - time.monotonic())
+        if self.stall is not None and self.stall.expecting:
+            due = STALL_CHECK_S if due is None else min(due, STALL_CHECK_S)
+        return due
+
+    def _delivered(self, msg: Message) -> None:
+        """Feed the stall watch what the tracker let through."""
+        if self.stall is None:
+            return
+        now = time.monotonic()
+        if isinstance(msg, Frame):
+            self.stall.frame(msg.seq, now)
+            self._quiet = dict.fromkeys(self._quiet, 0)
+        elif isinstance(msg, SessionHeader):
+            self.stall.session(msg.session_id, now)
+        elif isinstance(msg, End):
+            self.stall.ended(now)
+        elif isinstance(msg, Heartbeat):
+            self._quiet["heartbeats"] += 1
+
     def recv(self, timeout_s: float | None = 1.0) -> Message | None:
         """Next deliverable message, or None if nothing valid arrived within `timeout_s`."""
         nxt = self.tracker.take_next()
         if nxt is not None:  # the frame that switched to a new session, right after that session's header
             msg, parts, recv_ns = nxt
             self.last_parts, self.last_recv_ns = parts, recv_ns
+            self._delivered(msg)
             return msg
         entered = _now_ns()
         left = self._left_ns
@@ -386,14 +472,15 @@ class Subscriber:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self._cut:  # wake up in time to reconnect
-                due = max(0.0, min(self._cut.values()) + CUTOFF_RECONNECT_S - time.monotonic())
+            due = self._upkeep_due_s()
+            if due is not None:
                 remaining = due if remaining is None else min(remaining, due)
             poll_ms = None if remaining is None else int(remaining * 1000)
             ready = dict(self._poller.poll(poll_ms))
             if self._monitor is not None and (self._monitor in ready or self._cut):
                 self._watch_connections()
             if self._sock not in ready:
+                self.maintain()
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
@@ -403,6 +490,7 @@ class Subscriber:
                 self._check_size(parts)
                 msg = self.tracker.accept_parts(parts, recv_ns)
             except ProtocolError as e:
+                self._quiet["rejected"] += 1
                 if self.on_error is not None:
                     self.on_error(e)
                 if self.strict:
@@ -413,6 +501,7 @@ class Subscriber:
                 delivered = self.tracker.delivered_parts
                 self.last_parts = parts if delivered is None else delivered
                 self.last_recv_ns = recv_ns
+                self._delivered(msg)
                 return msg
             if deadline is not None and time.monotonic() >= deadline:
                 return None
@@ -451,9 +540,10 @@ class Subscriber:
                 continue
             del self._cut[ep]
             self.cutoffs += 1
+            self._quiet["cutoffs"] += 1
             if now - self._last_cut_log >= 1.0:  # a peer that keeps doing it gets one line a second
                 self._last_cut_log = now
-                log.warning("%s cut this subscriber off (a message part over %d bytes, or a protocol error) and "
+                self._log.warning("%s cut this subscriber off (a message part over %d bytes, or a protocol error) and "
                             "ZeroMQ does not retry such a peer: connecting again (%d times so far)", ep,
                             self.max_message_bytes, self.cutoffs)
             with contextlib.suppress(zmq.ZMQError):  # already gone from the socket's endpoints

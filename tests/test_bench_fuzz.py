@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neurocine.streams.bench_fuzz import KINDS, fuzz
+from neurocine.decoder.bench.fuzz import KINDS, fuzz
 
 
 def test_small_fuzz_run_loses_no_valid_frame_and_crashes_nothing() -> None:

@@ -89,7 +89,8 @@ def test_subscriber_started_three_seconds_into_a_replay_decodes_within_a_second(
     rep = subprocess.Popen([sys.executable, "-m", "neurocine", "replay", str(tmp_path / "s.ncr"), "--bind", ep,
                             "--speed", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3.0)
+        with Subscriber(ep) as early:  # the replay is 3 s into its stream (a loaded machine starts it late)
+            assert wait_for(lambda: isinstance(m := early.recv(timeout_s=0.1), Frame) and m.seq >= 90, timeout=60)
         t_join = time.monotonic()
         session_after = None
         frames: list[Frame] = []

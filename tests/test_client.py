@@ -85,6 +85,30 @@ def test_newest_only_skips_stale_frames() -> None:
     assert stream.stats.skipped_stale == 9
 
 
+def test_stream_counts_a_stall_of_a_live_session_and_not_the_silence_after_its_end() -> None:
+    from neurocine.streams.stall import StallConfig
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    with DecodedStream(ep, stall=StallConfig(stall_after_s=0.3)) as stream, Publisher(ep) as pub:
+        assert pub.wait_subscribers(1, 10)
+        for seq in range(3):
+            pub.send_raw(decoded("a", seq, True, noise_frame()))
+        assert len(receive_all(stream, 3)) == 3
+        deadline = time.monotonic() + 10
+        while not stream.stats.stalled and time.monotonic() < deadline:
+            assert stream.recv(timeout_s=0.1) is None
+        assert stream.stats.stalled and stream.stats.stalls == 1
+        t = time.time_ns()  # the session ends: the decoder flushes its last frame, marked
+        pub.send_raw(encode_decoded_frame(DecodedFrame("a", 3, t, t, t, t, 0, True, noise_frame(), trigger_seq=3,
+                                                       trigger_t_pub_ns=t, flushed="end")))
+        f = stream.recv(timeout_s=5)
+        assert f is not None and f.flushed == "end" and not stream.stats.stalled
+        t_end = time.monotonic()
+        while time.monotonic() < t_end + 0.9:  # three times the limit after the end: normal, no second stall
+            assert stream.recv(timeout_s=0.1) is None
+        assert stream.stats.stalls == 1
+
+
 def test_stream_refuses_to_hand_over_nothing() -> None:
     with pytest.raises(ValueError, match="final frames, provisional frames, or both"):
         DecodedStream("tcp://127.0.0.1:1", final=False, provisional=False)
@@ -157,27 +181,29 @@ def test_example_client_detects_the_target_and_commands_the_rig() -> None:
 
 
 def test_bench_loop_scores_hits_false_alarms_and_overhead_from_what_it_recorded() -> None:
-    """The bench's arithmetic on a hand-made run: 2 targets (one found by the client, one missed), 2 catch
-    windows (one with a false alarm)."""
+    """The bench's arithmetic on a hand-made test block: 2 targets acted on with final frames (one found by the
+    client, one missed), 2 catch windows (one with a false alarm)."""
     import argparse
 
-    from neurocine.decoder.bench.loop import PERIOD_NS, Loop, summarise
+    from neurocine.decoder.bench.loop import PERIOD_NS, Loop, distribution, summarise
 
-    args = argparse.Namespace(window=1.0, provisional=False, events=4, lag=16, target="bar")
+    args = argparse.Namespace(window=1.0, act_on="final", events=4, lag=16, target="bar")
     loop = Loop.__new__(Loop)
-    loop.args, loop.action_kind, loop.config = args, "final", DetectorConfig()
+    loop.args, loop.configs = args, {"final": DetectorConfig(threshold=0.3, frames=1)}
     ms = 1_000_000
     t0 = 10**18
     shown = lambda seq: t0 + seq * PERIOD_NS  # noqa: E731
     loop.events = [
-        {"kind": "target", "on": {"seq": 100, "t_shown_ns": shown(100), "t_pub_ns": shown(100) + 2 * ms},
+        {"kind": "target", "act_on": "final",
+         "on": {"seq": 100, "t_shown_ns": shown(100), "t_pub_ns": shown(100) + 2 * ms},
          "off_cmd": "client", "off": {"seq": 131, "t_recv_ns": shown(126) + 63 * ms, "t_shown_ns": shown(131),
                                       "t_pub_ns": shown(131) + 2 * ms, "t_reply_ns": shown(131) + 3 * ms},
          "decision": {"seq": 110, "trigger_seq": 126, "t_acq_ns": shown(110), "trigger_t_pub_ns": shown(126) + 5 * ms,
                       "t_done_ns": shown(126) + 55 * ms, "t_recv_ns": shown(126) + 56 * ms,
                       "t_decision_ns": shown(126) + 57 * ms}},
         {"kind": "catch", "on": {"seq": 300, "t_shown_ns": shown(300), "t_pub_ns": shown(300) + 2 * ms}},
-        {"kind": "target", "on": {"seq": 500, "t_shown_ns": shown(500), "t_pub_ns": shown(500) + 2 * ms},
+        {"kind": "target", "act_on": "final",
+         "on": {"seq": 500, "t_shown_ns": shown(500), "t_pub_ns": shown(500) + 2 * ms},
          "off_cmd": "schedule", "off": {"seq": 530, "t_recv_ns": 0, "t_shown_ns": shown(530), "t_pub_ns": 0,
                                         "t_reply_ns": 0}},
         {"kind": "catch", "on": {"seq": 700, "t_shown_ns": shown(700), "t_pub_ns": shown(700) + 2 * ms}},
@@ -187,13 +213,16 @@ def test_bench_loop_scores_hits_false_alarms_and_overhead_from_what_it_recorded(
     loop.frames = [("final", s, shown(s), shown(s) + 2 * ms, s + 16, shown(s + 16) + 5 * ms, shown(s + 16) + 55 * ms,
                     shown(s + 16) + 56 * ms, 0.5 if s in (110, 710) else 0.0, shown(s + 16) + 6 * ms, 0, 40 * ms,
                     0.5 if s in (110, 710) else 0.0) for s in range(90, 760)]
-    out = summarise(loop, args, provisional_seen=False)
+    out = summarise(loop, args, calibration={})
     det = out["detection"]["final"]
-    assert (det["targets"], det["hits"], det["catch"], det["false_alarms"]) == (2, 1, 2, 1)
+    assert (det["targets_acted_on"], det["hits"], det["catch"], det["false_alarms"]) == (2, 1, 2, 1)
     assert det["detection_delay_frames"]["p50"] == 10
     assert det["background_fires"] == 0 and det["fired_at_seq"] == [110, 710]
     assert det["background_minutes"] == pytest.approx((670 - (31 + 45) - 30 - (30 + 45) - 30) / 30 / 60, abs=0.01)
-    assert det["decision_after_shown_ms"]["p50"] == pytest.approx((26 * PERIOD_NS + 57 * ms) / 1e6, abs=0.01)
+    decision = (26 * PERIOD_NS + 57 * ms) / 1e6
+    assert det["decision_after_shown_ms"]["p50"] == pytest.approx(decision, abs=0.1)
+    assert det["decision_after_shown_ms"]["values"] == [pytest.approx(decision, abs=0.1)]
+    assert det["windows"]["window_hits"] == 1 and det["windows"]["window_false_alarms"] >= 1
     ce = out["closed_events"]
     assert ce["n"] == 1  # the missed target was taken off by the schedule: no loop closed
     assert ce["rig_publish_ms"]["p50"] == 5 and ce["decoder_ms"]["p50"] == 50 and ce["delivery_ms"]["p50"] == 1
@@ -202,5 +231,6 @@ def test_bench_loop_scores_hits_false_alarms_and_overhead_from_what_it_recorded(
     assert ce["frame_clock_ms"]["p50"] == pytest.approx((5 * PERIOD_NS - 63 * ms) / 1e6, abs=0.01)
     pf = out["per_frame"]["final"]
     assert pf["to_decoder_ms"]["p50"] == 1 and pf["decoder_compute_ms"]["p50"] == 40
-    sweep = {r["threshold"]: r for r in out["detector_sweep"]["frames_1"]}
-    assert sweep[0.3]["hit_rate"] == 0.5 and sweep[0.3]["false_alarm_rate"] == 0.5
+    d = distribution([120.0, 250.0, 260.0, 410.0, 900.0])
+    assert (d["p50"], d["min"], d["max"]) == (260.0, 120.0, 900.0)
+    assert sum(d["histogram"]["counts"]) == 5 and d["histogram"]["counts"][2] == 2  # 200-300 ms: two decisions

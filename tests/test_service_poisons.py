@@ -125,6 +125,10 @@ def test_session_switch_flushes_and_a_flapping_session_never_reloads_models(smal
         svc.start_session(b)  # no `end` for a: its last `lag` frames must still come out
         seqs_a = [m.fields["seq"] for m in pub.sent if m.session_id == a.session_id]
         assert seqs_a == list(range(10))
+        # the last `lag` came out early, and say so: why (another session began) and how many frames refined them
+        early = [(m.fields["seq"], m.fields["flushed"], m.fields["lag"]) for m in pub.sent if m.fields["flushed"]]
+        assert early == [(6, "switch", 3), (7, "switch", 2), (8, "switch", 1), (9, "switch", 0)]
+        assert {m.fields["lag"] for m in pub.sent if not m.fields["flushed"]} == {4}
         for h in (a, b, a, b):  # a stranger's header flapping with the rig's: models come from the cache
             svc.start_session(h)
         assert len(loads) == 1 and svc.stats.deferred_loads == 0

@@ -61,6 +61,7 @@ def test_a_recorder_cut_off_for_an_oversized_message_reconnects_and_records_what
     (sid,) = read_recording(out).session_ids
     assert [f.seq for f in read_recording(out).frames[sid]] == list(range(40))
     assert json.loads(stdout)["record"]["frames"] == 40
+    assert json.loads(stdout)["record"]["cutoffs"] == 1  # counted in its summary too
 
 
 def test_the_session_header_bounds_every_part_of_its_frames() -> None:

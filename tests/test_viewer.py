@@ -111,3 +111,21 @@ def test_state_matches_truth_by_sequence_number_and_counts_drops() -> None:
     summ = s.summary()
     assert summ["decoded_frames"] == 3 and summ["drops"] == 2 and summ["last_seq"] == 4
     assert summ["pixel_correlation_mean"] == pytest.approx(1.0)
+
+
+def test_state_says_when_the_decoded_stream_of_a_live_session_stops_but_not_after_its_end() -> None:
+    from neurocine.streams.stall import StallConfig
+
+    s = ViewerState(stall=StallConfig(stall_after_s=1.0))
+    for seq in range(3):
+        s.on_decoded(DecodedFrame("a", seq, 0, 0, 0, 0, 8, True, pattern(seq)), now_ns=0, now_s=10.0 + seq / 30)
+    s.watch.check(10.5)
+    assert not s.summary()["stalled"]
+    s.watch.check(11.2)  # 1.1 s without a decoded frame while the session is live
+    assert s.summary()["stalled"] and s.summary()["stalls"] == 1
+    s.on_decoded(DecodedFrame("a", 3, 0, 0, 0, 0, 8, False, pattern(3)), now_ns=0, now_s=11.5)  # provisional counts
+    assert not s.summary()["stalled"] and s.summary()["stalled_s"] == pytest.approx(1.43, abs=0.01)
+    # the decoder flushes the session's last frames when it ends: silence after them is normal
+    s.on_decoded(DecodedFrame("a", 4, 0, 0, 0, 0, 0, True, pattern(4), flushed="end"), now_ns=0, now_s=11.6)
+    s.watch.check(60.0)
+    assert not s.summary()["stalled"] and s.summary()["stalls"] == 1

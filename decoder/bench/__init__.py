@@ -1,2 +1,3 @@
-"""`neurocine bench ...` for the decoder: speed (encoder, latency, batch), quality (quality, resolution) and
-the closed loop (loop). Each prints JSON; the README's numbers name the command that measured them."""
+"""`neurocine bench ...` for the decoder: speed (encoder, latency, batch), quality (quality, resolution), the
+closed loop (loop) and robustness of a real decoder (fuzz, soak). Each prints JSON; the README's numbers name the
+command that measured them."""

@@ -13,8 +13,12 @@ from typing import Any
 import numpy as np
 
 from neurocine.streams.protocol import Decoded, PayloadError, ProtocolError, encode_decoded
+from neurocine.streams.stall import StallWatch
 
 FRAME_SHAPE = (36, 64)
+#: Why a final frame came out before its lag was up: "" not early; "end" the source session ended; "switch"
+#: another session began. Nothing else is ever published: a gap's frames (never received) are not.
+FLUSH_CAUSES = ("", "end", "switch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,9 @@ class DecodedFrame:
     compute_ns: int = 0  # optimiser time spent on the trigger frame
     steps: int = 0  # optimiser steps run for the trigger frame (fewer than asked = shed)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # running service stats
+    #: "" for a frame refined for the whole lag; "end" / "switch" for one finalised early because the source
+    #: session ended or another began (its `lag` then says how many newer frames refined it)
+    flushed: str = ""
 
 
 def encode_decoded_frame(d: DecodedFrame) -> list[Any]:
@@ -53,6 +60,7 @@ def encode_decoded_frame(d: DecodedFrame) -> list[Any]:
         "compute_ns": int(d.compute_ns),
         "steps": int(d.steps),
         "stats": d.stats,
+        "flushed": str(d.flushed),
     }
     return encode_decoded(d.session_id, fields, [("frame", np.ascontiguousarray(d.frame, dtype=np.uint8))])
 
@@ -75,6 +83,10 @@ def as_decoded_frame(msg: Decoded) -> DecodedFrame:
     stats = msg.fields.get("stats") or {}
     if not isinstance(stats, dict):
         raise ProtocolError("decoded message field 'stats' must be a map", b"decoded")
+    flushed = msg.fields.get("flushed", "")  # absent in recordings made before it existed
+    if flushed not in FLUSH_CAUSES:
+        raise PayloadError(f"decoded message field 'flushed' must be one of {FLUSH_CAUSES}, got {flushed!r}",
+                           b"decoded")
     return DecodedFrame(
         session_id=msg.session_id,
         seq=_int(msg.fields, "seq"),
@@ -91,4 +103,18 @@ def as_decoded_frame(msg: Decoded) -> DecodedFrame:
         compute_ns=_int(msg.fields, "compute_ns"),
         steps=_int(msg.fields, "steps"),
         stats=stats,
+        flushed=flushed,
     )
+
+
+def follow(watch: StallWatch, d: DecodedFrame, now: float) -> None:
+    """Feed a consumer's stall watch one decoded frame (any kind, before the consumer filters them).
+
+    A decoded stream carries no session headers or ends: a new source session id starts one, and the frames the
+    decoder flushes because the source ended end it, so the silence after a session is not taken for a stall."""
+    if d.session_id != watch.session_id:
+        watch.session(d.session_id, now)
+    if d.flushed == "end":
+        watch.ended(now)
+    else:
+        watch.frame(d.seq, now)

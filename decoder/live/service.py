@@ -36,6 +36,7 @@ from neurocine.decoder.reconstruct.streaming import StreamingConfig
 from neurocine.streams.commandline import get_logger
 from neurocine.streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
 from neurocine.streams.session import Session
+from neurocine.streams.stall import DEFAULT_STALL
 from neurocine.streams.tracker import StreamStats
 from neurocine.streams.transport import Publisher, Subscriber
 
@@ -215,7 +216,7 @@ class DecodeService:
         from neurocine.decoder.reconstruct.streaming import make_streaming
 
         if self.recon is not None and self.session_id != h.session_id:
-            self._flush()  # the previous session's last `lag` frames are final now
+            self._flush("switch")  # the previous session's last `lag` frames are final now
         self._deferred = None
         if self._key(h) not in self._loaded and time.monotonic() - self._last_load < RELOAD_MIN_S:
             self.session_id, self.recon, self._deferred = h.session_id, None, h  # retried by the compute loop
@@ -286,13 +287,17 @@ class DecodeService:
         after an `end` (a forged one, or a rig resuming) go on being decoded."""
         if self.recon is None or e.session_id != self.session_id:
             return
-        self._flush()
+        self._flush("end")
 
-    def _flush(self) -> None:
+    def _flush(self, cause: str) -> None:
+        """The frames still inside the lag, final now, each marked `flushed` with the cause ("end" or "switch")
+        and its true lag (the newer frames that refined it): a consumer can tell them from lag-old frames."""
+        newest = int(getattr(self.recon, "last_seq", -1))
         for out in self.recon.flush():
-            self._publish(out, None, 0, 0, 0)
+            self._publish(out, None, 0, 0, 0, flushed=cause, newest=newest)
 
-    def _publish(self, out: Any, trigger: Frame | None, queue_ns: int, compute_ns: int, steps: int) -> None:
+    def _publish(self, out: Any, trigger: Frame | None, queue_ns: int, compute_ns: int, steps: int,
+                 flushed: str = "", newest: int = -1) -> None:
         if out.seq not in self._timing:
             self.stats.not_published += 1  # a gap frame: nothing is published for a seq never received
             return
@@ -303,7 +308,8 @@ class DecodeService:
         d = DecodedFrame(
             session_id=self.session_id or "", seq=out.seq, t_acq_ns=t_acq, t_pub_ns=t_pub,
             t_recv_ns=t_recv if trigger is None else self._trigger_recv(trigger), t_done_ns=time.time_ns(),
-            lag=(trigger.seq - out.seq) if trigger is not None else 0, final=True, frame=out.as_uint8(),
+            lag=(trigger.seq if trigger is not None else max(newest, out.seq)) - out.seq, final=True,
+            frame=out.as_uint8(), flushed=flushed,
             trigger_seq=trigger.seq if trigger is not None else out.seq,
             trigger_t_pub_ns=trigger.t_pub_ns if trigger is not None else t_pub,
             queue_ns=queue_ns, compute_ns=compute_ns, steps=steps, stats=self._wire_stats(),
@@ -408,7 +414,8 @@ class DecodeService:
         compute = threading.Thread(target=self._compute_loop, args=(address, max_decoded), name="decode-compute",
                                    daemon=True)
         poller = zmq.Poller()
-        poller.register(self.sub._sock, zmq.POLLIN)
+        for sock in self.sub.sockets:  # the data socket and its connection monitor (a cut-off shows only there)
+            poller.register(sock, zmq.POLLIN)
         poller.register(back, zmq.POLLIN)
         last_status = time.monotonic()
         compute.start()
@@ -417,8 +424,11 @@ class DecodeService:
                 ready = dict(poller.poll(50))
                 if back in ready:
                     self._forward(back)
-                if self.sub._sock in ready:
+                if self.sub.sockets[0] in ready:
                     self._receive()
+                # every turn, whatever woke it: reconnect after a cut-off, warn when the rig's stream goes silent
+                # (polling the data socket alone, the service never woke to reconnect: issue 26's 25-s stall)
+                self.sub.maintain()
                 self.pub.tick()
                 if time.monotonic() - last_status >= status_every_s:
                     last_status = time.monotonic()
@@ -442,7 +452,9 @@ class DecodeService:
         s, w = self.stats, self.sub.stats
         return (f"in {s.frames_in} out {s.decoded_out} steps {s.steps_run} shed {s.steps_shed} "
                 f"backlog_max {s.backlog_max} compute {s.compute_ms_last} ms gaps {w.gaps} malformed {w.malformed}"
-                f"{f' overflow {s.backlog_overflow}' if s.backlog_overflow else ''}")
+                f"{f' overflow {s.backlog_overflow}' if s.backlog_overflow else ''}"
+                f"{f' cutoffs {w.cutoffs}' if w.cutoffs else ''}{f' stalls {w.stalls}' if w.stalls else ''}"
+                f"{f' STALLED: no valid frame for {w.stalled_for_s:.1f} s' if w.stalled else ''}")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -467,6 +479,9 @@ def register(sub: Any) -> None:
                         "where real time does not matter; frames then wait in the inbox, up to its bound)")
     p.add_argument("--min-fraction", type=float, default=0.5,
                    help="refuse a stream holding fewer than this fraction of the model's neurons")
+    p.add_argument("--stall-after", type=float, default=DEFAULT_STALL.stall_after_s, metavar="S",
+                   help="warn when a live session sends no valid frame for S seconds (default "
+                   f"{DEFAULT_STALL.stall_after_s:g}; the status line and the JSON say so too)")
     p.add_argument("--max-decoded", type=int, default=None, help="stop after publishing this many frames")
     p.add_argument("--json", help="write the final stats here")
     p.set_defaults(func=run)
@@ -495,7 +510,9 @@ def run(args: Any) -> int:
             log.error(str(err))
             return 2
     stop_on_sigterm()
-    with Subscriber(args.connect, topics=RAW_TOPICS, in_order=True) as sub, Publisher(args.bind) as pub:
+    stall = dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
+    with Subscriber(args.connect, topics=RAW_TOPICS, in_order=True, stall=stall, log_name="decode") as sub, \
+            Publisher(args.bind) as pub:
         service = DecodeService(models, sub, pub, config=streaming_config_from(args), provisional=args.provisional,
                                 backend=backend,
                                 providers=providers, threads=args.threads, min_fraction=args.min_fraction,

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import time
 from typing import Any
 
 from neurocine.streams.commandline import get_logger
+from neurocine.streams.stall import DEFAULT_STALL
 
 log = get_logger("view")
 
@@ -38,6 +40,9 @@ def register(sub: Any) -> None:
     p.add_argument("--provisional", action="store_true",
                    help="show each frame's provisional estimate as it arrives (decode --provisional), not the final "
                    "frames a lag later: the newest picture a closed loop would act on")
+    p.add_argument("--stall-after", type=float, default=DEFAULT_STALL.stall_after_s, metavar="S",
+                   help="warn (log, readout, summary) when a live session's decoded frames stop for S seconds "
+                   f"(default {DEFAULT_STALL.stall_after_s:g})")
     p.add_argument("--seconds", type=float, default=None,
                    help="close the window by itself after this many seconds and print the summary (default: "
                    "run until closed or Ctrl-C)")
@@ -70,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from neurocine.decoder.view.window import ViewerWindow
 
-    window = ViewerWindow(args.connect, args.truth, rate_hz=args.rate, scale=args.scale, provisional=args.provisional)
+    stall = dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
+    window = ViewerWindow(args.connect, args.truth, rate_hz=args.rate, scale=args.scale, provisional=args.provisional,
+                          stall=stall)
     if args.screenshot:
         ok = window.run_until(args.frames, args.timeout)
         window.save_png(args.screenshot)

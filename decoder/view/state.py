@@ -4,11 +4,15 @@ matched with and the summary printed at the end (pure Python + numpy, so it is t
 from __future__ import annotations
 
 import collections
+import time
 from typing import Any
 
 import numpy as np
 
 from neurocine.decoder.analysis.metrics import corr
+from neurocine.decoder.live.decoded import follow
+from neurocine.streams.commandline import get_logger
+from neurocine.streams.stall import DEFAULT_STALL, StallConfig, StallWatch
 
 TRUTH_MEMORY = 900  # stimulus frames kept to match decoded frames (30 s at 30 Hz)
 HISTORY = 300  # points in the running correlation plot
@@ -25,8 +29,11 @@ PACE = 0.75
 class ViewerState:
     """What the window shows, kept apart from Qt so it can be tested and reused headless."""
 
-    def __init__(self, frame_rate_hz: float = 30.0, provisional: bool = False) -> None:
+    def __init__(self, frame_rate_hz: float = 30.0, provisional: bool = False, stall: StallConfig = DEFAULT_STALL,
+                 where: str = "") -> None:
         self.period_s = 1.0 / frame_rate_hz
+        #: the decoded stream going silent while a session is live is logged (and shown, and in the summary)
+        self.watch = StallWatch(stall, get_logger("view"), where)
         #: show provisional frames (each frame's estimate as it arrives, `decode --provisional`) instead of final ones
         self.provisional = provisional
         self.decoded: Any = None  # latest final DecodedFrame
@@ -54,7 +61,8 @@ class ViewerState:
         while len(self.truth) > TRUTH_MEMORY:
             self.truth.popitem(last=False)
 
-    def on_decoded(self, d: Any, now_ns: int) -> None:
+    def on_decoded(self, d: Any, now_ns: int, now_s: float | None = None) -> None:
+        follow(self.watch, d, time.monotonic() if now_s is None else now_s)  # every kind counts as the stream
         if d.final == self.provisional:
             return
         if d.session_id != self._decoded_session:
@@ -132,4 +140,5 @@ class ViewerState:
             "drops": int(self.decoded_missing + drops_on_wire),
             "skipped_on_screen": self.skipped,
             "pixel_correlation_mean": round(float(np.nanmean(corr)), 4) if self.correlations else None,
+            **self.watch.as_dict(),
         }

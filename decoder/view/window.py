@@ -12,6 +12,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 from neurocine.decoder.live.decoded import as_decoded_frame
 from neurocine.decoder.view.state import ViewerState
 from neurocine.streams.protocol import Decoded, Frame, ProtocolError
+from neurocine.streams.stall import DEFAULT_STALL, StallConfig
 from neurocine.streams.transport import Subscriber
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
@@ -25,13 +26,15 @@ class ViewerWindow(QtWidgets.QWidget):
     """Decoded | truth images, a running correlation plot and latency / rate / drop readouts."""
 
     def __init__(self, connect: str, truth: str | None, rate_hz: float = 30.0, scale: int = 6,
-                 provisional: bool = False) -> None:
+                 provisional: bool = False, stall: StallConfig = DEFAULT_STALL) -> None:
         self.app = pg.mkQApp("neurocine view")
         super().__init__()
         self.setWindowTitle(f"neurocine view: {connect}")
-        self.state = ViewerState(rate_hz, provisional)
-        self.decoded_sub = Subscriber(connect, topics=[b"decoded", b"heartbeat"])
-        self.truth_sub = Subscriber(truth, topics=[b"session", b"frame"]) if truth else None
+        self.state = ViewerState(rate_hz, provisional, stall, where=connect)
+        # the decoded stream's silences are the state's to judge (it has no sessions); the truth's, its subscriber's
+        self.decoded_sub = Subscriber(connect, topics=[b"decoded", b"heartbeat"], stall=None, log_name="view")
+        self.truth_sub = Subscriber(truth, topics=[b"session", b"frame", b"end"], stall=stall,
+                                    log_name="view") if truth else None
 
         layout = QtWidgets.QVBoxLayout(self)
         row = QtWidgets.QHBoxLayout()
@@ -89,11 +92,15 @@ class ViewerWindow(QtWidgets.QWidget):
                 except ProtocolError:
                     continue  # counted by nothing else: not a decoded frame; ignore, never crash the GUI
                 self.state.on_decoded(d, time.time_ns())
+        self.state.watch.check(time.monotonic())  # nothing more waits: is the decoded stream silent?
 
     # ------------------------------------------------------------------ drawing
     def tick(self) -> None:
         self._drain()
         self.draw(self.state.next_to_show(time.monotonic()))
+        if self.state.watch.stalled and time.monotonic() - self._stats_drawn_s >= 1 / STATS_REDRAW_HZ:
+            self._stats_drawn_s = time.monotonic()
+            self.draw_stats()  # no new frame redraws the readout during a stall: it must still say so
 
     def draw(self, d: Any) -> None:
         """Put decoded frame `d` (and its true stimulus) on screen; the stats at their own slower rate."""
@@ -116,14 +123,19 @@ class ViewerWindow(QtWidgets.QWidget):
             self.curve.setData(np.array(xs), np.nan_to_num(np.array(ys)))
         s = self.summary()
         corr = "-" if s["pixel_correlation_mean"] is None else f"{s['pixel_correlation_mean']:.3f}"
+        stalled = f"   STALLED {s['stalled_for_s']:.1f} s: no decoded frame" if s["stalled"] else ""
         self.readout.setText(
             f"frame {s['last_seq']}   latency {s['latency_ms_p50']:.1f} ms (p50, publish->shown)   "
-            f"{s['frame_rate_hz']:.1f} Hz   drops {s['drops']}   mean r {corr}"
+            f"{s['frame_rate_hz']:.1f} Hz   drops {s['drops']}   mean r {corr}{stalled}"
         )
 
     def summary(self) -> dict[str, Any]:
         wire = self.decoded_sub.stats
-        return self.state.summary(drops_on_wire=wire.missing)
+        out = self.state.summary(drops_on_wire=wire.missing)
+        if self.truth_sub is not None:
+            truth = self.truth_sub.stats
+            out["truth_stalls"], out["truth_stalled_s"] = truth.stalls, truth.stalled_s
+        return out
 
     # ------------------------------------------------------------------ offscreen use
     def run_until(self, n_frames: int, timeout_s: float) -> bool:
@@ -133,6 +145,9 @@ class ViewerWindow(QtWidgets.QWidget):
             self.app.processEvents()
             self._drain()
             if self.state.decoded_received >= n_frames:
+                # no more ticks: one would draw newer frames while the screenshot is taken, and the summary would
+                # name a frame other than the one on screen (seen on a loaded machine: correlation -0.38)
+                self.timer.stop()
                 self.draw(self.state.take_latest())
                 self.draw_stats()
                 self.app.processEvents()

@@ -1,16 +1,14 @@
 """`neurocine bench soak`: a real `neurocine decode` fed a valid 30 Hz stream for M minutes; its RSS, latency and
-optimiser steps sampled over time (JSON), to show that nothing grows or drifts in a long session."""
+optimiser steps sampled over time (JSON), to show that nothing grows or drifts in a long session. The decoder is
+started by the pipeline declaration (decoder/live/pipeline.py) with this process as the source."""
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from typing import Any
 
 import numpy as np
-
-from neurocine.streams.commandline import neurocine_argv
 
 
 def register(bench_sub: Any) -> None:
@@ -42,12 +40,13 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 
 
 def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: float) -> dict[str, Any]:
-    from neurocine.streams.bench_fuzz import _free_port, _rss_mb
+    from neurocine.decoder.bench.fuzz import _rss_mb
+    from neurocine.decoder.live.pipeline import LivePipeline, free_port_pair
     from neurocine.streams.example import example_session_path
     from neurocine.streams.formats import load_session
     from neurocine.streams.protocol import Decoded, Heartbeat
     from neurocine.streams.session import header_of
-    from neurocine.streams.transport import Publisher, Subscriber
+    from neurocine.streams.transport import Publisher
 
     session = load_session(example_session_path())
     h = header_of(session)
@@ -55,12 +54,11 @@ def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: fl
     samples: list[dict[str, Any]] = []
     got: set[int] = set()
     with Publisher("tcp://127.0.0.1:0", nodrop=True) as pub:
-        out = f"tcp://127.0.0.1:{_free_port()}"
         extra = [] if threads is None else ["--threads", str(threads)]
-        dec = subprocess.Popen(neurocine_argv("decode", "--connect", pub.endpoint, "--bind",
-                                out, "--lag", str(lag), "--steps", str(steps), *extra),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        with Subscriber(out) as sub:
+        pipe = LivePipeline(pub.endpoint, ["--lag", str(lag), "--steps", str(steps), *extra], free_port_pair(),
+                            keep_decoder_log=True, watch_source=False, log_lines=50)
+        with pipe:
+            dec, sub = pipe.procs["decoder"], pipe.decoded_sub
             heard, deadline = False, time.monotonic() + 120
             while not (heard and pub.n_subscribers >= 1) and time.monotonic() < deadline:
                 heard |= isinstance(sub.recv(timeout_s=0.05), Heartbeat)
@@ -91,9 +89,7 @@ def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: fl
             end = time.monotonic() + 30
             while len(got) < n_frames and time.monotonic() < end:
                 take(sub.recv(timeout_s=0.1))
-        crashed = dec.poll() is not None
-        dec.terminate()
-        dec.communicate(timeout=60)
+            crashed = dec.poll() is not None
     rss = [s["rss_mb"] for s in samples if s["rss_mb"] is not None]
     return {"benchmark": "soak", "minutes": minutes, "lag": lag, "steps": steps, "frames_sent": n_frames,
             "frames_decoded": len(got & set(range(n_frames))), "crashed": crashed,

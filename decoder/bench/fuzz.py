@@ -1,14 +1,18 @@
 """`neurocine bench fuzz`: hostile messages interleaved with a valid 30 Hz stream, against real processes.
 
 A publisher here plays the built-in example session at 30 Hz into a real `neurocine decode` and a real
-`neurocine record` (their own processes) and slips N hostile messages between the frames, evenly spread:
-random bytes, broken framing, frames of the wrong size or with Inf, stale and far-past duplicates, forged
-far-ahead seqs, heartbeats and `end`s claiming impossible counts, a stranger's session headers and
-injected `decoded` messages, frames with a part over the session's size limit (under the socket's
-ceiling). It reports crashes, how many valid frames each process lost, and their RSS
-before the hostile traffic and after it (JSON). Messages over the socket's ceiling are left out on purpose:
-ZeroMQ cuts such a peer off (the subscriber connects again, but frames sent meanwhile are lost), which only
-keys prevent.
+`neurocine record` (their own processes, wired by the pipeline declaration, decoder/live/pipeline.py) and slips N
+hostile messages between the frames, evenly spread: random bytes, broken framing, frames of the wrong size or
+with Inf, stale and far-past duplicates, forged far-ahead seqs, heartbeats and `end`s claiming impossible counts,
+a stranger's session headers and injected `decoded` messages, frames with a part over the session's size limit
+(under the socket's ceiling). It reports crashes, how many valid frames each process lost, and their RSS
+before the hostile traffic and after it (JSON).
+
+Messages over the socket's ceiling make ZeroMQ cut the peer off (frames sent until it connects again are lost;
+only keys prevent that), so they are apart: `--cutoffs K` sends K of them (`--cutoff-mb`, 256 MiB by default)
+on topic `frame` halfway through, at once, and reports how soon each process had valid frames again (the first
+valid frame sent after them that it decoded or recorded, in frames and ms at 30 Hz), what it lost, and whether it
+said so in its log (issue 26: four 256 MiB messages once left `decode` deaf for good).
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from neurocine.streams.commandline import neurocine_argv
-
 KINDS = ("random_bytes", "unknown_topic", "bad_header", "wrong_neuron_count", "infinite_traces", "stale_duplicate",
          "far_past_seq", "forged_far_jump", "huge_heartbeat", "forged_short_end", "foreign_session",
          "injected_decoded", "oversized_part")
@@ -40,6 +42,9 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--hostile", type=int, default=10_000, help="hostile messages to send (spread over the run)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the valid stream (30 Hz)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cutoffs", type=int, default=0, metavar="K",
+                   help="also send K messages over the subscribers' ceiling at once, halfway through (default 0)")
+    p.add_argument("--cutoff-mb", type=float, default=256.0, help="their size in MiB (default 256)")
     p.add_argument("--json", help="also write the result here")
     p.set_defaults(func=run)
 
@@ -105,50 +110,53 @@ class Hostile:
 def run(args: argparse.Namespace) -> int:
     from neurocine.streams.commandline import emit_json
 
-    emit_json(fuzz(args.hostile, args.seconds, args.seed), args.json)
+    emit_json(fuzz(args.hostile, args.seconds, args.seed, cutoffs=args.cutoffs,
+                   cutoff_bytes=int(args.cutoff_mb * (1 << 20))), args.json)
     return 0
 
 
-def _start(err: Path, *argv: str) -> subprocess.Popen:
-    """A real verb; its stderr goes to a file: a pipe nobody reads until the end fills (64 KiB) under a long run's
-    rate-limited logs and blocks the process in a print, which stalled a 10^6-message run."""
-    with open(err, "w") as f:
-        return subprocess.Popen(neurocine_argv(*argv), stdout=subprocess.PIPE, stderr=f,
-                                text=True)
+def _recovery(got: set[int], after: int, n_frames: int) -> dict[str, Any]:
+    """How soon valid frames flowed again after the cut-off messages sent right after frame `after`."""
+    back = min((q for q in got if after < q < n_frames), default=None)
+    return {"first_valid_seq_after": back,
+            "frames_until_back": None if back is None else back - after,
+            "ms_until_back": None if back is None else round((back - after) * 1000 / 30, 1),
+            "frames_lost_after": (n_frames - after - 1) - len({q for q in got if after < q < n_frames})}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
+def fuzz(n_hostile: int, seconds: float, seed: int = 0, cutoffs: int = 0,
+         cutoff_bytes: int = 256 << 20) -> dict[str, Any]:
     """One run (see the module docstring); returns the JSON-able result."""
+    import zmq
+
+    from neurocine.decoder.live.pipeline import LivePipeline, free_port_pair
     from neurocine.streams.example import example_session_path
     from neurocine.streams.formats import load_session
     from neurocine.streams.formats.native import read_recording
     from neurocine.streams.protocol import Decoded, Heartbeat
     from neurocine.streams.session import header_of
-    from neurocine.streams.transport import Publisher, Subscriber
+    from neurocine.streams.transport import Publisher
 
     session = load_session(example_session_path())
     h = header_of(session)
     n_frames, warm = max(1, int(seconds * 30)), 60  # the first 2 s are clean: RSS "before" is taken after them
+    cut_at = n_frames // 2 if cutoffs else -1
     hostile = Hostile(h, session.n_neurons, seed)
     kinds = np.random.default_rng(seed + 1).integers(0, len(KINDS), n_hostile)
     per_frame = np.bincount(np.linspace(warm, n_frames - 1, n_hostile).astype(int), minlength=n_frames)
     sent_by_kind = {k: 0 for k in KINDS}
     decoded: set[int] = set()
-    with tempfile.TemporaryDirectory() as tmp, Publisher("tcp://127.0.0.1:0", nodrop=True) as pub:
-        out_ep, ncr = f"tcp://127.0.0.1:{_free_port()}", Path(tmp) / "fuzz.ncr"
-        dec = _start(Path(tmp) / "decode.err", "decode", "--connect", pub.endpoint, "--bind", out_ep, "--lag", "4",
-                     "--steps", "0", "--threads", "1")
-        rec = _start(Path(tmp) / "record.err", "record", "--connect", pub.endpoint, "--out", str(ncr),
-                     "--until-end")
-        with Subscriber(out_ep) as sub:
+    with tempfile.TemporaryDirectory() as tmp, Publisher("tcp://127.0.0.1:0", nodrop=True) as pub, \
+            open(Path(tmp) / "record.err", "w") as rec_err:
+        ncr = Path(tmp) / "fuzz.ncr"
+        pipe = LivePipeline(pub.endpoint, ["--lag", "4", "--steps", "0", "--threads", "1"], free_port_pair(),
+                            keep_decoder_log=True, watch_source=False, log_lines=1 << 20)
+        with pipe:
+            dec, sub = pipe.procs["decoder"], pipe.decoded_sub
+            # the recorder's log to a file: a pipe nobody reads until the end fills (64 KiB) under a long run's
+            # rate-limited logs and blocks it in a print, which stalled a 10^6-message run
+            rec = pipe.add("record", ["record", "--connect", pub.endpoint, "--out", str(ncr), "--until-end"],
+                           stdout=subprocess.PIPE, stderr=rec_err, text=True)
 
             def drain(wait_s: float = 0.0) -> None:
                 m = sub.recv(timeout_s=wait_s)
@@ -171,6 +179,11 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
                 pub.send_frame(i, time.time_ns(), session.traces[j], session.behaviour[j])
                 if i == warm:
                     rss_before = {"decode": _rss_mb(dec.pid), "record": _rss_mb(rec.pid)}
+                if i == cut_at:
+                    huge = zmq.Frame(np.zeros(cutoff_bytes, np.uint8))  # one buffer, sent K times, not copied
+                    for _ in range(cutoffs):
+                        pub.send_raw([b"frame", huge])
+                    del huge
                 for _ in range(int(per_frame[i])):
                     kind = KINDS[int(kinds[k])]
                     pub.send_raw(hostile.make(kind, i))
@@ -181,22 +194,30 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
             rss_after = {"decode": _rss_mb(dec.pid), "record": _rss_mb(rec.pid)}  # the recorder stops at `end`
             pub.end()
             end = time.monotonic() + 30
-            while len(decoded & set(range(n_frames))) < n_frames and time.monotonic() < end:
-                drain(0.1)
+            while max(decoded, default=-1) < n_frames - 1 and time.monotonic() < end:  # the last one (a cut-off
+                drain(0.1)  # loses some on the way: they never come)
             rss_after["decode"] = _rss_mb(dec.pid)
             crashed = {"decode": dec.poll() is not None, "record": rec.poll() is not None and rec.returncode != 0}
-        try:
-            rec_out, _ = rec.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            rec.terminate()
-            rec_out, _ = rec.communicate(timeout=30)
-        dec.terminate()
-        dec_out, _ = dec.communicate(timeout=60)
-        dec_err = (Path(tmp) / "decode.err").read_text(errors="replace")
+            try:
+                rec_out, _ = rec.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                rec.terminate()
+                rec_out, _ = rec.communicate(timeout=30)
+            pipe.close(wait_s=60)
+        dec_err = "\n".join(pipe.decoder_log)
+        rec_log = (Path(tmp) / "record.err").read_text(errors="replace")
         recording = read_recording(ncr)
         good = {f.seq for f in recording.frames.get(h.session_id, []) if f.seq < n_frames
                 and np.array_equal(f.traces, session.traces[f.seq % session.n_frames], equal_nan=True)}
-    dec_stats = _json_tail(dec_out).get("decode", {})
+    dec_stats = (pipe.decoder_result or {}).get("decode", {})
+    cut = {}
+    if cutoffs:
+        cut = {"sent": cutoffs, "bytes_each": cutoff_bytes, "after_seq": cut_at,
+               "decode": {**_recovery(decoded, cut_at, n_frames), "cutoffs": dec_stats.get("wire", {}).get("cutoffs"),
+                          "warned": "cut this subscriber off" in dec_err},
+               "record": {**_recovery(good, cut_at, n_frames),
+                          "cutoffs": _json_tail(rec_out).get("record", {}).get("cutoffs"),
+                          "warned": "cut this subscriber off" in rec_log}}
     return {
         "benchmark": "fuzz",
         "hostile_sent": n_hostile, "hostile_by_kind": sent_by_kind, "valid_frames_sent": n_frames,
@@ -210,13 +231,15 @@ def fuzz(n_hostile: int, seconds: float, seed: int = 0) -> dict[str, Any]:
                                                               "not_published", "sessions")},
                    "wire": {k: dec_stats.get("wire", {}).get(k) for k in ("malformed", "rejected", "duplicates",
                                                                            "held_sessions", "errors_by_kind")},
-                   "stderr_tail": dec_err[-500:] if crashed["decode"] else ""},
+                   "stderr_tail": dec_err[-500:] if crashed["decode"] else "",
+                   "stalls": dec_stats.get("wire", {}).get("stalls")},
         "record": {"crashed": crashed["record"], "valid_frames_recorded": len(good),
                    "valid_frames_lost": n_frames - len(good),
                    "lost_seqs": sorted(set(range(n_frames)) - good)[:20],
                    "rss_mb_before": rss_before.get("record"), "rss_mb_after": rss_after["record"],
                    "summary": {k: _json_tail(rec_out).get("record", {}).get(k) for k in ("frames", "malformed",
-                                                                                         "decoded")}},
+                                                                                         "decoded", "stalls")}},
+        **({"cutoff": cut} if cut else {}),
     }
 
 
