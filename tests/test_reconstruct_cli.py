@@ -2,6 +2,9 @@
 
 import argparse
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from neurocine.decoder.analysis.metrics import METRICS, corr
 from neurocine.decoder.reconstruct import cli
 from neurocine.streams.formats import save_session
 from neurocine.streams.synthetic import TrialPlan, make_mouse, simulate_session
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +99,27 @@ def test_the_built_in_model_on_both_backends_gives_the_same_movie(session_file, 
         assert _run(*argv, "--out", str(outs[backend])) == 0
     a, b = (np.load(outs[k]).astype(np.float64).ravel() for k in ("torch", "onnx"))
     assert corr(a, b) > 0.99
+
+
+@pytest.mark.parametrize("verb", [
+    ["reconstruct", "--trial", "0", "--out", "{tmp}/x.npy"],
+    ["reconstruct", "--trial", "0", "--backend", "torch", "--out", "{tmp}/x.npy"],
+    ["decode", "--connect", "tcp://127.0.0.1:1", "--bind", "tcp://127.0.0.1:{port}"],
+    ["demo", "--headless", "--seconds", "5", "--out-dir", "{tmp}"],
+    ["batch", "--trial", "0", "--out", "{tmp}/b", "--num-cpus", "1"],
+    ["bench", "latency", "--frames", "30"],
+])
+def test_provider_cuda_without_cuda_fails_naming_cuda_on_every_verb(verb: list[str], tmp_path: Path) -> None:
+    """--provider cuda where CUDA cannot run: a non-zero exit and a message naming CUDA, never a silent CPU run
+    (this machine has no GPU; where one runs, the test says so and skips)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present here")
+    from tests.conftest import free_port
+
+    argv = [a.format(tmp=tmp_path, port=free_port()) for a in verb]
+    r = subprocess.run([sys.executable, "-m", "neurocine", *argv, "--provider", "cuda"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "CUDA" in r.stderr

@@ -56,9 +56,16 @@ def _percentiles(x: np.ndarray) -> dict[str, float | None]:
 
 def run(args: argparse.Namespace) -> int:
     from neurocine.decoder.live.pipeline import LivePipeline, truth_of
-    from neurocine.decoder.reconstruct.models import model_argv
+    from neurocine.decoder.reconstruct.backends import BackendError
+    from neurocine.decoder.reconstruct.models import check_model_args, model_argv
     from neurocine.decoder.reconstruct.streaming import streaming_argv
     from neurocine.streams.commandline import emit_json
+
+    try:
+        check_model_args(args)
+    except BackendError as err:
+        log.error(str(err))
+        return 2
     from neurocine.streams.example import example_session_path
     from neurocine.streams.formats import load_session
 

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         settings_of,
     )
     from neurocine.decoder.cluster.runner import ClusterError, gpus_per_task, run_plan, start_ray, summarise
+    from neurocine.decoder.reconstruct.backends import BackendError
     from neurocine.decoder.reconstruct.models import default_models
 
     if args.max_retries < 0:
@@ -96,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     try:
         check_batch_file(out, settings, models)
-    except UnitError as e:
+        if args.address is None:  # tasks run here: a model that cannot run (--provider cuda without CUDA) fails now
+            from neurocine.decoder.reconstruct.models import check_model_args
+
+            check_model_args(args)
+    except (UnitError, BackendError) as e:
         log.error(str(e))
         return 2
     start = time.perf_counter()

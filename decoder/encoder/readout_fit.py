@@ -30,8 +30,9 @@ from neurocine.decoder.encoder.readouts import PointReadout, bilinear_taps, plan
 class ReadoutFitOptions:
     """The readout fit's settings (`neurocine calibrate` reads its defaults here)."""
 
-    steps: int = 400  # Adam steps; the best held-out loss decides which parameters are kept
-    batch_frames: int = 1024  # frames per step
+    steps: int = 300  # Adam steps at most; the best held-out loss decides which parameters are kept
+    patience: int = 4  # stop after this many checks without a better held-out loss
+    batch_frames: int = 512  # frames per step
     lr: float = 0.01  # features and bias
     position_lr: float = 0.005  # positions (in -1..1 map units)
     weight_decay: float = 1e-3  # on the feature weights (they multiply unnormalised core features)
@@ -162,7 +163,10 @@ def fit_readout(readout: PointReadout, features: np.ndarray, responses: np.ndarr
                 best = (held, step, [p.detach().clone() for p in (*params, readout.position)])
             if progress:
                 progress(step, opts.steps, held)
+            if step - best[1] >= opts.patience * opts.check_every:
+                break
     with torch.no_grad():
         for p, v in zip((*params, readout.position), best[2], strict=True):
             p.copy_(v)
-    return {"heldout_loss_start": round(first, 5), "heldout_loss_best": round(best[0], 5), "best_step": best[1]}
+    return {"heldout_loss_start": round(first, 5), "heldout_loss_best": round(best[0], 5), "best_step": best[1],
+            "steps": step}

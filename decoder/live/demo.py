@@ -61,9 +61,15 @@ def viewer_or_reason(headless_asked: bool) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from neurocine.decoder.live.pipeline import LivePipeline, truth_of
-    from neurocine.decoder.reconstruct.models import model_argv
+    from neurocine.decoder.reconstruct.backends import BackendError
+    from neurocine.decoder.reconstruct.models import check_model_args, model_argv
     from neurocine.decoder.reconstruct.streaming import streaming_argv
 
+    try:
+        check_model_args(args)
+    except BackendError as err:
+        log.error(str(err))
+        return 2
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reason = viewer_or_reason(args.headless)

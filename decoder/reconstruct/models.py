@@ -86,6 +86,15 @@ def model_argv(args: Any) -> list[str]:
     return argv + (["--allow-other-mouse"] if args.allow_other_mouse else [])
 
 
+def check_model_args(args: Any) -> None:
+    """Load add_model_args' models once as given (backend, provider), so that a verb which starts a decoder
+    elsewhere (demo, benches, batch) fails at once, naming the fault (e.g. --provider cuda without CUDA), rather
+    than after its processes or tasks have started. Raises BackendError."""
+    models = args.model or default_models()
+    preload_models(models, resolve_backend(models, args.backend), providers_for(args.provider),
+                   args.threads if args.threads is not None else 1)
+
+
 def resolve_backend(models: Sequence[str], requested: str = "auto") -> str:
     """The backend that runs `models`: requested 'onnx'/'torch' as asked, 'auto' by backend_of."""
     if requested not in BACKENDS:
