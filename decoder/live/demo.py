@@ -44,6 +44,9 @@ def register(sub: Any) -> None:
     add_streaming_args(p)
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="source port; the decoder uses the next one")
     p.add_argument("--out-dir", default=".", help="where the video and summary go (default: here)")
+    p.add_argument("--raw-contrast", action="store_true",
+                   help="decoded frames at their raw grey levels in the viewer and the video (default: contrast "
+                   "stretched for display, labelled; the summary's scores always use the raw frames)")
     p.set_defaults(func=run)
 
 
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         with pipe:
             if not headless:
                 # its summary (JSON) is read at the end and goes into ours: stdout carries one JSON object
-                viewer = pipe.add("viewer", ["view", "--connect", pipe.decoded_ep, "--truth", pipe.source_ep],
+                viewer = pipe.add("viewer", ["view", "--connect", pipe.decoded_ep, "--truth", pipe.source_ep,
+                                             *(["--raw-contrast"] if args.raw_contrast else [])],
                                   stdout=subprocess.PIPE, text=True)
             t_end = time.monotonic() + args.seconds
             while time.monotonic() < t_end:
@@ -125,8 +129,12 @@ def run(args: argparse.Namespace) -> int:
             summary["viewer"] = json.loads(lines[-1]) if lines else None
         except ValueError:
             summary["viewer"] = {"unreadable_summary": lines[-1][:200]}
-    video = write_side_by_side(truth, decoded, out_dir / "neurocine-demo.mp4")
+    from neurocine.decoder.view.contrast import StretchConfig
+
+    stretch = None if args.raw_contrast else StretchConfig()
+    video = write_side_by_side(truth, decoded, out_dir / "neurocine-demo.mp4", stretch=stretch)
     summary["video"] = str(video.resolve()) if video else None
+    summary["video_decoded_display"] = stretch.label() if stretch else "raw grey levels"
     (out_dir / "neurocine-demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     log.info(f"wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}")
@@ -156,13 +164,17 @@ def summarise(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], late
 
 
 def write_side_by_side(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], path: Path,
-                       scale: int = 4, fps: int = 30) -> Path | None:
-    """true | decoded, upscaled, as H.264 (PyAV) or, without PyAV, a .npy movie beside the summary."""
+                       scale: int = 4, fps: int = 30, stretch: Any = None) -> Path | None:
+    """true | decoded, upscaled, as H.264 (PyAV) or, without PyAV, a .npy movie beside the summary; the decoded
+    half contrast-stretched for display with `stretch` (a view.contrast.StretchConfig; None: raw)."""
+    from neurocine.decoder.view.contrast import ContrastStretch
+
     seqs = sorted(set(truth) & set(decoded))
     if not seqs:
         return None
     gap = np.full((36, 2), 255, np.uint8)
-    frames = [np.hstack([truth[s], gap, decoded[s]]) for s in seqs]
+    show = ContrastStretch(stretch) if stretch is not None else (lambda f: f)
+    frames = [np.hstack([truth[s], gap, show(decoded[s])]) for s in seqs]
     frames = [np.kron(f, np.ones((scale, scale), np.uint8)) for f in frames]
     from neurocine.decoder.reconstruct.movie_file import MovieFileError, write_movie
 

@@ -46,6 +46,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=None,
                    help="close the window by itself after this many seconds and print the summary (default: "
                    "run until closed or Ctrl-C)")
+    p.add_argument("--raw-contrast", action="store_true",
+                   help="show decoded frames at their raw grey levels (default: stretched between the 1st and 99th "
+                   "percentiles of the last 3 s for display, labelled as such; messages and files are never changed)")
     p.set_defaults(func=run)
 
 
@@ -76,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from neurocine.decoder.view.window import ViewerWindow
 
     stall = dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
+    from neurocine.decoder.view.contrast import StretchConfig
+
     window = ViewerWindow(args.connect, args.truth, rate_hz=args.rate, scale=args.scale, provisional=args.provisional,
-                          stall=stall)
+                          stall=stall, stretch=None if args.raw_contrast else StretchConfig())
     if args.screenshot:
         ok = window.run_until(args.frames, args.timeout)
         window.save_png(args.screenshot)

@@ -10,6 +10,7 @@ import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtWidgets
 
 from neurocine.decoder.live.decoded import as_decoded_frame
+from neurocine.decoder.view.contrast import DEFAULT_STRETCH, ContrastStretch, StretchConfig
 from neurocine.decoder.view.state import ViewerState
 from neurocine.streams.protocol import Decoded, Frame, ProtocolError
 from neurocine.streams.stall import DEFAULT_STALL, StallConfig
@@ -26,7 +27,8 @@ class ViewerWindow(QtWidgets.QWidget):
     """Decoded | truth images, a running correlation plot and latency / rate / drop readouts."""
 
     def __init__(self, connect: str, truth: str | None, rate_hz: float = 30.0, scale: int = 6,
-                 provisional: bool = False, stall: StallConfig = DEFAULT_STALL) -> None:
+                 provisional: bool = False, stall: StallConfig = DEFAULT_STALL,
+                 stretch: StretchConfig | None = DEFAULT_STRETCH) -> None:
         self.app = pg.mkQApp("neurocine view")
         super().__init__()
         self.setWindowTitle(f"neurocine view: {connect}")
@@ -36,10 +38,13 @@ class ViewerWindow(QtWidgets.QWidget):
         self.truth_sub = Subscriber(truth, topics=[b"session", b"frame", b"end"], stall=stall,
                                     log_name="view") if truth else None
 
+        #: decoded frames are shown contrast-stretched (view/contrast.py) unless asked not to; messages stay raw
+        self.stretch = ContrastStretch(stretch) if stretch is not None else None
+        title = "decoded (provisional: newest estimate)" if provisional else "decoded"
+        title += f"<br><small>{stretch.label() if stretch is not None else 'raw grey levels'}</small>"
         layout = QtWidgets.QVBoxLayout(self)
         row = QtWidgets.QHBoxLayout()
-        self.decoded_item = self._add_image(row, "decoded (provisional: newest estimate)" if provisional else "decoded",
-                                            scale)
+        self.decoded_item = self._add_image(row, title, scale)
         self.truth_item = self._add_image(row, "true stimulus" if truth else "true stimulus (no --truth)", scale)
         layout.addLayout(row, stretch=3)
 
@@ -106,8 +111,11 @@ class ViewerWindow(QtWidgets.QWidget):
         """Put decoded frame `d` (and its true stimulus) on screen; the stats at their own slower rate."""
         if d is None or (d.session_id, d.seq) == self._drawn:
             return
+        if self._drawn is not None and self._drawn[0] != d.session_id and self.stretch is not None:
+            self.stretch.reset()
         self._drawn = (d.session_id, d.seq)
-        self.decoded_item.setImage(d.frame, autoLevels=False, levels=(0, 255))
+        shown = self.stretch(d.frame) if self.stretch is not None else d.frame
+        self.decoded_item.setImage(shown, autoLevels=False, levels=(0, 255))
         truth = self.state.truth_for(d)
         if truth is not None:
             self.truth_item.setImage(truth, autoLevels=False, levels=(0, 255))
