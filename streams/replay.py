@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from streams.commandline import Progress
-from streams.session import Session, frame_trials, header_of, new_session_id
-from streams.transport import Publisher
+from neurocine.streams.commandline import Progress
+from neurocine.streams.session import Session, frame_trials, header_of, new_session_id
+from neurocine.streams.transport import Publisher
 
 SPIN_NS = 1_000_000  # busy-wait the last millisecond before a deadline: sleep() overshoots
 #: A replay waits for its slowest subscriber (nodrop), so a deep queue only holds frames in flight: a
@@ -122,8 +122,8 @@ def replay_decoded(
     Why: a decoded stream recorded by `neurocine record` plays back to a viewer or a closed-loop client
     exactly as the decode service sent it (its sequence numbers, timestamps, frames and stats).
     """
-    from streams.formats.native import iter_records
-    from streams.protocol import Decoded, ProtocolError, decode
+    from neurocine.streams.formats.native import iter_records
+    from neurocine.streams.protocol import Decoded, ProtocolError, decode
 
     if speed < 0:
         raise ValueError(f"speed must be >= 0, got {speed}")
