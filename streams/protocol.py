@@ -141,6 +141,9 @@ class Frame:
     behaviour: np.ndarray
     stimulus: np.ndarray | None = None
     trial: int | None = None
+    #: frames of one segment were recorded back to back; a different segment than the previous frame's marks
+    #: a cut (a replay of trials cut from different parts of a recording). None: the publisher does not say.
+    segment: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +213,7 @@ def encode_frame(
     behaviour: np.ndarray,
     stimulus: np.ndarray | None = None,
     trial: int | None = None,
+    segment: int | None = None,
 ) -> list[Any]:
     header: dict[str, Any] = {
         "session_id": session_id,
@@ -219,6 +223,8 @@ def encode_frame(
     }
     if trial is not None:
         header["trial"] = int(trial)
+    if segment is not None:
+        header["segment"] = int(segment)
     arrays = [("traces", _le(traces, "<f4")), ("behaviour", _le(behaviour, "<f4"))]
     if stimulus is not None:
         arrays.append(("stimulus", _le(stimulus, "|u1")))
@@ -249,7 +255,7 @@ def encode(msg: Message) -> list[Any]:
         return encode_session(msg)
     if isinstance(msg, Frame):
         return encode_frame(msg.session_id, msg.seq, msg.t_acq_ns, msg.t_pub_ns, msg.traces,
-                            msg.behaviour, msg.stimulus, msg.trial)
+                            msg.behaviour, msg.stimulus, msg.trial, msg.segment)
     if isinstance(msg, End):
         return encode_end(msg)
     if isinstance(msg, Heartbeat):
@@ -412,6 +418,10 @@ def _decode_frame(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Fram
     trial = header.get("trial")
     if trial is not None and (not isinstance(trial, int) or isinstance(trial, bool)):
         raise MalformedHeader(f"frame {seq}: field 'trial' must be int", t)
+    segment = header.get("segment")
+    if segment is not None and (not isinstance(segment, int) or isinstance(segment, bool)
+                                or not 0 <= segment < 1 << 63):
+        raise MalformedHeader(f"frame {seq}: field 'segment' must be an int in [0, 2**63), got {segment!r}", t)
     return Frame(
         session_id=_field(header, "session_id", str, t),
         seq=seq,
@@ -421,6 +431,7 @@ def _decode_frame(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Fram
         behaviour=behaviour,
         stimulus=stim,
         trial=trial,
+        segment=segment,
     )
 
 
