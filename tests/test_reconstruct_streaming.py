@@ -188,3 +188,32 @@ def test_push_times_are_kept_in_a_fixed_ring(monkeypatch):
     summary = times.summary()
     assert summary["frames"] == 6 and len(times) == 6 and times.seconds.size == 4
     assert summary["max_s"] == 4.0 and summary["mean_s"] == 2.5  # the two oldest were overwritten
+
+
+def test_a_cut_closes_the_movie_and_the_next_trial_starts_as_a_new_one(backend, movie):
+    """No window spans a cut: the frames before it come out as a movie that ended there, and the frames after it
+    exactly as a fresh optimiser decodes them from their first frame (the first guess, grey padding before)."""
+    _, behaviour, responses = movie
+    cfg = StreamingConfig(lag=6, steps=1)
+    cut = 40
+    joined, _ = reconstruct_streaming(backend, responses, behaviour, cfg, cuts=[cut])
+    before, _ = reconstruct_streaming(backend, responses[:cut], behaviour[:cut], cfg, drain=False)
+    after, _ = reconstruct_streaming(backend, responses[cut:], behaviour[cut:], cfg)
+    assert joined.tobytes() == np.concatenate([before, after]).tobytes()
+    spanning, _ = reconstruct_streaming(backend, responses, behaviour, cfg)
+    assert not np.array_equal(spanning[cut : cut + 6], after[:6])  # without the rule the windows do span it
+
+
+def test_a_cut_after_a_gap_emits_every_frame_once_in_order(backend, movie):
+    _, behaviour, responses = movie
+    rec = StreamingReconstructor(backend, StreamingConfig(lag=5, steps=1))
+    out = []
+    for t in range(10):
+        out += rec.push(responses[t], behaviour[t], t)
+    at_cut = rec.push(responses[13], behaviour[13], 13, cut=True)  # 10..12 lost, then a cut
+    assert [f.seq for f in out + at_cut] == list(range(13)) and all(f.final for f in at_cut)
+    assert (rec.seqs >= 0).sum() == 1 and rec.pending == 1  # only frame 13 is left to optimise
+    assert np.isnan(rec.responses[:-1]).all()  # nothing from before the cut can enter a window
+    rest = [f.seq for t in range(14, 20) for f in rec.push(responses[t], behaviour[t], t)] + [
+        f.seq for f in rec.flush()]
+    assert rest == list(range(13, 20))

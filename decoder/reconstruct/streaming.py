@@ -23,6 +23,11 @@ frame is seen at every window position while it is active.
 Gaps (missing sequence numbers) insert frames with no responses (NaN: they drop out of the loss) and
 still emit, so the output stays aligned with the source frames; NaN neurons are masked per frame; NaN
 behaviour holds the last measured value. `reset()` (or a new session id in `push`) starts over.
+
+Cuts (`push(..., cut=True)`: this frame was not recorded right after the previous one, e.g. the next trial of a
+replayed Sensorium mouse): no window may span one, since the responses on its far side belong to another movie.
+The frames still active are emitted final at once (their evidence ended with their trial), and the buffer starts
+over: the new trial's first frame starts from the first guess, with grey padding before it, as at a session start.
 """
 
 from __future__ import annotations
@@ -259,12 +264,15 @@ class StreamingReconstructor:
         seq: int | None = None,
         session_id: str | None = None,
         steps: int | None = None,
+        cut: bool = False,
     ) -> list[EstimatedFrame]:
         """Add source frame `seq` (default: the next one); returns the frames emitted (final first).
 
         `steps` overrides the configured steps for this frame (a service that falls behind sheds steps).
         Frames lost in a gap get the same steps when the gap is at most `lag` long, none otherwise (a long
         gap is emitted as its warm start without spending time on frames nothing constrains).
+        `cut`: frame `seq` does not follow the previous one in time; frames lost just before it are emitted
+        without steps, everything active is emitted final, and the movie starts afresh at `seq`.
         """
         if session_id is not None and session_id != self.session_id:
             self.reset(session_id)
@@ -283,6 +291,8 @@ class StreamingReconstructor:
         steps = self.cfg.steps if steps is None else max(0, int(steps))
         gap_steps = steps if seq - self.last_seq - 1 <= self.cfg.lag else 0
         out: list[EstimatedFrame] = []
+        if cut and self.last_seq >= 0:
+            out += self._cut_before(seq)
         # A first frame starts the movie where it is (a late joiner inserts nothing); a longer gap than the
         # buffer inserts only the last `capacity` missing frames: the earlier ones would leave it unseen.
         # So a jump costs O(lag + window), never O(jump).
@@ -292,6 +302,17 @@ class StreamingReconstructor:
                 missing, np.full(n, np.nan, np.float32), self._held_behaviour(None), gap_steps
             )
         out += self._advance(seq, resp, self._held_behaviour(beh), steps)
+        return out
+
+    def _cut_before(self, seq: int) -> list[EstimatedFrame]:
+        """Close the movie before a cut: frames lost before `seq` (at most a buffer's worth) join it without steps,
+        every pending frame is emitted final, and the buffer starts over (the session and the timing stay)."""
+        n = self.ens.n_neurons
+        out: list[EstimatedFrame] = []
+        for missing in range(max(self.last_seq + 1, seq - self.capacity), seq):
+            out += self._advance(missing, np.full(n, np.nan, np.float32), self._held_behaviour(None), 0)
+        out += self.flush()
+        self.reset(self.session_id)
         return out
 
     def _held_behaviour(self, beh: np.ndarray | None) -> np.ndarray:
@@ -466,9 +487,10 @@ class StreamingEnsemble:
             m.reset(session_id)
 
     def push(self, responses: np.ndarray, behaviour: np.ndarray, seq: int | None = None,
-             session_id: str | None = None, steps: int | None = None) -> list[EstimatedFrame]:  # fmt: skip
+             session_id: str | None = None, steps: int | None = None,
+             cut: bool = False) -> list[EstimatedFrame]:  # fmt: skip
         start = time.perf_counter()
-        outs = [m.push(responses, behaviour, seq, session_id, steps) for m in self.members]
+        outs = [m.push(responses, behaviour, seq, session_id, steps, cut) for m in self.members]
         self.step_seconds.append(time.perf_counter() - start)
         return self._merge(outs)
 
@@ -508,6 +530,7 @@ def reconstruct_streaming(
     drain: bool = True,
     inverse: InverseDecoder | None = None,
     provisional_ages: Sequence[int] = (),
+    cuts: Sequence[int] = (),
 ) -> tuple[np.ndarray, StreamingReconstructor | StreamingEnsemble]:
     """Stream a whole recording through the optimiser; returns the final movie (T, 36, 64) and the
     optimiser (for its timing).
@@ -517,6 +540,7 @@ def reconstruct_streaming(
     instead of being flushed early; False flushes them as they are.
     provisional_ages: also keep, for each age a, every frame's estimate a frames after its responses arrived
     (after that arrival's steps), as `rec.age_movies[a]` (T, 36, 64): what a closed loop sees before the lag.
+    cuts: frames that do not follow the previous one in time (trials played back to back); no window spans one.
     """
     rec = make_streaming(backends, config, mask, weights, inverse)
     responses = np.asarray(responses, np.float32)
@@ -534,8 +558,9 @@ def reconstruct_streaming(
             if 0 <= t - a < t_len and (est := rec.estimate_at_age(a)) is not None:
                 movie[t - a] = est
 
+    cut_at = set(cuts)
     for t in range(t_len):
-        for f in rec.push(responses[t], behaviour[t], t):
+        for f in rec.push(responses[t], behaviour[t], t, cut=t in cut_at):
             if f.final:
                 frames[f.seq] = f.frame
         keep_ages(t)
