@@ -171,3 +171,19 @@ def video_frames_uint8(video: np.ndarray, n: int, where: str) -> tuple[np.ndarra
     facts.update(pixels_rounded=int(np.count_nonzero(offset)), max_pixel_offset=float(offset.max(initial=0.0)),
                  pixels_clipped=int(np.count_nonzero(clipped)))
     return np.clip(rounded, 0, 255).astype(np.uint8), facts
+
+
+def read_columns(store: Store, lay: TrialLayout, what: str, lo: int, hi: int) -> np.ndarray:
+    """Frames [lo, hi) of a trial already read once (its length and pixels checked): 'traces' (k, N) float32,
+    'behaviour' (k, 4) float32 or 'stimulus' (k, H, W) uint8. Only those frames' columns are copied out of the
+    memory-mapped files, so a training window costs a window, not a trial."""
+    if what == "traces":
+        return np.ascontiguousarray(np.asarray(store.load(lay.rels["responses"])[:, lo:hi]).T, dtype=np.float32)
+    if what == "behaviour":
+        behavior = np.asarray(store.load(lay.rels["behavior"])[:, lo:hi])
+        pupil = np.asarray(store.load(lay.rels["pupil_center"])[:, lo:hi])
+        return np.stack([behavior[1], behavior[0], pupil[0], pupil[1]], axis=1).astype(np.float32)
+    video = np.moveaxis(np.asarray(store.load(lay.rels["videos"])[:, :, lo:hi]), 2, 0)
+    if video.dtype == np.uint8:
+        return np.ascontiguousarray(video)
+    return np.clip(np.rint(video.astype(np.float64)), 0, 255).astype(np.uint8)
