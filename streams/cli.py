@@ -231,10 +231,11 @@ def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> Non
     p = add_verb(sub, "bench", "benchmarks (JSON out): transport, rig, encoder, ...",
                  "neurocine bench transport --json out/transport.json")
     bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    from neurocine.streams import bench_fuzz, bench_soak, bench_transport
+    from neurocine.streams import bench_fuzz, bench_memory, bench_soak, bench_transport
     from neurocine.streams.synthetic import bench as bench_rig
 
     bench_transport.register(bench_sub)
+    bench_memory.register(bench_sub)
     bench_fuzz.register(bench_sub)
     bench_soak.register(bench_sub)
     bench_rig.register(bench_sub)
