@@ -21,8 +21,8 @@ mean over movies; per-frame correlation beside it), each with the gradient blur 
   offline from it vs from grey at fixed counts and with `--iterations auto` (held-out neurons), with seconds
   per 10-s movie; streaming with it vs without at 0, 1 and 2 steps per frame; and quality against age (the
   estimate of a frame 0, 1, 2, 4, 8, 16, 32 frames after its responses arrived: what a closed loop sees);
-- near cuts: the movies played back to back as a replay of non-contiguous trials plays them (one movie: its
-  second half, then its first), streaming at the default lag and steps; the first 32 frames after each cut
+- near cuts: the movies played back to back in reverse order, as a replay of shuffled trials plays them (one
+  movie: its second half, then its first), streaming at the default lag and steps; the first 32 frames after each cut
   scored with the cut rule (the optimiser restarts, no window spans the cut) and without it (and the 32 before).
 Sizing (defaults): 2 movies x 150 frames (120 scored after the 30 skipped), 100 offline iterations instead
 of the paper's 1000 (see by_iterations: with noisy single-trial responses the score flattens or falls as the
@@ -347,8 +347,11 @@ def _near_cuts(encoder: Any, movies: list, inputs: list, args: argparse.Namespac
     from neurocine.decoder.analysis.metrics import movie_correlation
     from neurocine.decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
 
+    # Played in an order they were not recorded in (as a replay of the release's shuffled trials plays them): the
+    # movies in reverse, so no trial follows the one it followed at the rig (the synthetic mouse watched its clips
+    # 1 s apart, and its calcium still carried the previous clip into the next one: that is no cut).
     if len(inputs) > 1:
-        parts = [(m[0], beh, resp) for m, (_, beh, resp) in zip(movies, inputs, strict=True)]
+        parts = [(m[0], beh, resp) for m, (_, beh, resp) in zip(movies, inputs, strict=True)][::-1]
     else:  # one movie: its second half, then its first, so the cut joins two different scenes
         (stim, _, _), (_, beh, resp) = movies[0], inputs[0]
         half = stim.shape[0] // 2

@@ -12,7 +12,8 @@ frames it cannot hold are counted (`backlog_overflow`) and logged, never silentl
 A new session id resets the optimiser; a stream whose neurons the model does not know (matched by id)
 is refused with a message naming the mismatch, and the service waits for the next session. A frame whose
 `segment` differs from the previous frame's follows a cut (a replay of trials not recorded back to back): the
-frames still active are published final and the optimiser starts afresh at it, so no window spans the cut.
+optimiser starts afresh at it while the frames before the cut finish beside it (streaming.py), so no window
+spans the cut.
 With `provisional`, each arriving frame's current estimate is also published at once (final=False): what a
 closed loop acts on without waiting the lag; the final frame follows `lag` frames later.
 """
