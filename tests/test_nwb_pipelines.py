@@ -208,6 +208,7 @@ def test_allen_events_are_preferred_to_dff_and_series_chooses(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------- unusable files
+@pytest.mark.filterwarnings("ignore:.*series found")
 def test_a_file_we_cannot_use_lists_what_it_holds(tmp_path: Path) -> None:
     nwbfile, plane = new_file("raw-only")
     nwbfile.add_acquisition(TwoPhotonSeries(name="TwoPhotonSeries", imaging_plane=plane, rate=FS, unit="a.u.",

@@ -78,7 +78,8 @@ def test_placeholder_zip_and_missing_tiers_are_said(release: Path, tmp_path: Pat
         load_training_data(copy, 32)
 
 
-def test_neurocine_train_runs_on_a_release_layout_folder(release: Path, tmp_path: Path) -> None:
+def test_train_then_reconstruct_on_a_release_layout_folder(release: Path, tmp_path: Path) -> None:
+    """`neurocine train` and `neurocine reconstruct` on the release's layout as it is, through the real CLI."""
     out = tmp_path / "model"
     done = subprocess.run([sys.executable, "-m", "neurocine", "train", "--data", str(release), "--preset", "tiny",
                            "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
@@ -87,3 +88,13 @@ def test_neurocine_train_runs_on_a_release_layout_folder(release: Path, tmp_path
     assert "skipping tier(s)" not in done.stderr  # only the train and oracle tiers are read, both real
     config = json.loads((out / "config.json").read_text())
     assert config["neuron_ids"][EXAMPLE_MOUSE] == np.load(release / "meta" / "neurons" / "unit_ids.npy").tolist()
+    oracle = read_sensorium(release, tier="oracle")
+    trial = oracle.trials[0]
+    movie = tmp_path / "movie.npy"
+    done = subprocess.run([sys.executable, "-m", "neurocine", "reconstruct", "--model", str(out), "--backend",
+                           "torch", "--session", str(release), "--trial", str(trial.index), "--iterations", "2",
+                           "--out", str(movie)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["trials"] == [trial.index] and result["frames"] == trial.n_frames
+    assert np.load(movie).shape == (trial.n_frames, 36, 64)
