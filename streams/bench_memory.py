@@ -75,13 +75,16 @@ def _replay_peak(folder: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     with Subscriber(endpoint) as sub, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        while proc.poll() is None:
-            msg = sub.recv(timeout_s=0.5)
-            if isinstance(msg, Frame):
+        ended = False
+        while True:  # wait4 reaps the replay itself, so its rusage is its own (Popen.poll would reap it first)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            msg = sub.recv(timeout_s=0.2)
+            if isinstance(msg, Frame) and not ended:
                 frames += 1
             elif isinstance(msg, End):
-                break
-        _, status, usage = os.wait4(proc.pid, 0)
+                ended = True
         code = os.waitstatus_to_exitcode(status)
         proc.returncode = code
         out.seek(0)
