@@ -75,16 +75,19 @@ def _replay_peak(folder: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     with Subscriber(endpoint) as sub, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        ended = False
-        while True:  # wait4 reaps the replay itself, so its rusage is its own (Popen.poll would reap it first)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
+        ended, exited, quiet_since = False, None, None
+        while not (exited and (ended or time.monotonic() - quiet_since > 2.0)):
+            if exited is None:  # wait4 reaps the replay itself, so its rusage is its own (Popen.poll would reap it)
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                exited = (status, usage) if pid else None
+                quiet_since = time.monotonic()
             msg = sub.recv(timeout_s=0.2)
-            if isinstance(msg, Frame) and not ended:
+            if isinstance(msg, Frame):
                 frames += 1
+                quiet_since = time.monotonic()
             elif isinstance(msg, End):
                 ended = True
+        status, usage = exited
         code = os.waitstatus_to_exitcode(status)
         proc.returncode = code
         out.seek(0)

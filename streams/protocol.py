@@ -38,6 +38,10 @@ RAW_TOPICS: tuple[bytes, ...] = (TOPIC_SESSION, TOPIC_FRAME, TOPIC_END, TOPIC_HE
 WIRE_DTYPES: frozenset[str] = frozenset({"<f4", "<f8", "<i8", "<i4", "|u1", "<u2"})
 
 MAX_NEURONS = 1_000_000
+#: A session's tiers travel as `trial_tiers` (index -> tier) up to this many trials: every v1 receiver unpacks maps
+#: of at most 256 entries. A longer session (a release mouse has ~700 trials) sends `tier_trials` (tier -> [index]),
+#: which old receivers ignore and new ones read back into trial_tiers.
+MAX_TRIAL_TIERS_MAP = 256
 MAX_STIMULUS_SIDE = 4096
 MAX_HEADER_BYTES = 1 << 20
 _UNPACK_LIMITS = dict(
@@ -199,8 +203,14 @@ def encode_session(h: SessionHeader) -> list[Any]:
         "behaviour_channels": list(h.behaviour_channels),
         "stimulus_shape": None if h.stimulus_shape is None else list(h.stimulus_shape),
         "start_time_ns": int(h.start_time_ns),
-        "trial_tiers": {int(k): str(v) for k, v in h.trial_tiers.items()},
     }
+    if len(h.trial_tiers) <= MAX_TRIAL_TIERS_MAP:
+        header["trial_tiers"] = {int(k): str(v) for k, v in h.trial_tiers.items()}
+    else:
+        grouped: dict[str, list[int]] = {}
+        for k, v in h.trial_tiers.items():
+            grouped.setdefault(str(v), []).append(int(k))
+        header["tier_trials"] = grouped
     return [TOPIC_SESSION, *_pack(header, [("neuron_ids", _le(h.neuron_ids, "<i8"))])]
 
 
@@ -387,6 +397,11 @@ def _decode_session(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Se
     tiers_raw = _field(header, "trial_tiers", dict, t, optional=True) or {}
     if not all(isinstance(k, int) and not isinstance(k, bool) and isinstance(v, str) for k, v in tiers_raw.items()):
         raise MalformedHeader("trial_tiers must map int trial index -> str tier", t)
+    grouped = _field(header, "tier_trials", dict, t, optional=True) or {}
+    if not all(isinstance(k, str) and isinstance(v, list)
+               and all(isinstance(i, int) and not isinstance(i, bool) for i in v) for k, v in grouped.items()):
+        raise MalformedHeader("tier_trials must map str tier -> list of int trial indices", t)
+    tiers_raw = {**{i: tier for tier, indices in grouped.items() for i in indices}, **tiers_raw}
     return SessionHeader(
         session_id=_field(header, "session_id", str, t),
         source=source,

@@ -247,3 +247,21 @@ def test_inspect_and_replay_of_the_release_through_the_cli(release: Path, tmp_pa
     assert recorded.trial_indices() == kept
     assert [t.cut for t in recorded.trials] == [False] + [True] * (len(kept) - 1)
     assert recorded.traces.tobytes() == load_session(release).traces.tobytes()
+
+
+def test_a_replay_of_more_trials_than_a_header_map_holds_is_received_whole(tmp_path: Path) -> None:
+    """~700 trials in a release mouse: the session header must still decode everywhere (tiers grouped by tier)."""
+    folder = write_release_like(tmp_path / EXAMPLE_MOUSE, 400, 20, seed=2, frames=6, short_fraction=0.0,
+                                placeholders=())  # every tier holds responses: all 400 trials replay
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    out = tmp_path / "rec.ncr"
+    rec = subprocess.Popen([sys.executable, "-m", "neurocine", "record", "--connect", ep, "--out", str(out),
+                            "--until-end"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = cli("replay", str(folder), "--bind", ep, "--speed", "0", "--wait-subscribers", "1")
+    assert done.returncode == 0, done.stderr
+    _, err = rec.communicate(timeout=60)
+    assert rec.returncode == 0, err
+    recorded, original = load_session(out), load_session(folder)
+    assert len(recorded.trials) == len(original.trials) == 400
+    assert [(t.index, t.tier, t.cut) for t in recorded.trials] == [(t.index, t.tier, t.cut) for t in original.trials]
+    assert recorded.traces.tobytes() == original.traces.tobytes()
