@@ -27,6 +27,13 @@ from neurocine.streams.commandline import (
 from neurocine.streams.stall import DEFAULT_STALL
 
 
+def add_series_option(p: argparse.ArgumentParser) -> None:
+    """--series, for every verb that reads a session path (an NWB file may hold several trace series)."""
+    p.add_argument("--series", metavar="NAME", default=None,
+                   help="NWB files: the trace series to read, e.g. Deconvolved/plane0 (suite2p) or dff (default: "
+                   "the deconvolved one, else the dF/F one; two candidates without --series is an error listing both)")
+
+
 def parse_trials(text: str) -> list[int]:
     """'0,3,5-8' -> [0, 3, 5, 6, 7, 8]."""
     out: list[int] = []
@@ -47,12 +54,17 @@ def _register_replay(sub: Any) -> None:
     p = add_verb(
         sub, "replay", "publish a recorded session as a live stream",
         "neurocine replay streams/data/example.ncr --speed 1 --bind tcp://127.0.0.1:5555\n"
-        "neurocine replay /data/mouse1 --tier oracle --speed 0 --wait-subscribers 1",
+        "neurocine replay /data/mouse1 --tier oracle --speed 0 --wait-subscribers 1\n"
+        "neurocine replay dynamic29515-10-12-Video-9b4f6a1a067fe51e15306b9628efea20.zip   # a release zip, as is\n"
+        "neurocine replay suite2p/ophys.nwb --series Deconvolved/plane0",
     )
-    p.add_argument("path", help="Sensorium folder, .nwb or .ncr recording (default: the built-in example)",
-                   nargs="?", default=None)
-    p.add_argument("--trials", type=parse_trials, help="trial indices, e.g. 0,3,5-8 (default: all)")
-    p.add_argument("--tier", help="only trials of this tier (Sensorium folders), e.g. oracle")
+    p.add_argument("path", help="Sensorium folder or release .zip (read one trial at a time), .nwb or .ncr "
+                   "recording (default: the built-in example)", nargs="?", default=None)
+    p.add_argument("--trials", type=parse_trials, help="trial indices, e.g. 0,3,5-8 (default: all, but those of "
+                   "tiers without responses)")
+    p.add_argument("--tier", help="only trials of this tier (Sensorium folders), e.g. oracle; a tier whose "
+                   "responses are all zero (the release's withheld test tiers) is refused")
+    add_series_option(p)
     p.add_argument("--bind", default=DEFAULT_PUB, help=f"ZeroMQ endpoint to publish on (default {DEFAULT_PUB})")
     p.add_argument("--speed", type=float, default=1.0, help="1 = recorded rate, 2 = twice as fast, 0 = flat out")
     p.add_argument("--loop", action="store_true", help="start again at the end (same session continues)")
@@ -69,15 +81,17 @@ def _register_replay(sub: Any) -> None:
 
 def _run_replay(args: argparse.Namespace) -> int:
     from neurocine.streams.example import example_session_path
-    from neurocine.streams.formats import load_session
+    from neurocine.streams.formats import open_session
     from neurocine.streams.replay import print_progress, replay, replay_publisher
+    from neurocine.streams.session import Session, StreamedSession
 
     path = args.path or example_session_path()
     if args.decoded or _only_decoded(path):
         return _run_replay_decoded(args, path)
-    session = load_session(path, trials=args.trials, tier=args.tier)
-    get_logger("replay").info(f"{path}: {session.n_frames} frames x {session.n_neurons} neurons at "
-                              f"{session.frame_rate} Hz ({len(session.trials)} trials) on {args.bind}")
+    session = open_session(path, trials=args.trials, tier=args.tier, series=args.series)
+    frames = f"{session.n_frames} frames" if isinstance(session, Session) else "read one trial at a time"
+    get_logger("replay").info(f"{path}: {len(session.trials)} trials x {session.n_neurons} neurons at "
+                              f"{session.frame_rate} Hz ({frames}) on {args.bind}")
     stop_on_sigterm()
     with replay_publisher(args.bind, args.sndhwm) as pub:
         if args.wait_subscribers:
@@ -86,9 +100,16 @@ def _run_replay(args: argparse.Namespace) -> int:
                 pub.wait_subscribers(args.wait_subscribers)
             except KeyboardInterrupt:
                 return 130
+        total = session.n_frames if isinstance(session, Session) else None
         report = replay(session, pub, speed=args.speed, loop=args.loop,
-                        progress=None if args.loop else print_progress(session.n_frames))
-    emit_json({"replay": report.as_dict()}, args.json)
+                        progress=None if args.loop else print_progress(total))
+    out: dict[str, Any] = {"replay": report.as_dict()}
+    if isinstance(session, StreamedSession) and session.report is not None:
+        out["read"] = session.report()
+        get_logger("replay").info(f"{path}: read {out['read']['trials_read']} trials; video pixels rounded to 8 "
+                                  f"bits: {out['read']['pixels_rounded']} of {out['read']['pixels']} (up to "
+                                  f"{out['read']['max_pixel_offset']} off)")
+    emit_json(out, args.json)
     return 130 if report.interrupted else 0
 
 
@@ -169,8 +190,11 @@ def _run_record(args: argparse.Namespace) -> int:
 def _register_inspect(sub: Any) -> None:
     p = add_verb(sub, "inspect", "summarise a session file or folder (frames, neurons, trials, damage, holes); "
                  "exits 1 when a recording is damaged",
-                 "neurocine inspect session.ncr")
+                 "neurocine inspect session.ncr\n"
+                 "neurocine inspect /data/dynamic29156-11-10-Video-8744edeac3b4d1ce16b680916b5267ce   # reads every "
+                 "trial once: tiers without responses, 8-bit rounding, trial ends, meta/neurons")
     p.add_argument("path")
+    add_series_option(p)
     p.set_defaults(func=_run_inspect)
 
 
@@ -180,6 +204,14 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from neurocine.streams.formats import detect_format, load_session
 
     info: dict[str, Any] = {"path": args.path, "format": detect_format(args.path)}
+    if info["format"] == "sensorium":
+        from neurocine.streams.commandline import Progress
+        from neurocine.streams.formats.sensorium import SensoriumFolder
+
+        mouse = SensoriumFolder(args.path)
+        info.update(mouse.inspect(Progress("inspect", len(mouse.indices), unit="trial")))
+        emit_json(info)
+        return 0
     if info["format"] == "native":
         from neurocine.streams.formats.native import read_recording
 
@@ -188,7 +220,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         info["decoded_messages"] = {sid: len(v) for sid, v in rec.decoded.items()}
         info["damage"] = rec.report.as_dict()
         info["holes"] = {sid: {"missing": rec.report.missing[sid], "ranges": r} for sid, r in rec.report.holes.items()}
-    s = load_session(args.path) if info.get("sessions", True) else None
+    s = load_session(args.path, series=args.series) if info.get("sessions", True) else None
     if s is not None:
         info.update(session_id=s.session_id, mouse_id=s.mouse_id, source=s.source, frames=s.n_frames,
                     neurons=s.n_neurons, frame_rate=s.frame_rate, stimulus_shape=s.stimulus_shape,
@@ -206,10 +238,11 @@ def _register_bench(sub: Any, bench_plugins: list[Callable[[Any], None]]) -> Non
     p = add_verb(sub, "bench", "benchmarks (JSON out): transport, rig, encoder, ...",
                  "neurocine bench transport --json out/transport.json")
     bench_sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    from neurocine.streams import bench_transport
+    from neurocine.streams import bench_memory, bench_transport
     from neurocine.streams.synthetic import bench as bench_rig
 
     bench_transport.register(bench_sub)
+    bench_memory.register(bench_sub)
     bench_rig.register(bench_sub)
     for register in bench_plugins:
         register(bench_sub)

@@ -38,6 +38,10 @@ RAW_TOPICS: tuple[bytes, ...] = (TOPIC_SESSION, TOPIC_FRAME, TOPIC_END, TOPIC_HE
 WIRE_DTYPES: frozenset[str] = frozenset({"<f4", "<f8", "<i8", "<i4", "|u1", "<u2"})
 
 MAX_NEURONS = 1_000_000
+#: A session's tiers travel as `trial_tiers` (index -> tier) up to this many trials: every v1 receiver unpacks maps
+#: of at most 256 entries. A longer session (a release mouse has ~700 trials) sends `tier_trials` (tier -> [index]),
+#: which old receivers ignore and new ones read back into trial_tiers.
+MAX_TRIAL_TIERS_MAP = 256
 MAX_STIMULUS_SIDE = 4096
 MAX_HEADER_BYTES = 1 << 20
 _UNPACK_LIMITS = dict(
@@ -141,6 +145,9 @@ class Frame:
     behaviour: np.ndarray
     stimulus: np.ndarray | None = None
     trial: int | None = None
+    #: frames of one segment were recorded back to back; a different segment than the previous frame's marks
+    #: a cut (a replay of trials cut from different parts of a recording). None: the publisher does not say.
+    segment: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +203,14 @@ def encode_session(h: SessionHeader) -> list[Any]:
         "behaviour_channels": list(h.behaviour_channels),
         "stimulus_shape": None if h.stimulus_shape is None else list(h.stimulus_shape),
         "start_time_ns": int(h.start_time_ns),
-        "trial_tiers": {int(k): str(v) for k, v in h.trial_tiers.items()},
     }
+    if len(h.trial_tiers) <= MAX_TRIAL_TIERS_MAP:
+        header["trial_tiers"] = {int(k): str(v) for k, v in h.trial_tiers.items()}
+    else:
+        grouped: dict[str, list[int]] = {}
+        for k, v in h.trial_tiers.items():
+            grouped.setdefault(str(v), []).append(int(k))
+        header["tier_trials"] = grouped
     return [TOPIC_SESSION, *_pack(header, [("neuron_ids", _le(h.neuron_ids, "<i8"))])]
 
 
@@ -210,6 +223,7 @@ def encode_frame(
     behaviour: np.ndarray,
     stimulus: np.ndarray | None = None,
     trial: int | None = None,
+    segment: int | None = None,
 ) -> list[Any]:
     header: dict[str, Any] = {
         "session_id": session_id,
@@ -219,6 +233,8 @@ def encode_frame(
     }
     if trial is not None:
         header["trial"] = int(trial)
+    if segment is not None:
+        header["segment"] = int(segment)
     arrays = [("traces", _le(traces, "<f4")), ("behaviour", _le(behaviour, "<f4"))]
     if stimulus is not None:
         arrays.append(("stimulus", _le(stimulus, "|u1")))
@@ -249,7 +265,7 @@ def encode(msg: Message) -> list[Any]:
         return encode_session(msg)
     if isinstance(msg, Frame):
         return encode_frame(msg.session_id, msg.seq, msg.t_acq_ns, msg.t_pub_ns, msg.traces,
-                            msg.behaviour, msg.stimulus, msg.trial)
+                            msg.behaviour, msg.stimulus, msg.trial, msg.segment)
     if isinstance(msg, End):
         return encode_end(msg)
     if isinstance(msg, Heartbeat):
@@ -381,6 +397,11 @@ def _decode_session(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Se
     tiers_raw = _field(header, "trial_tiers", dict, t, optional=True) or {}
     if not all(isinstance(k, int) and not isinstance(k, bool) and isinstance(v, str) for k, v in tiers_raw.items()):
         raise MalformedHeader("trial_tiers must map int trial index -> str tier", t)
+    grouped = _field(header, "tier_trials", dict, t, optional=True) or {}
+    if not all(isinstance(k, str) and isinstance(v, list)
+               and all(isinstance(i, int) and not isinstance(i, bool) for i in v) for k, v in grouped.items()):
+        raise MalformedHeader("tier_trials must map str tier -> list of int trial indices", t)
+    tiers_raw = {**{i: tier for tier, indices in grouped.items() for i in indices}, **tiers_raw}
     return SessionHeader(
         session_id=_field(header, "session_id", str, t),
         source=source,
@@ -412,6 +433,10 @@ def _decode_frame(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Fram
     trial = header.get("trial")
     if trial is not None and (not isinstance(trial, int) or isinstance(trial, bool)):
         raise MalformedHeader(f"frame {seq}: field 'trial' must be int", t)
+    segment = header.get("segment")
+    if segment is not None and (not isinstance(segment, int) or isinstance(segment, bool)
+                                or not 0 <= segment < 1 << 63):
+        raise MalformedHeader(f"frame {seq}: field 'segment' must be an int in [0, 2**63), got {segment!r}", t)
     return Frame(
         session_id=_field(header, "session_id", str, t),
         seq=seq,
@@ -421,6 +446,7 @@ def _decode_frame(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Fram
         behaviour=behaviour,
         stimulus=stim,
         trial=trial,
+        segment=segment,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from neurocine.streams.commandline import Progress
-from neurocine.streams.session import Session, frame_trials, header_of, new_session_id
+from neurocine.streams.session import Session, StreamedSession, header_of, new_session_id
 from neurocine.streams.transport import Publisher
 
 SPIN_NS = 1_000_000  # busy-wait the last millisecond before a deadline: sleep() overshoots
@@ -39,13 +39,16 @@ class ReplayReport:
     jitter_ms_p99: float
     jitter_ms_max: float
     interrupted: bool = False
+    #: cuts marked on the wire (a new `segment` number): between trials not recorded back to back, and where a
+    #: --loop starts again
+    cuts: int = 0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def replay(
-    session: Session,
+    session: Session | StreamedSession,
     pub: Publisher,
     *,
     speed: float = 1.0,
@@ -58,40 +61,57 @@ def replay(
 
     Frame i is due at start + (t_i - t_0) / speed, an absolute deadline, so lateness never
     accumulates. Looping continues the same session (sequence numbers and acquisition times go on).
+    Trials are read one at a time (a StreamedSession holds one trial in memory); every frame carries its
+    trial index and segment number, and the segment goes up by one at each cut (a trial marked `cut`, and the
+    start of each repeat of a --loop), so a decoder knows where the recording is not continuous.
     """
     if speed < 0:
         raise ValueError(f"speed must be >= 0, got {speed}")
-    if session.n_frames == 0:
+    if isinstance(session, Session) and session.n_frames == 0:
         raise ValueError("session has no frames to replay")
     sid = new_session_id()
     header = dataclasses.replace(header_of(session), session_id=sid, source=source)
-    rel_ns = session.timestamps_ns - session.timestamps_ns[0]
     period_ns = round(1e9 / session.frame_rate)
-    loop_ns = int(rel_ns[-1]) + period_ns
-    trial_of = frame_trials(session)
     lateness: list[int] = []
     pub.begin(header)
     t_start = time.perf_counter_ns()
-    seq = 0
+    seq = segment = 0
+    pass_ns = 0  # where the current pass starts on the replay's timeline (a loop continues it)
+    t0: int | None = None
     interrupted = False
     try:
         while True:
-            for i in range(session.n_frames):
-                offset = (seq // session.n_frames) * loop_ns + int(rel_ns[i])
-                if speed > 0:
-                    deadline = t_start + int(offset / speed)
-                    _wait_until(deadline, pub, should_stop)
-                    lateness.append(time.perf_counter_ns() - deadline)
-                if should_stop():
-                    raise KeyboardInterrupt
-                stim = None if session.stimulus is None else session.stimulus[i]
-                pub.send_frame(seq, int(session.timestamps_ns[0]) + offset, session.traces[i],
-                               session.behaviour[i], stim, int(trial_of[i]))
-                seq += 1
-                if progress is not None:
-                    progress(seq)
+            first_of_pass, last_rel = True, 0
+            for part in session.iter_trials():
+                if part.n_frames == 0:
+                    continue
+                if seq and (part.trial.cut or first_of_pass):
+                    segment += 1
+                first_of_pass = False
+                if t0 is None:
+                    t0 = int(part.timestamps_ns[0])
+                stamps = part.timestamps_ns
+                for i in range(part.n_frames):
+                    last_rel = int(stamps[i]) - t0
+                    offset = pass_ns + last_rel
+                    if speed > 0:
+                        deadline = t_start + int(offset / speed)
+                        _wait_until(deadline, pub, should_stop)
+                        lateness.append(time.perf_counter_ns() - deadline)
+                    if should_stop():
+                        raise KeyboardInterrupt
+                    stim = None if part.stimulus is None else part.stimulus[i]
+                    pub.send_frame(seq, t0 + offset, part.traces[i], part.behaviour[i], stim, part.trial.index,
+                                   segment)
+                    seq += 1
+                    if progress is not None:
+                        progress(seq)
+            if seq == 0:
+                pub.end("complete")
+                raise ValueError("session has no frames to replay")
             if not loop:
                 break
+            pass_ns += last_rel + period_ns
     except KeyboardInterrupt:
         interrupted = True
     elapsed = (time.perf_counter_ns() - t_start) / 1e9
@@ -107,6 +127,7 @@ def replay(
         jitter_ms_p99=round(float(np.percentile(jitter, 99)), 4),
         jitter_ms_max=round(float(jitter.max()), 4),
         interrupted=interrupted,
+        cuts=segment,
     )
 
 
@@ -177,6 +198,6 @@ def _wait_until(deadline_ns: int, pub: Publisher, should_stop: Callable[[], bool
             time.sleep(min(remaining - SPIN_NS, 50_000_000) / 1e9)
 
 
-def print_progress(total: int) -> Callable[[int], None]:
+def print_progress(total: int | None) -> Callable[[int], None]:
     """A progress callback: frames published so far, as one progress line on stderr."""
     return Progress("replay", total, unit="frame")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,16 +35,40 @@ class SessionError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
-    """One trial: frames [start, stop) of the session, from source trial `index` of tier `tier`."""
+    """One trial: frames [start, stop) of the session, from source trial `index` of tier `tier`.
+
+    `cut`: this trial was not recorded right after the previous one (the Sensorium release's trials are cut
+    from different parts of a recording and stored in random order; a selection can skip trials). A replay
+    marks the cut on the wire and a decoder never lets an optimisation window span it. Ignored on trial 0.
+    """
 
     index: int
     start: int
     stop: int
     tier: str = "none"
+    cut: bool = False
 
     @property
     def n_frames(self) -> int:
         return self.stop - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialFrames:
+    """One trial's frames, as a replay or a scan reads them (one trial in memory at a time).
+
+    traces (n, N) float32, behaviour (n, 4) float32, stimulus (n, H, W) uint8 or None, timestamps_ns (n,) int64.
+    """
+
+    trial: Trial
+    traces: np.ndarray
+    behaviour: np.ndarray
+    stimulus: np.ndarray | None
+    timestamps_ns: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.traces.shape[0])
 
 
 def new_session_id() -> str:
@@ -152,10 +177,13 @@ class Session:
         if not chosen:
             raise SessionError(f"no trials match indices={indices} tier={tier}")
         rows = np.concatenate([np.arange(tr.start, tr.stop) for tr in chosen])
-        trials, pos = [], 0
+        trials, pos, previous = [], 0, None
         for tr in chosen:
-            trials.append(Trial(tr.index, pos, pos + tr.n_frames, tr.tier))
+            # A trial follows its chosen predecessor without a cut only when it did so in this session too.
+            cut = previous is not None and (tr.cut or previous.stop != tr.start)
+            trials.append(Trial(tr.index, pos, pos + tr.n_frames, tr.tier, cut))
             pos += tr.n_frames
+            previous = tr
         return dataclasses.replace(
             self,
             traces=self.traces[rows],
@@ -167,6 +195,17 @@ class Session:
 
     def trial_indices(self) -> list[int]:
         return [tr.index for tr in self.trials]
+
+    def trial_tiers(self) -> dict[int, str]:
+        """Tier of each source trial index (what the wire header carries)."""
+        return {tr.index: tr.tier for tr in self.trials}
+
+    def iter_trials(self) -> Iterator[TrialFrames]:
+        """Each trial's frames in order (views, no copies): the contract a replay reads (see StreamedSession)."""
+        for tr in self.trials:
+            rows = slice(tr.start, tr.stop)
+            stim = None if self.stimulus is None else self.stimulus[rows]
+            yield TrialFrames(tr, self.traces[rows], self.behaviour[rows], stim, self.timestamps_ns[rows])
 
     def iter_frames(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]]:
         """Yield (seq, timestamp_ns, traces[N], behaviour[4], stimulus[H, W] or None) per frame."""
@@ -180,7 +219,7 @@ def regular_timestamps(n_frames: int, frame_rate: float, start_ns: int = 0) -> n
     return start_ns + np.round(np.arange(n_frames) * (1e9 / frame_rate)).astype(np.int64)
 
 
-def header_of(session: Session) -> SessionHeader:
+def header_of(session: Session | StreamedSession) -> SessionHeader:
     """The wire header describing a session (what a replay publishes and a recording stores first)."""
     return SessionHeader(
         session_id=session.session_id,
@@ -190,7 +229,7 @@ def header_of(session: Session) -> SessionHeader:
         neuron_ids=session.neuron_ids,
         stimulus_shape=session.stimulus_shape,
         start_time_ns=session.start_time_ns,
-        trial_tiers={tr.index: tr.tier for tr in session.trials},
+        trial_tiers=session.trial_tiers(),
     )
 
 
@@ -200,3 +239,84 @@ def frame_trials(session: Session) -> np.ndarray:
     for tr in session.trials:
         out[tr.start : tr.stop] = tr.index
     return out
+
+
+def frame_segments(session: Session) -> np.ndarray:
+    """Segment number of every frame (the `segment` field of each frame message): 0 from the first frame, one
+    more after each cut, so frames of one segment were recorded back to back."""
+    out = np.empty(session.n_frames, np.int64)
+    segment = 0
+    for k, tr in enumerate(session.trials):
+        segment += int(k > 0 and tr.cut)
+        out[tr.start : tr.stop] = segment
+    return out
+
+
+@dataclasses.dataclass
+class StreamedSession:
+    """A session read from disk one trial at a time: what replay and inspect need, in memory bounded by a trial.
+
+    Why: a release mouse is ~700 trials x 300 frames x ~8,000 neurons (13 GB of float64 on disk); holding it as
+    a Session costs ~7 GB. `trials` lists the chosen trials (index, tier, cut; start/stop are unknown until
+    read, so 0); `read(trial)` returns that trial's frames, or None for a trial to skip (e.g. one holding no
+    responses). Frames are stamped on a regular `frame_rate` clock, trial after trial, as a replay plays them.
+    `load()` gives the whole Session, for callers that need every frame at once.
+    """
+
+    neuron_ids: np.ndarray
+    trials: list[Trial]
+    read: Callable[[Trial], TrialFrames | None]
+    frame_rate: float = DEFAULT_FRAME_RATE
+    mouse_id: str = "unknown"
+    stimulus_shape: tuple[int, int] | None = None
+    session_id: str = dataclasses.field(default_factory=new_session_id)
+    source: str = "replay"
+    start_time_ns: int = 0
+    #: what reading has found so far (e.g. video pixels rounded to 8 bits), for the log; None: nothing to say
+    report: Callable[[], dict[str, Any]] | None = None
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.neuron_ids.shape[0])
+
+    def trial_indices(self) -> list[int]:
+        return [tr.index for tr in self.trials]
+
+    def trial_tiers(self) -> dict[int, str]:
+        return {tr.index: tr.tier for tr in self.trials}
+
+    def iter_trials(self) -> Iterator[TrialFrames]:
+        """Read and yield each trial in turn, with its frames' place (start/stop) on the session's frame axis."""
+        pos, skipped = 0, False
+        period_ns = 1e9 / self.frame_rate
+        for tr in self.trials:
+            got = self.read(tr)
+            if got is None:
+                skipped = True  # the next trial read does not follow the last one read
+                continue
+            n = got.n_frames
+            placed = dataclasses.replace(got.trial, start=pos, stop=pos + n, cut=pos > 0 and (got.trial.cut or skipped))
+            skipped = False
+            stamps = self.start_time_ns + np.round(np.arange(pos, pos + n) * period_ns).astype(np.int64)
+            yield dataclasses.replace(got, trial=placed, timestamps_ns=stamps)
+            pos += n
+
+    def load(self) -> Session:
+        """Every chosen trial in memory as one Session (frames regular at `frame_rate` from start_time_ns)."""
+        parts = list(self.iter_trials())
+        n = self.n_neurons
+        shape = self.stimulus_shape
+        return Session(
+            traces=np.concatenate([p.traces for p in parts]) if parts else np.zeros((0, n), np.float32),
+            behaviour=np.concatenate([p.behaviour for p in parts]) if parts else np.zeros((0, 4), np.float32),
+            timestamps_ns=np.concatenate([p.timestamps_ns for p in parts]) if parts else np.zeros(0, np.int64),
+            neuron_ids=self.neuron_ids,
+            frame_rate=self.frame_rate,
+            mouse_id=self.mouse_id,
+            stimulus=None if shape is None else (
+                np.concatenate([p.stimulus for p in parts]) if parts else np.zeros((0, *shape), np.uint8)),
+            trials=[p.trial for p in parts],
+            session_id=self.session_id,
+            source=self.source,
+            start_time_ns=self.start_time_ns,
+        )

@@ -257,6 +257,7 @@ class Publisher:
         behaviour: np.ndarray,
         stimulus: np.ndarray | None = None,
         trial: int | None = None,
+        segment: int | None = None,
     ) -> int:
         """Publish one frame of the current session; returns its publish timestamp (ns)."""
         if self.header is None:
@@ -265,7 +266,8 @@ class Publisher:
         self._poll_subscriptions()  # a subscriber that (re)joined gets the header before this frame
         self._maybe_resend_header(now)
         t_pub = _now_ns()
-        self._send(encode_frame(self.header.session_id, seq, t_acq_ns, t_pub, traces, behaviour, stimulus, trial))
+        self._send(encode_frame(self.header.session_id, seq, t_acq_ns, t_pub, traces, behaviour, stimulus, trial,
+                                segment))
         self.last_seq = max(self.last_seq, seq)
         return t_pub
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 from collections.abc import Callable
@@ -62,7 +63,8 @@ def assert_same_session(got: Session, want: Session) -> None:
     np.testing.assert_array_equal(got.behaviour, want.behaviour)
     np.testing.assert_array_equal(got.neuron_ids, want.neuron_ids)
     np.testing.assert_array_equal(got.timestamps_ns, regular_timestamps(want.n_frames, 30.0))
-    assert got.trials == want.trials
+    # A Sensorium folder's file order carries no time: every trial after the first follows a cut.
+    assert got.trials == [dataclasses.replace(tr, cut=k > 0) for k, tr in enumerate(want.trials)]
     if want.stimulus is None:
         assert got.stimulus is None
     else:
@@ -198,10 +200,19 @@ def test_hand_made_folder_trims_padding_and_keeps_nan_neurons(tmp_path: Path) ->
 
 def test_uint8_stored_video_reads_back(written: tuple[Session, Path]) -> None:
     session, folder = written
-    path = folder / "data" / "videos" / "0.npy"
-    stored = np.load(path)
-    np.save(path, np.nan_to_num(stored, nan=0).astype(np.uint8))
+    for path in (folder / "data" / "videos").glob("*.npy"):
+        stored = np.load(path)
+        np.save(path, np.nan_to_num(stored, nan=0).astype(np.uint8))
     assert_same_session(read_sensorium(folder), session)
+
+
+def test_a_folder_mixing_float_and_integer_trials_is_an_error_naming_both(written: tuple[Session, Path]) -> None:
+    _, folder = written
+    path = folder / "data" / "videos" / "2.npy"
+    np.save(path, np.nan_to_num(np.load(path), nan=0).astype(np.uint8))
+    with pytest.raises(FormatError, match="must be float in every trial or in none") as err:
+        read_sensorium(folder)
+    assert str(path) in str(err.value) and str(folder / "data" / "videos" / "0.npy") in str(err.value)
 
 
 def test_writer_temporary_files_are_ignored(written: tuple[Session, Path]) -> None:
@@ -368,6 +379,12 @@ def _padded_ones(n_neurons: int, n_valid: int, width: int) -> np.ndarray:
     return out
 
 
+def _padded_video(value: float, n_valid: int, width: int) -> np.ndarray:
+    out = np.full((36, 64, width), np.nan)
+    out[:, :, :n_valid] = value
+    return out
+
+
 Mutation = Callable[[Path], None]
 
 BAD_FOLDERS: list[tuple[str, Mutation, str, str]] = [
@@ -461,16 +478,40 @@ BAD_FOLDERS: list[tuple[str, Mutation, str, str]] = [
         "no trial files",
     ),
     (
-        "non-integer pixels",
-        lambda f: np.save(f / "data/videos/1.npy", np.full((36, 64, 30), 0.5, np.float32)),
+        "pixels out of range",
+        lambda f: np.save(f / "data/videos/1.npy", _padded_video(300.0, 13, 30)),
         "data/videos/1.npy",
         "not an 8-bit value",
     ),
     (
-        "pixels out of range",
-        lambda f: np.save(f / "data/videos/1.npy", np.full((36, 64, 30), 300.0)),
+        "pixels on a 0..1 scale below zero",
+        lambda f: np.save(f / "data/videos/1.npy", _padded_video(-1.5, 13, 30)),
         "data/videos/1.npy",
-        "not an 8-bit value",
+        "frame 0 pixel (y=0, x=0) is -1.5",
+    ),
+    (
+        "infinite response",
+        lambda f: np.save(f / "data/responses/1.npy", _padded_ones(7, 13, 30) * np.inf),
+        "data/responses/1.npy",
+        "infinite values are not measurements",
+    ),
+    (
+        "a video going on after n_frames",
+        lambda f: np.save(f / "data/videos/1.npy", _padded_video(3.0, 30, 30)),
+        "data/videos/1.npy",
+        "column 13 holds values, but meta/trials/n_frames.npy ends trial 1 after 13 frames",
+    ),
+    (
+        "pickled video",
+        lambda f: np.save(f / "data/videos/1.npy", np.array([None] * 30, dtype=object).reshape(1, 1, 30)),
+        "data/videos/1.npy",
+        "refusing to unpickle",
+    ),
+    (
+        "Fortran-ordered responses",
+        lambda f: np.save(f / "data/responses/1.npy", np.asfortranarray(_padded_ones(7, 13, 30))),
+        "data/responses/1.npy",
+        "Fortran order",
     ),
     (
         "NaN inside a trial's video",

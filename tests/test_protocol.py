@@ -63,6 +63,53 @@ def test_frame_round_trip_is_bit_identical_and_zero_copy() -> None:
     assert not f.traces.flags.writeable  # a view of the received buffer, not a copy
 
 
+def test_a_session_of_700_trials_keeps_its_tiers_in_a_header_every_v1_receiver_decodes() -> None:
+    """A release mouse has ~700 trials: more than the 256 map entries a v1 receiver unpacks, so its tiers travel
+    grouped by tier (`tier_trials`) and come back as trial_tiers; a short session still sends trial_tiers."""
+    tiers = {i: ("train", "oracle", "live_test_main")[i % 3] for i in range(700)}
+    long = dataclasses.replace(header(), trial_tiers=tiers)
+    parts = as_bytes(p.encode_session(long))
+    raw = msgpack.unpackb(parts[1], strict_map_key=False, **p._UNPACK_LIMITS)  # what an old receiver unpacks
+    assert "trial_tiers" not in raw and sorted(raw["tier_trials"]) == ["live_test_main", "oracle", "train"]
+    got = decode(parts)
+    assert isinstance(got, SessionHeader) and got.trial_tiers == tiers
+    assert "trial_tiers" in msgpack.unpackb(as_bytes(p.encode_session(header()))[1], strict_map_key=False)
+    head = raw | {"tier_trials": {"train": [1, "2"]}}
+    with pytest.raises(p.MalformedHeader, match="tier_trials must map str tier"):
+        decode([parts[0], msgpack.packb(head), *parts[2:]])
+
+
+def test_segment_round_trips_and_is_optional() -> None:
+    """`segment` (a change marks a cut) travels only when given; a frame without it decodes as before."""
+    tr, beh = np.zeros(N, np.float32), np.zeros(4, np.float32)
+    with_it = decode(as_bytes(p.encode_frame("s1", 1, 2, 3, tr, beh, trial=3, segment=7)))
+    assert isinstance(with_it, Frame) and with_it.segment == 7 and with_it.trial == 3
+    without = as_bytes(p.encode_frame("s1", 1, 2, 3, tr, beh))
+    assert b"segment" not in without[1] and decode(without).segment is None
+    assert _same(decode(as_bytes(p.encode(with_it))), with_it)
+
+
+@pytest.mark.parametrize("bad", [True, -1, 1 << 63, "3", 1.5, [1]])
+def test_a_malformed_segment_is_a_protocol_error_naming_the_field(bad: object) -> None:
+    parts = as_bytes(frame_parts(4))
+    head = msgpack.unpackb(parts[1])
+    head["segment"] = bad
+    parts[1] = msgpack.packb(head)
+    with pytest.raises(p.MalformedHeader, match="frame 4: field 'segment'"):
+        decode(parts)
+
+
+def test_a_reader_that_knows_no_segment_field_ignores_it() -> None:
+    """Old readers are unaffected: a v1 decoder reads only the fields it knows (extra header keys are ignored),
+    which this checks on the frame decoder with an unknown key beside `segment`."""
+    parts = as_bytes(frame_parts(4))
+    head = msgpack.unpackb(parts[1])
+    head.update(segment=2, some_future_field={"x": 1})
+    parts[1] = msgpack.packb(head)
+    f = decode(parts)
+    assert isinstance(f, Frame) and f.seq == 4 and f.segment == 2
+
+
 def test_end_and_heartbeat_round_trip() -> None:
     e = decode(as_bytes(p.encode_end(End("s1", 42, "complete", 7))))
     assert e == End("s1", 42, "complete", 7)
@@ -224,7 +271,7 @@ def test_fuzz_mutated_valid_messages_only_protocol_errors(which: int, part: int,
 @given(st.dictionaries(st.sampled_from(["v", "arrays", "session_id", "seq", "t_acq_ns", "t_pub_ns", "n_neurons",
                                         "source", "frame_rate", "behaviour_channels", "stimulus_shape",
                                         "start_time_ns", "mouse_id", "trial_tiers", "n_frames", "reason",
-                                        "last_seq", "trial"]),
+                                        "last_seq", "trial", "segment", "tier_trials"]),
                        st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
                                  st.text(max_size=5), st.lists(st.integers(-3, 40), max_size=4),
                                  st.dictionaries(st.integers(-2, 2), st.text(max_size=2), max_size=2))))

@@ -39,4 +39,9 @@ def test_bench_quality_toy_run(tmp_path, capsys):
     assert [r["neurons"] for r in result["neuron_ablation"]] == [50, 25, 12, 6]
     assert {(r["lag"], r["steps"]) for r in result["streaming"]} == {(2, 1), (8, 1)}
     assert result["mask"]["eval_pixels"] > 0 and "with_mask" in result["mask"]
+    cuts = result["cuts"]  # one 40-frame movie: its second half then its first, one cut at frame 20
+    assert cuts["cuts"] == 1 and len(cuts["with_cut_rule"]["per_cut"]) == 1
+    assert cuts["difference"] == pytest.approx(
+        cuts["with_cut_rule"]["pixel_correlation"] - cuts["without_cut_rule"]["pixel_correlation"], abs=2e-4)
+    assert cuts["with_cut_rule"] != cuts["without_cut_rule"]
     assert fig.stat().st_size > 10_000

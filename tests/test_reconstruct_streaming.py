@@ -188,3 +188,49 @@ def test_push_times_are_kept_in_a_fixed_ring(monkeypatch):
     summary = times.summary()
     assert summary["frames"] == 6 and len(times) == 6 and times.seconds.size == 4
     assert summary["max_s"] == 4.0 and summary["mean_s"] == 2.5  # the two oldest were overwritten
+
+
+def test_a_cut_closes_the_movie_and_the_next_trial_starts_as_a_new_one(backend, movie):
+    """No window spans a cut: the frames before it come out exactly as a movie that ended there and was drained
+    (its usual steps, nothing after it), the frames after it exactly as a fresh optimiser decodes them from their
+    first frame (the first guess, grey padding before)."""
+    _, behaviour, responses = movie
+    cfg = StreamingConfig(lag=6, steps=1)
+    cut = 40
+    joined, _ = reconstruct_streaming(backend, responses, behaviour, cfg, cuts=[cut])
+    before, _ = reconstruct_streaming(backend, responses[:cut], behaviour[:cut], cfg, drain=True)
+    after, _ = reconstruct_streaming(backend, responses[cut:], behaviour[cut:], cfg)
+    assert joined.tobytes() == np.concatenate([before, after]).tobytes()
+    spanning, _ = reconstruct_streaming(backend, responses, behaviour, cfg)
+    assert not np.array_equal(spanning[cut : cut + 6], after[:6])  # without the rule the windows do span it
+    assert not np.array_equal(spanning[cut - 6 : cut], before[-6:])
+
+
+def test_a_cut_after_a_gap_emits_every_frame_once_in_order_at_the_lag(backend, movie):
+    _, behaviour, responses = movie
+    lag = 5
+    rec = StreamingReconstructor(backend, StreamingConfig(lag=lag, steps=1, provisional=True))
+    seqs = []
+    for t in range(10):
+        seqs += [f.seq for f in rec.push(responses[t], behaviour[t], t) if f.final]
+    at_cut = rec.push(responses[13], behaviour[13], 13, cut=True)  # 10..12 lost, then a cut
+    seqs += [f.seq for f in at_cut if f.final]
+    assert seqs == list(range(9))  # the lost frames joined the old movie; it drains one frame per arrival
+    assert [f.seq for f in at_cut if not f.final][-1:] == [13]  # the new movie's provisional frame, last
+    assert (rec.seqs >= 0).sum() == 1 and rec.pending == 1  # the new movie holds frame 13 alone
+    assert np.isnan(rec.responses[:-1]).all()  # nothing from before the cut can enter its windows
+    assert rec.estimate_at_age(1) is not None  # frame 12, still closing beside it
+    for t in range(14, 20):
+        seqs += [f.seq for f in rec.push(responses[t], behaviour[t], t) if f.final]
+    assert seqs == list(range(15)) and rec._closing is None
+    assert [f.seq for f in rec.flush()] == list(range(15, 20))
+
+
+def test_a_second_cut_while_one_drains_finishes_the_older_movie(backend, movie):
+    _, behaviour, responses = movie
+    rec = StreamingReconstructor(backend, StreamingConfig(lag=8, steps=1))
+    seqs = []
+    for t in range(30):
+        seqs += [f.seq for f in rec.push(responses[t], behaviour[t], t, cut=t in (10, 13, 14)) if f.final]
+    seqs += [f.seq for f in rec.flush()]
+    assert seqs == list(range(30))

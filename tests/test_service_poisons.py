@@ -138,3 +138,42 @@ def _frame(s, sid: str, seq: int):
     from neurocine.streams.protocol import Frame
 
     return Frame(sid, seq, seq, seq, s.traces[seq], s.behaviour[seq])
+
+
+def test_a_segment_change_restarts_the_optimiser_so_no_window_spans_the_cut(small_mouse: Path) -> None:
+    """Frames 0-9 are one trial, 10-19 another (segment 0, then 1): the first trial drains at its usual lag beside
+    the second, which decodes exactly as a fresh stream starting at frame 10 would; every frame once, in order."""
+    from neurocine.decoder.live.service import DecodeService
+    from neurocine.decoder.reconstruct.streaming import StreamingConfig
+    from neurocine.streams.protocol import Frame
+
+    s = example_slice(20)
+    h = header_of(s)
+
+    def frame(seq: int, segment: int | None) -> Frame:
+        return Frame(h.session_id, seq, seq, seq, s.traces[seq], s.behaviour[seq], segment=segment)
+
+    def decoded(pub: _Capture) -> dict[int, bytes]:
+        return {m.fields["seq"]: m.arrays["frame"].tobytes() for m in pub.sent}
+
+    cfg = StreamingConfig(lag=4, steps=1, warm_start="previous")
+    with Subscriber(f"tcp://127.0.0.1:{free_port()}") as sub:
+        cut, fresh = _Capture(), _Capture()
+        svc = DecodeService([str(small_mouse)], sub, cut, config=cfg, backend="torch", every_step=True)
+        svc.start_session(h)
+        for seq in range(10):
+            svc.on_frame(frame(seq, 0), 0, 1)
+        svc.on_frame(frame(10, 1), 0, 1)
+        assert [m.fields["seq"] for m in cut.sent] == list(range(7)) and svc.stats.cuts == 1
+        for seq in range(11, 20):
+            svc.on_frame(frame(seq, 1), 0, 1)
+        svc.end_session(End(h.session_id, 20))
+        other = DecodeService([str(small_mouse)], sub, fresh, config=cfg, backend="torch", every_step=True)
+        other.start_session(h)
+        for seq in range(10, 20):
+            other.on_frame(frame(seq, None), 0, 1)  # a publisher that never says `segment`: no cuts
+        other.end_session(End(h.session_id, 20))
+    assert other.stats.cuts == 0
+    got, want = decoded(cut), decoded(fresh)
+    assert [m.fields["seq"] for m in cut.sent] == list(range(20))
+    assert all(got[seq] == want[seq] for seq in range(10, 20))

@@ -20,7 +20,10 @@ mean over movies; per-frame correlation beside it), each with the gradient blur 
 - the learned first guess (`inverse`, the inverse.onnx beside the first encoder): the inverse decoder alone;
   offline from it vs from grey at fixed counts and with `--iterations auto` (held-out neurons), with seconds
   per 10-s movie; streaming with it vs without at 0, 1 and 2 steps per frame; and quality against age (the
-  estimate of a frame 0, 1, 2, 4, 8, 16, 32 frames after its responses arrived: what a closed loop sees).
+  estimate of a frame 0, 1, 2, 4, 8, 16, 32 frames after its responses arrived: what a closed loop sees);
+- near cuts: the movies played back to back in reverse order, as a replay of shuffled trials plays them (one
+  movie: its second half, then its first), streaming at the default lag and steps; the first 32 frames after each cut
+  scored with the cut rule (the optimiser restarts, no window spans the cut) and without it (and the 32 before).
 Sizing (defaults): 2 movies x 150 frames (120 scored after the 30 skipped), 100 offline iterations instead
 of the paper's 1000 (see by_iterations: with noisy single-trial responses the score flattens or falls as the
 movie fits the noise). About 15-25 min on 2 shared CPU cores; `--skip` drops groups.
@@ -78,7 +81,7 @@ def register(bench_sub: Any) -> None:
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated groups to skip: paper,ensemble,oracle,streaming,ablation,predicted,mask,inverse",
+        help="comma-separated groups to skip: paper,ensemble,oracle,streaming,ablation,predicted,mask,inverse,cuts",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", help="also write the result here")
@@ -312,6 +315,9 @@ def run(args: argparse.Namespace) -> int:
             result["inverse"] = _first_guess(first.inverse, encoder, inputs, score, args, n_frames, main)
             stills["inverse decoder alone"] = first.inverse.movie(inputs[0][2], inputs[0][1])
 
+    if "cuts" not in skip:
+        result["cuts"] = _near_cuts(encoder, movies, inputs, args, first.inverse)
+
     # rows compared on the same movies: the spread of the per-movie differences from offline_1 (movie difficulty
     # cancels, so this CI is far narrower than each row's own)
     base = result["offline_1"]["pixel_correlation_spread"]["per_movie"]
@@ -331,6 +337,49 @@ def run(args: argparse.Namespace) -> int:
 
 
 AGES = (0, 1, 2, 4, 8, 16, 32)
+#: Frames scored after each cut: a window's length, what a window spanning the cut could reach.
+CUT_FRAMES = 32
+
+
+def _near_cuts(encoder: Any, movies: list, inputs: list, args: argparse.Namespace, inverse: Any) -> dict[str, Any]:
+    """Quality of the first CUT_FRAMES frames after each cut of a stream of movies played back to back, streaming
+    with the cut rule (the optimiser restarts at the cut) and without (its windows span the cut)."""
+    from neurocine.decoder.analysis.metrics import movie_correlation
+    from neurocine.decoder.reconstruct.streaming import StreamingConfig, reconstruct_streaming
+
+    # Played in an order they were not recorded in (as a replay of the release's shuffled trials plays them): the
+    # movies in reverse, so no trial follows the one it followed at the rig (the synthetic mouse watched its clips
+    # 1 s apart, and its calcium still carried the previous clip into the next one: that is no cut).
+    if len(inputs) > 1:
+        parts = [(m[0], beh, resp) for m, (_, beh, resp) in zip(movies, inputs, strict=True)][::-1]
+    else:  # one movie: its second half, then its first, so the cut joins two different scenes
+        (stim, _, _), (_, beh, resp) = movies[0], inputs[0]
+        half = stim.shape[0] // 2
+        parts = [(stim[half:], beh[half:], resp[half:]), (stim[:half], beh[:half], resp[:half])]
+    truth = np.concatenate([p[0] for p in parts])
+    beh = np.concatenate([p[1] for p in parts])
+    resp = np.concatenate([p[2] for p in parts])
+    starts = np.cumsum([0] + [p[0].shape[0] for p in parts])
+    cuts = [int(c) for c in starts[1:-1]]
+    cfg = StreamingConfig(lag=args.default_lag, steps=args.default_steps, grad_blur=args.grad_blur)
+    out: dict[str, Any] = {"cuts": len(cuts), "frames_scored_after_each": CUT_FRAMES, "lag": cfg.lag,
+                           "steps": cfg.steps, "warm_start": cfg.warm_start_with(inverse),
+                           "scoring": "pixel correlation of the frames after each cut (paper smoothing, none dropped)"}
+    for label, at in (("with_cut_rule", cuts), ("without_cut_rule", [])):
+        movie, _ = reconstruct_streaming(encoder, resp, beh, cfg, inverse=inverse, cuts=at)
+        after, before = [], []
+        for c, first, stop in zip(cuts, starts[:-2], starts[2:], strict=True):
+            span = slice(c, min(c + CUT_FRAMES, int(stop)))
+            after.append(round(movie_correlation(truth[span], movie[span], skip=0), 4))
+            span = slice(max(int(first), c - CUT_FRAMES), c)
+            before.append(round(movie_correlation(truth[span], movie[span], skip=0), 4))
+        out[label] = {"pixel_correlation": round(float(np.mean(after)), 4), "per_cut": after,
+                      "before_the_cut": round(float(np.mean(before)), 4)}
+        _log(f"the {CUT_FRAMES} frames after a cut, {label.replace('_', ' ')}: {out[label]['pixel_correlation']:.3f} "
+             f"({out[label]['before_the_cut']:.3f} for the {CUT_FRAMES} before it)")
+    out["difference"] = round(out["with_cut_rule"]["pixel_correlation"]
+                              - out["without_cut_rule"]["pixel_correlation"], 4)
+    return out
 
 
 def _first_guess(inverse: Any, encoder: Any, inputs: list, score: Any, args: argparse.Namespace, n_frames: int,

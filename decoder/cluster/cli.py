@@ -57,12 +57,14 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _trials_of(session: str, trials: list[int] | None) -> list[int]:
+def _trials_of(session: str, trials: list[int] | None, series: str | None = None) -> list[int]:
+    """The trials to reconstruct: those named, else every trial the session replays (a Sensorium mouse's are
+    listed without reading their frames)."""
     if trials:
         return list(trials)
-    from neurocine.streams.formats import load_session
+    from neurocine.streams.formats import open_session
 
-    return [t.index for t in load_session(session).trials]
+    return [t.index for t in open_session(session, series=series).trials]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     names, plan, rows = session_names(sessions), [], []
     for s in sessions:
         try:
-            trials = _trials_of(s, args.trial)
+            trials = _trials_of(s, args.trial, getattr(args, "series", None))
         except Exception as e:  # an unreadable session fails its own row, not the batch
             rows.append({"name": names[s], "status": "failed", "error": f"{names[s]}: cannot read {s}: {e}"})
             continue

@@ -1,9 +1,19 @@
 """Training data: Sensorium-layout mouse folders -> random 32-frame windows and whole validation trials.
 
-Each folder is read once with neurocine.streams.formats.sensorium (trials trimmed of their NaN padding, behaviour in
-BEHAVIOUR_CHANNELS order) and kept in memory; windows are sampled inside trials, never across a boundary.
-Normalisation statistics come from the training tier: behaviour mean/std per channel, response std per
-neuron, video mean/std overall. No torch here: batches are numpy arrays.
+Each folder's train (and validation) tier is scanned once with neurocine.streams.formats.sensorium (trials trimmed
+of their NaN padding by the release's rule, placeholder tiers refused, behaviour in BEHAVIOUR_CHANNELS order) and
+stays on disk: `MouseData.train` / `.valid` are `FramesOnDisk`, indexed by frame rows like a Session's arrays
+(`train.traces[rows]` (..., N), `.behaviour[rows]` (..., 4), `.stimulus[rows]` (..., 36, 64) uint8, `.trials`,
+`.n_frames`), each index copying just those frames out of the memory-mapped files. So memory holds a batch, not
+the data: ten release mice (~13 GB of float64 each) train in a few hundred MB of data (`neurocine bench
+train-memory`). The scan also gathers the normalisation statistics of the training tier: behaviour mean/std per
+channel, response std per neuron, video mean/std overall. Windows are sampled inside trials, never across a
+boundary (nor a cut). No torch here: batches are numpy arrays.
+
+The API callers build on (train, and multi-mouse / calibration code): `load_training_data(folder, window,
+valid_tier)` -> MouseData, `load_mice(folders, window, valid_tier)`, `WindowSampler(mice, window, batch_size, seed)`
+-> Batch, `trial_windows`, `sensorium_correlation`, `DataError`. `frames.load()` gives a tier as an in-memory
+Session where one is really needed (a small calibration recording).
 """
 
 from __future__ import annotations
@@ -15,13 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from neurocine.decoder.analysis.metrics import corr
-from neurocine.streams.session import Session
+from neurocine.streams.commandline import get_logger
+from neurocine.streams.formats.sensorium.frames import FramesOnDisk
+from neurocine.streams.session import TrialFrames
 
 #: Trials shorter than a window cannot be trained on; a std below this is treated as this.
 MIN_STD = 1e-3
 
 #: Frames skipped at the start of each trial by the Sensorium metric.
 METRIC_SKIP_FRAMES = 50
+
+log = get_logger("train")
 
 
 class DataError(ValueError):
@@ -30,12 +44,12 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class MouseData:
-    """One mouse: its training and validation sessions and the statistics derived from training."""
+    """One mouse: its training and validation frames (on disk) and the statistics derived from training."""
 
     mouse: str
     folder: str
-    train: Session
-    valid: Session | None
+    train: FramesOnDisk
+    valid: FramesOnDisk | None
     behaviour_mean: np.ndarray  # (4,)
     behaviour_std: np.ndarray  # (4,)
     response_std: np.ndarray  # (N,)
@@ -68,40 +82,106 @@ def mouse_id_from_folder(folder: str | Path) -> str:
     return name
 
 
-def _statistics(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-    beh = session.behaviour
-    beh_mean = np.nan_to_num(np.nanmean(beh, axis=0), nan=0.0)
-    beh_std = np.maximum(np.nan_to_num(np.nanstd(beh, axis=0), nan=1.0), MIN_STD)
-    resp_std = np.maximum(np.nan_to_num(np.nanstd(session.traces, axis=0), nan=1.0), MIN_STD)
-    if session.stimulus is None:
-        raise DataError(f"mouse {session.mouse_id}: the training tier has no videos (data/videos missing)")
-    video = session.stimulus.astype(np.float32)
-    return (
-        beh_mean.astype(np.float32),
-        beh_std.astype(np.float32),
-        resp_std.astype(np.float32),
-        float(video.mean()),
-        max(float(video.std()), MIN_STD),
-    )
+class TierStatistics:
+    """Normalisation statistics gathered one trial at a time (NaN left out, population std, as np.nanstd):
+    behaviour per channel and responses per neuron by merged moments (Chan et al.), pixels by an exact 256-bin
+    histogram."""
+
+    def __init__(self, n_neurons: int) -> None:
+        self.beh = _Moments(4)
+        self.resp = _Moments(n_neurons)
+        self.pixels = np.zeros(256, np.int64)
+        self.has_video = True
+
+    def add(self, part: TrialFrames) -> None:
+        self.beh.add(part.behaviour)
+        self.resp.add(part.traces)
+        if part.stimulus is None:
+            self.has_video = False
+        else:
+            self.pixels += np.bincount(part.stimulus.reshape(-1), minlength=256)
+
+    def result(self, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """(behaviour mean, behaviour std, response std, video mean, video std), as the trainer expects them."""
+        if not self.has_video or not self.pixels.sum():
+            raise DataError(f"{where}: the training tier has no videos (data/videos missing)")
+        beh_mean = np.nan_to_num(self.beh.mean(), nan=0.0)
+        beh_std = np.maximum(np.nan_to_num(self.beh.std(), nan=1.0), MIN_STD)
+        resp_std = np.maximum(np.nan_to_num(self.resp.std(), nan=1.0), MIN_STD)
+        values = np.arange(256, dtype=np.float64)
+        n = self.pixels.sum()
+        vmean = float((values * self.pixels).sum() / n)
+        vstd = float(np.sqrt((self.pixels * (values - vmean) ** 2).sum() / n))
+        return (beh_mean.astype(np.float32), beh_std.astype(np.float32), resp_std.astype(np.float32), vmean,
+                max(vstd, MIN_STD))
+
+
+class _Moments:
+    """Per-column count, mean and sum of squared deviations over row blocks, NaN left out."""
+
+    def __init__(self, n: int) -> None:
+        self.count = np.zeros(n, np.float64)
+        self.mean_ = np.zeros(n, np.float64)
+        self.m2 = np.zeros(n, np.float64)
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float64)
+        ok = ~np.isnan(x)
+        count = ok.sum(axis=0).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, np.where(ok, x, 0.0).sum(axis=0) / np.maximum(count, 1), 0.0)
+            m2 = np.where(ok, (x - mean) ** 2, 0.0).sum(axis=0)
+            total = self.count + count
+            delta = mean - self.mean_
+            self.mean_ = np.where(total > 0, self.mean_ + delta * count / np.maximum(total, 1), 0.0)
+            self.m2 = self.m2 + m2 + delta**2 * self.count * count / np.maximum(total, 1)
+        self.count = total
+
+    def mean(self) -> np.ndarray:
+        return np.where(self.count > 0, self.mean_, np.nan)
+
+    def std(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, np.sqrt(self.m2 / self.count), np.nan)
+
+
+def _open_mouse(folder: str | Path):  # -> SensoriumFolder
+    from neurocine.streams.formats import FormatError
+    from neurocine.streams.formats.sensorium import SensoriumFolder
+    from neurocine.streams.formats.sensorium.store import unzip_command
+
+    try:
+        mouse = SensoriumFolder(folder)
+    except FormatError as err:
+        raise DataError(f"{folder}: cannot read the train tier: {err}") from err
+    if not mouse.store.random_access:
+        raise DataError(f"{folder}: training reads windows at random, which a .zip cannot serve; unpack it first "
+                        f"({unzip_command(folder)}) and pass the folder")
+    return mouse
 
 
 def load_training_data(folder: str | Path, window: int, valid_tier: str = "oracle") -> MouseData:
-    """Read the train tier (and the validation tier, if the folder has one) of one mouse folder."""
+    """Scan the train tier (and the validation tier, if the folder has one with responses) of one mouse folder;
+    their frames stay on disk."""
     from neurocine.streams.formats import FormatError
-    from neurocine.streams.formats.sensorium import read_sensorium
 
+    mouse = _open_mouse(folder)
     try:
-        train = read_sensorium(folder, tier="train")
+        chosen = mouse.choose(tier="train")
     except FormatError as err:
         raise DataError(f"{folder}: cannot read the train tier: {err}") from err
-    usable = [tr for tr in train.trials if tr.n_frames >= window]
-    if not usable:
+    stats = TierStatistics(mouse.n_neurons)
+    train = FramesOnDisk.scan(mouse, chosen, visit=stats.add)
+    if not any(tr.n_frames >= window for tr in train.trials):
         raise DataError(f"{folder}: no train trial has the {window} frames a window needs")
+    mean, std, rstd, vmean, vstd = stats.result(str(folder))
     try:
-        valid = read_sensorium(folder, tier=valid_tier)
-    except FormatError:
+        valid: FramesOnDisk | None = FramesOnDisk.scan(mouse, mouse.choose(tier=valid_tier))
+    except FormatError as err:
+        log.info(f"{folder}: no validation tier {valid_tier!r} ({err})")
         valid = None
-    mean, std, rstd, vmean, vstd = _statistics(train)
+    if valid is not None and not valid.trials:
+        valid = None
     return MouseData(mouse_id_from_folder(folder), str(folder), train, valid, mean, std, rstd, vmean, vstd)
 
 
@@ -157,6 +237,7 @@ class WindowSampler:
         starts = self.rng.choice(self._starts[k], size=self.batch_size)
         rows = starts[:, None] + np.arange(self.window)[None, :]
         assert m.train.stimulus is not None
+        # each field reads just these windows' frames out of the memory-mapped trial files
         beh = m.train.behaviour[rows]
         beh = np.where(np.isnan(beh), m.behaviour_mean, beh).astype(np.float32)
         return Batch(

@@ -10,7 +10,10 @@ runs min(K, credit / step cost) steps, and none while frames wait behind it in t
 stays bounded whatever the model costs; should the inbox still fill (compute stalled for seconds), the
 frames it cannot hold are counted (`backlog_overflow`) and logged, never silently lost.
 A new session id resets the optimiser; a stream whose neurons the model does not know (matched by id)
-is refused with a message naming the mismatch, and the service waits for the next session.
+is refused with a message naming the mismatch, and the service waits for the next session. A frame whose
+`segment` differs from the previous frame's follows a cut (a replay of trials not recorded back to back): the
+optimiser starts afresh at it while the frames before the cut finish beside it (streaming.py), so no window
+spans the cut.
 With `provisional`, each arriving frame's current estimate is also published at once (final=False): what a
 closed loop acts on without waiting the lag; the final frame follows `lag` frames later.
 """
@@ -75,6 +78,7 @@ class ServiceStats:
     dropped_stale: int = 0  # frames not after the last decoded one (late or replayed): dropped, counted
     not_published: int = 0  # gap frames the optimiser filled in: never published (never received)
     deferred_loads: int = 0  # sessions whose model load waited for the rate limit
+    cuts: int = 0  # frames that began a new segment (not recorded right after the previous): the optimiser restarted
     wire: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -163,6 +167,7 @@ class DecodeService:
         self.columns: np.ndarray | None = None
         self.session_id: str | None = None
         self.refused: str | None = None  # session id of a refused stream
+        self._segment: int | None = None  # the last frame's `segment`: a change is a cut (the optimiser restarts)
         self.provider = ""
         self._timing: collections.OrderedDict[int, tuple[int, int, int]] = collections.OrderedDict()
         self.budget = StepBudget(self.steps, 1 / 30, shed=not every_step)
@@ -224,6 +229,7 @@ class DecodeService:
             return
         self.session_id = h.session_id
         self.recon = None
+        self._segment = None
         self._timing.clear()
         self.budget.reset(1.0 / h.frame_rate)
         self.stats.sessions += 1
@@ -271,8 +277,11 @@ class DecodeService:
         self.stats.steps_shed += self.steps - k
         self.stats.steps_run += k
         resp = in_model_order(f.traces, self.columns)
+        cut = f.segment is not None and self._segment is not None and f.segment != self._segment
+        self._segment = f.segment if f.segment is not None else self._segment
+        self.stats.cuts += cut
         t0 = time.time_ns()
-        outs = self.recon.push(resp, f.behaviour, f.seq, f.session_id, steps=k)
+        outs = self.recon.push(resp, f.behaviour, f.seq, f.session_id, steps=k, cut=cut)
         compute = time.time_ns() - t0
         self.stats.compute_ms_last = round(compute / 1e6, 3)
         self.budget.charge(k, compute / 1e9)

@@ -20,6 +20,7 @@ import numpy as np
 from neurocine.decoder.analysis.metrics import SMOOTH_SIGMA
 from neurocine.decoder.reconstruct.movie_file import write_movie
 from neurocine.decoder.reconstruct.streaming import add_streaming_args
+from neurocine.streams.cli import add_series_option
 from neurocine.streams.commandline import Progress, get_logger
 
 log = get_logger("reconstruct")
@@ -50,6 +51,7 @@ def add_reconstruct_options(p: argparse.ArgumentParser) -> None:
 
     add_model_args(p)  # --model, --backend, --provider, --threads, --allow-other-mouse
     p.add_argument("--session", default=None, help="session file/folder (default: the built-in example)")
+    add_series_option(p)
     p.add_argument(
         "--trial",
         type=int,
@@ -106,7 +108,7 @@ def load_inputs(args: argparse.Namespace, models: list[str] | None = None):  # -
         from neurocine.streams.example import example_session_path
 
         args.session = str(example_session_path())
-    session = load_session(args.session, trials=args.trial)
+    session = load_session(args.session, trials=args.trial, series=getattr(args, "series", None))
     specs = models or args.model or default_models()
     streaming = getattr(args, "mode", "offline") == "streaming"
     ensemble = getattr(args, "ensemble", None) or ("gradients" if streaming else "videos")  # each mode's default

@@ -23,11 +23,21 @@ frame is seen at every window position while it is active.
 Gaps (missing sequence numbers) insert frames with no responses (NaN: they drop out of the loss) and
 still emit, so the output stays aligned with the source frames; NaN neurons are masked per frame; NaN
 behaviour holds the last measured value. `reset()` (or a new session id in `push`) starts over.
+
+Cuts (`push(..., cut=True)`: this frame was not recorded right after the previous one, e.g. the next trial of a
+replayed Sensorium mouse): no window may span one, since the responses on its far side belong to another movie.
+The buffer starts over: the new trial's first frame starts from the first guess, with grey padding before it, as
+at a session start. The movie before the cut is closed the way a session's end is drained (reconstruct_streaming's
+`drain`): a copy of its buffer goes on beside the new one, taking each arrival's steps with no responses after the
+cut, and emits its frames at their usual lag. So frames before a cut lose no steps and no window mixes the two
+movies; a cut costs up to twice the steps for `lag` frames (a second cut meanwhile finishes the older movie at once,
+so never more). `neurocine bench quality` ("cuts") measures both sides of a cut with and without the rule.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -181,6 +191,11 @@ class PushTimes:
         self.seconds[self.count % self.KEPT] = seconds
         self.count += 1
 
+    def add_to_last(self, seconds: float) -> None:
+        """More compute for the latest push (a movie closing beside it after a cut)."""
+        if self.count:
+            self.seconds[(self.count - 1) % self.KEPT] += seconds
+
     def __len__(self) -> int:
         return self.count
 
@@ -246,6 +261,8 @@ class StreamingReconstructor:
         self.last_seq = -1
         self.last_behaviour: np.ndarray | None = None
         self.pending = 0  # frames pushed but not yet emitted final
+        #: the movie before a cut, draining beside this one, and its last real seq (later slots are padding)
+        self._closing: tuple[StreamingReconstructor, int] | None = None
 
     @property
     def n_active(self) -> int:
@@ -259,12 +276,15 @@ class StreamingReconstructor:
         seq: int | None = None,
         session_id: str | None = None,
         steps: int | None = None,
+        cut: bool = False,
     ) -> list[EstimatedFrame]:
         """Add source frame `seq` (default: the next one); returns the frames emitted (final first).
 
         `steps` overrides the configured steps for this frame (a service that falls behind sheds steps).
         Frames lost in a gap get the same steps when the gap is at most `lag` long, none otherwise (a long
         gap is emitted as its warm start without spending time on frames nothing constrains).
+        `cut`: frame `seq` does not follow the previous one in time; the movie starts afresh at `seq` while the
+        one before the cut drains beside it (frames lost just before the cut join that one, without steps).
         """
         if session_id is not None and session_id != self.session_id:
             self.reset(session_id)
@@ -283,6 +303,8 @@ class StreamingReconstructor:
         steps = self.cfg.steps if steps is None else max(0, int(steps))
         gap_steps = steps if seq - self.last_seq - 1 <= self.cfg.lag else 0
         out: list[EstimatedFrame] = []
+        if cut and self.last_seq >= 0:
+            out += self._close_movie(seq)
         # A first frame starts the movie where it is (a late joiner inserts nothing); a longer gap than the
         # buffer inserts only the last `capacity` missing frames: the earlier ones would leave it unseen.
         # So a jump costs O(lag + window), never O(jump).
@@ -291,8 +313,49 @@ class StreamingReconstructor:
             out += self._advance(
                 missing, np.full(n, np.nan, np.float32), self._held_behaviour(None), gap_steps
             )
-        out += self._advance(seq, resp, self._held_behaviour(beh), steps)
+        new = self._advance(seq, resp, self._held_behaviour(beh), steps)
+        return out + self._drain(steps) + new
+
+    def _close_movie(self, seq: int) -> list[EstimatedFrame]:
+        """At a cut before `seq`: frames lost before it (at most a buffer's worth) join the old movie without
+        steps, the old movie becomes the closing one (an older closing one is finished at once), and the buffer
+        starts over (the session and the timing stay)."""
+        out = self._finish_closing()
+        n = self.ens.n_neurons
+        for missing in range(max(self.last_seq + 1, seq - self.capacity), seq):
+            out += self._advance(missing, np.full(n, np.nan, np.float32), self._held_behaviour(None), 0)
+        closing = copy.copy(self)
+        for name in ("video", "prior", "m", "age", "responses", "behaviour", "seqs"):
+            setattr(closing, name, getattr(self, name).copy())
+        closing.cfg = dataclasses.replace(self.cfg, provisional=False)  # provisional frames: the live movie's only
+        closing.step_seconds = PushTimes()
+        last_real = self.last_seq
+        self.reset(self.session_id)
+        self._closing = (closing, last_real)
         return out
+
+    def _drain(self, steps: int) -> list[EstimatedFrame]:
+        """One arrival's worth for the closing movie: a frame with no responses, `steps` steps, and its frames
+        that reach the lag emitted (never the padding frames it was given)."""
+        if self._closing is None:
+            return []
+        closing, last_real = self._closing
+        start = time.perf_counter()
+        nothing = np.full(self.ens.n_neurons, np.nan, np.float32)
+        out = closing._advance(closing.last_seq + 1, nothing, closing._held_behaviour(None), steps)
+        self.step_seconds.add_to_last(time.perf_counter() - start)
+        c = closing.capacity
+        if not (closing.seqs[c - closing.pending :] <= last_real).any():
+            self._closing = None
+        return [f for f in out if f.final and f.seq <= last_real]
+
+    def _finish_closing(self) -> list[EstimatedFrame]:
+        """The closing movie's remaining frames, final now (a session's end, or another cut)."""
+        if self._closing is None:
+            return []
+        closing, last_real = self._closing
+        self._closing = None
+        return [f for f in closing.flush() if f.seq <= last_real]
 
     def _held_behaviour(self, beh: np.ndarray | None) -> np.ndarray:
         last = np.zeros(4, np.float32) if self.last_behaviour is None else self.last_behaviour
@@ -370,9 +433,16 @@ class StreamingReconstructor:
 
     def estimate_at_age(self, age: int) -> np.ndarray | None:
         """The current estimate of the frame that arrived `age` frames ago (None if not held any more)."""
-        if not 0 <= age <= self.cfg.lag or self.seqs[self.capacity - 1 - age] < 0:
+        if not 0 <= age <= self.cfg.lag:
             return None  # age == lag: the frame just emitted final (its slot leaves at the next arrival)
-        return self._out(self.capacity - 1 - age)
+        slot = self.capacity - 1 - age
+        if self.seqs[slot] >= 0:
+            return self._out(slot)
+        if self._closing is not None:  # a frame from before a cut: the closing movie drains in step with arrivals
+            closing, last_real = self._closing
+            if 0 <= closing.seqs[slot] <= last_real:
+                return closing._out(slot)
+        return None
 
     def _provisional(self) -> list[EstimatedFrame]:
         c = self.capacity
@@ -425,9 +495,9 @@ class StreamingReconstructor:
 
     # ------------------------------------------------------------------ end
     def flush(self) -> list[EstimatedFrame]:
-        """Emit the frames still active as final (end of the session), oldest first."""
+        """Emit the frames still active as final (end of the session), oldest first (a closing movie's first)."""
         c = self.capacity
-        out = [
+        out = self._finish_closing() + [
             EstimatedFrame(int(self.seqs[i]), self._out(i), True) for i in range(c - self.pending, c)
         ]
         self.pending = 0
@@ -466,9 +536,10 @@ class StreamingEnsemble:
             m.reset(session_id)
 
     def push(self, responses: np.ndarray, behaviour: np.ndarray, seq: int | None = None,
-             session_id: str | None = None, steps: int | None = None) -> list[EstimatedFrame]:  # fmt: skip
+             session_id: str | None = None, steps: int | None = None,
+             cut: bool = False) -> list[EstimatedFrame]:  # fmt: skip
         start = time.perf_counter()
-        outs = [m.push(responses, behaviour, seq, session_id, steps) for m in self.members]
+        outs = [m.push(responses, behaviour, seq, session_id, steps, cut) for m in self.members]
         self.step_seconds.append(time.perf_counter() - start)
         return self._merge(outs)
 
@@ -508,6 +579,7 @@ def reconstruct_streaming(
     drain: bool = True,
     inverse: InverseDecoder | None = None,
     provisional_ages: Sequence[int] = (),
+    cuts: Sequence[int] = (),
 ) -> tuple[np.ndarray, StreamingReconstructor | StreamingEnsemble]:
     """Stream a whole recording through the optimiser; returns the final movie (T, 36, 64) and the
     optimiser (for its timing).
@@ -517,6 +589,7 @@ def reconstruct_streaming(
     instead of being flushed early; False flushes them as they are.
     provisional_ages: also keep, for each age a, every frame's estimate a frames after its responses arrived
     (after that arrival's steps), as `rec.age_movies[a]` (T, 36, 64): what a closed loop sees before the lag.
+    cuts: frames that do not follow the previous one in time (trials played back to back); no window spans one.
     """
     rec = make_streaming(backends, config, mask, weights, inverse)
     responses = np.asarray(responses, np.float32)
@@ -534,8 +607,9 @@ def reconstruct_streaming(
             if 0 <= t - a < t_len and (est := rec.estimate_at_age(a)) is not None:
                 movie[t - a] = est
 
+    cut_at = set(cuts)
     for t in range(t_len):
-        for f in rec.push(responses[t], behaviour[t], t):
+        for f in rec.push(responses[t], behaviour[t], t, cut=t in cut_at):
             if f.final:
                 frames[f.seq] = f.frame
         keep_ages(t)

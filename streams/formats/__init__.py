@@ -1,8 +1,13 @@
 """Session files: pick the reader or writer from the path.
 
-- a folder in the Sensorium 2023 per-mouse layout (``data/responses/*.npy``)  -> neurocine.streams.formats.sensorium
+- a folder in the Sensorium 2023 per-mouse layout (``data/responses/*.npy``), or the release's ``.zip`` of one
+                                                                       -> neurocine.streams.formats.sensorium
 - ``*.nwb``                                                            -> neurocine.streams.formats.nwb (needs pynwb)
 - ``*.ncr`` (neurocine recording, the recorder's own append-only format) -> neurocine.streams.formats.native
+
+`open_session` is what a replay reads: a Sensorium mouse streamed one trial at a time (memory bounded by a
+trial, whatever the folder's size); `load_session` holds every chosen frame in memory (what reconstruction and
+fitting need).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from neurocine.streams.session import Session
+from neurocine.streams.session import Session, StreamedSession
 
 
 class FormatError(ValueError):
@@ -25,28 +30,32 @@ def detect_format(path: str | Path) -> str:
             return "sensorium"
         raise FormatError(f"{p}: a folder, but not in the Sensorium layout (no data/responses/)")
     suffix = p.suffix.lower()
+    if suffix == ".zip":
+        return "sensorium"
     if suffix == ".nwb":
         return "nwb"
     if suffix == ".ncr":
         return "native"
-    raise FormatError(f"{p}: unknown session format (expected a Sensorium folder, .nwb or .ncr)")
+    raise FormatError(f"{p}: unknown session format (expected a Sensorium folder or .zip, .nwb or .ncr)")
 
 
-def load_session(
-    path: str | Path, trials: Sequence[int] | None = None, tier: str | None = None
-) -> Session:
-    """Read a session from any supported format; `trials`/`tier` select trials, played back to back."""
+def open_session(
+    path: str | Path, trials: Sequence[int] | None = None, tier: str | None = None, series: str | None = None
+) -> Session | StreamedSession:
+    """A session to replay: a Sensorium mouse as a StreamedSession (read one trial at a time), other formats
+    as a Session. `trials`/`tier` select trials (played back to back); `series` names an NWB file's trace
+    series (ignored elsewhere)."""
     fmt = detect_format(path)
     if not Path(path).exists():
         raise FormatError(f"{path}: no such file or folder")
     if fmt == "sensorium":
-        from neurocine.streams.formats.sensorium import read_sensorium
+        from neurocine.streams.formats.sensorium import open_sensorium
 
-        return read_sensorium(path, trials=trials, tier=tier)
+        return open_sensorium(path, trials=trials, tier=tier)
     if fmt == "nwb":
         from neurocine.streams.formats.nwb import read_nwb
 
-        session = read_nwb(path)
+        session = read_nwb(path, series=series)
     else:
         from neurocine.streams.formats.native import read_native
 
@@ -54,6 +63,14 @@ def load_session(
     if trials is not None or tier is not None:
         session = session.select_trials(trials, tier)
     return session
+
+
+def load_session(
+    path: str | Path, trials: Sequence[int] | None = None, tier: str | None = None, series: str | None = None
+) -> Session:
+    """Read a session from any supported format, every chosen frame in memory (see open_session)."""
+    session = open_session(path, trials, tier, series)
+    return session.load() if isinstance(session, StreamedSession) else session
 
 
 def save_session(session: Session, path: str | Path) -> None:

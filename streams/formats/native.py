@@ -45,7 +45,7 @@ from neurocine.streams.protocol import (
     encode_frame,
     encode_session,
 )
-from neurocine.streams.session import Session, Trial, frame_trials, header_of
+from neurocine.streams.session import Session, Trial, frame_segments, frame_trials, header_of
 
 MAGIC = b"NCREC\x00v1"
 SYNC = b"NCR\x1e"
@@ -300,14 +300,17 @@ def session_from_messages(header: SessionHeader, frames: Sequence[Frame]) -> Ses
 
 
 def _trials_from_frames(frames: Sequence[Frame], tiers: dict[int, str]) -> list[Trial]:
-    if not frames or all(f.trial is None for f in frames):
+    """Runs of frames with one trial index and one segment; a run whose segment differs from the previous
+    frame's follows a cut (a replay of non-contiguous trials, or a --loop starting again)."""
+    if not frames or all(f.trial is None and f.segment is None for f in frames):
         return []
     trials: list[Trial] = []
     start = 0
     for i in range(1, len(frames) + 1):
-        if i == len(frames) or frames[i].trial != frames[start].trial:
+        if i == len(frames) or (frames[i].trial, frames[i].segment) != (frames[start].trial, frames[start].segment):
             idx = frames[start].trial if frames[start].trial is not None else -1
-            trials.append(Trial(idx, start, i, tiers.get(idx, "none")))
+            cut = start > 0 and frames[start].segment != frames[start - 1].segment
+            trials.append(Trial(idx, start, i, tiers.get(idx, "none"), cut))
             start = i
     return trials
 
@@ -329,14 +332,15 @@ def write_native(session: Session, path: str | Path) -> None:
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    trial_of = frame_trials(session)
+    trial_of, segment_of = frame_trials(session), frame_segments(session)
     with NativeWriter(tmp, fsync_interval_s=3600) as w:
         head = encode_session(header_of(session))
         w.write(head, 0)
         for seq, t_acq, traces, behaviour, stim in session.iter_frames():
             if seq and seq % HEADER_EVERY == 0:
                 w.write(head, 0)  # repeated: one damaged copy loses no session
-            w.write(encode_frame(session.session_id, seq, t_acq, 0, traces, behaviour, stim, int(trial_of[seq])), 0)
+            w.write(encode_frame(session.session_id, seq, t_acq, 0, traces, behaviour, stim, int(trial_of[seq]),
+                                 int(segment_of[seq])), 0)
         w.write(head, 0)  # and once more at the end: at least two copies, whatever the length
         w.write(encode_end(End(session.session_id, session.n_frames, "complete", 0)), 0)
     os.replace(tmp, p)

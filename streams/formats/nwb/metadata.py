@@ -23,6 +23,9 @@ METADATA_VERSION = 1
 
 TRACES_NAME = "deconvolved"
 STIMULUS_NAME = "stimulus"
+#: Trials-table column written when a session has cuts: True where a trial was not recorded right after the
+#: previous one (a recorded replay of the Sensorium release); read back into Trial.cut.
+CUT_COLUMN = "cut"
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -15,7 +15,11 @@ from typing import Any
 
 from neurocine.streams.formats import FormatError
 
-_PREFERRED_TRACE_WORDS = ("deconv", "spike", "event")
+#: Trace series chosen without --series, in order: deconvolved activity (what the encoders predict; suite2p's
+#: "Deconvolved", Allen's "event_detection"), then dF/F (a DfOverF container, or such a name); never neuropil.
+_DECONVOLVED_WORDS = ("deconv", "spike", "event")
+_DFF_WORDS = ("dff", "df_f", "dfof", "deltaf", "dfoverf")
+_NEUROPIL_WORDS = ("neuropil", "fneu")
 
 
 def _norm(name: str) -> str:
@@ -30,27 +34,92 @@ def _find_module(nwbfile: Any, names: tuple[str, ...]) -> Any:
     return None
 
 
-def _pick_roi_response_series(ophys: Any, path: Path) -> Any:
-    """The RoiResponseSeries to replay: deconvolved/spikes/events if several, else the first."""
+def _shape(obj: Any) -> tuple[int, ...] | None:
+    data = getattr(obj, "data", None)
+    shape = getattr(data, "shape", None)
+    return None if shape is None else tuple(int(d) for d in shape)
+
+
+def describe_holdings(nwbfile: Any) -> str:
+    """What a file holds, for an error: every time series (path, type, shape), at most 30."""
+    from pynwb import TimeSeries
+
+    found: list[str] = []
+
+    def visit(where: str, items: Any) -> None:
+        for name, item in items.items():
+            if isinstance(item, TimeSeries):
+                found.append(f"{where}/{name} ({type(item).__name__} {_shape(item)})")
+            for child in getattr(item, "children", ()):
+                if isinstance(child, TimeSeries):
+                    found.append(f"{where}/{name}/{child.name} ({type(child).__name__} {_shape(child)})")
+
+    for key, module in nwbfile.processing.items():
+        visit(f"processing/{key}", module.data_interfaces)
+    visit("acquisition", nwbfile.acquisition)
+    visit("stimulus", nwbfile.stimulus)
+    visit("stimulus_template", nwbfile.stimulus_template)
+    if not found:
+        return "no time series at all"
+    more = f", and {len(found) - 30} more" if len(found) > 30 else ""
+    return "; ".join(found[:30]) + more
+
+
+def trace_candidates(ophys: Any) -> list[tuple[str, Any, str]]:
+    """(name, series, container type) of every RoiResponseSeries in the ophys module: directly in it, or in a
+    Fluorescence / DfOverF container ('Deconvolved/plane0', suite2p's way)."""
     from pynwb.ophys import DfOverF, Fluorescence, RoiResponseSeries
 
-    found: list[tuple[str, Any]] = []
+    found: list[tuple[str, Any, str]] = []
     for name, item in ophys.data_interfaces.items():
         if isinstance(item, RoiResponseSeries):
-            found.append((name, item))
+            found.append((name, item, ""))
         elif isinstance(item, (Fluorescence, DfOverF)):
-            found.extend((f"{name}/{sub}", s) for sub, s in item.roi_response_series.items())
+            found.extend((f"{name}/{sub}", s, type(item).__name__) for sub, s in item.roi_response_series.items())
+    return found
+
+
+def _listing(found: list[tuple[str, Any, str]]) -> str:
+    return ", ".join(f"'{n}' {_shape(s)}" for n, s, _ in found)
+
+
+def _pick_roi_response_series(ophys: Any, path: Path, series: str | None = None, nwbfile: Any = None) -> Any:
+    """The RoiResponseSeries to replay: the one named by `series` (its full name 'Container/series', its own
+    name, or its container's when that holds one series), else the deconvolved one, else the dF/F one, else the
+    only one; several at the chosen rank, or none, is an error listing the candidates and their shapes."""
+    found = trace_candidates(ophys)
     if not found:
-        raise FormatError(
-            f"{path}: no RoiResponseSeries in the ophys module (it holds: {sorted(ophys.data_interfaces)})"
-        )
-    chosen = next((f for f in found if any(w in _norm(f[0]) for w in _PREFERRED_TRACE_WORDS)), found[0])
-    if len(found) > 1:
-        warnings.warn(
-            f"{path}: {len(found)} RoiResponseSeries ({', '.join(n for n, _ in found)}); using '{chosen[0]}'",
-            stacklevel=4,
-        )
-    return chosen[1]
+        holds = describe_holdings(nwbfile) if nwbfile is not None else sorted(ophys.data_interfaces)
+        raise FormatError(f"{path}: no RoiResponseSeries in the ophys module (the file holds: {holds})")
+    if series is not None:
+        want = _norm(series)
+        for rank in (lambda n: _norm(n), lambda n: _norm(n.split("/")[-1]), lambda n: _norm(n.split("/")[0])):
+            hits = [f for f in found if rank(f[0]) == want]
+            if len(hits) == 1:
+                return hits[0][1]
+            if len(hits) > 1:
+                raise FormatError(f"{path}: --series {series!r} names {len(hits)} series ({_listing(hits)}); "
+                                  "give the full name, e.g. --series " + repr(hits[0][0]))
+        raise FormatError(f"{path}: no trace series {series!r}; the ophys module holds {_listing(found)}")
+    usable = [f for f in found if not any(w in _norm(f[0]) for w in _NEUROPIL_WORDS)]
+    ranks = (
+        ("deconvolved", [f for f in usable if any(w in _norm(f[0]) for w in _DECONVOLVED_WORDS)]),
+        ("dF/F", [f for f in usable if f[2] == "DfOverF" or any(w in _norm(f[0]) for w in _DFF_WORDS)]),
+        ("trace", usable),
+    )
+    for kind, hits in ranks:
+        if len(hits) == 1:
+            if len(found) > 1:
+                warnings.warn(f"{path}: {len(found)} RoiResponseSeries ({_listing(found)}); using the {kind} one, "
+                              f"'{hits[0][0]}' (--series chooses another)", stacklevel=4)
+            elif kind == "trace":
+                warnings.warn(f"{path}: its one trace series '{hits[0][0]}' is not named as deconvolved or dF/F "
+                              "activity; replaying it as it is", stacklevel=4)
+            return hits[0][1]
+        if len(hits) > 1:
+            raise FormatError(f"{path}: {len(hits)} candidate {kind} series ({_listing(hits)}) and no --series to "
+                              f"choose; e.g. --series {hits[0][0]!r}")
+    raise FormatError(f"{path}: only neuropil traces ({_listing(found)}); name one with --series to replay it")
 
 
 def _behaviour_series(nwbfile: Any, ophys: Any) -> list[tuple[str, str, Any]]:

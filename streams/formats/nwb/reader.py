@@ -20,6 +20,7 @@ import numpy as np
 
 from neurocine.streams.formats import FormatError
 from neurocine.streams.formats.nwb.metadata import (
+    CUT_COLUMN,
     METADATA_KEY,
     STIMULUS_NAME,
     _datetime_to_ns,
@@ -32,6 +33,7 @@ from neurocine.streams.formats.nwb.naming import (
     _find_module,
     _norm,
     _pick_roi_response_series,
+    describe_holdings,
 )
 from neurocine.streams.session import DEFAULT_FRAME_RATE, Session, SessionError, Trial
 
@@ -41,11 +43,13 @@ _TIME_TOLERANCE_S = 1e-9
 _BLANK_GREY = 128
 
 
-def read_nwb(path: str | Path) -> Session:
+def read_nwb(path: str | Path, series: str | None = None) -> Session:
     """Read a session from an NWB file written by `write_nwb` (exactly) or by other tools (by convention).
 
-    Errors name the file and the fault as FormatError; a channel the file lacks becomes NaN, with a
-    warning that names it.
+    `series` names the trace series to read ('Deconvolved/plane0', 'dff', ...) when the file holds several;
+    without it the deconvolved one is taken, else the dF/F one (naming.py). Errors name the file and the fault
+    as FormatError (one the file cannot be used for lists what it holds); a channel the file lacks becomes NaN,
+    with a warning that names it.
     """
     pynwb = _import_pynwb()
     import h5py
@@ -67,7 +71,7 @@ def read_nwb(path: str | Path) -> Session:
                 raise FormatError(
                     f"{p}: cannot read the NWB structure (truncated or corrupt?): {type(e).__name__}: {e}"
                 ) from e
-            return _session_from_nwbfile(nwbfile, p)
+            return _session_from_nwbfile(nwbfile, p, series)
     except FormatError:
         raise
     except SessionError as e:
@@ -76,12 +80,13 @@ def read_nwb(path: str | Path) -> Session:
         raise FormatError(f"{p}: reading failed (truncated or corrupt?): {type(e).__name__}: {e}") from e
 
 
-def _session_from_nwbfile(nwbfile: Any, path: Path) -> Session:
+def _session_from_nwbfile(nwbfile: Any, path: Path, name: str | None = None) -> Session:
     meta = _neurocine_metadata(nwbfile)
     ophys = _find_module(nwbfile, ("ophys",))
     if ophys is None:
-        raise FormatError(f"{path}: no 'ophys' processing module (modules: {sorted(nwbfile.processing) or 'none'})")
-    series = _pick_roi_response_series(ophys, path)
+        raise FormatError(f"{path}: no 'ophys' processing module (modules: {sorted(nwbfile.processing) or 'none'}; "
+                          f"the file holds: {describe_holdings(nwbfile)})")
+    series = _pick_roi_response_series(ophys, path, name, nwbfile)
     traces = _trace_matrix(series, path)
     t = traces.shape[0]
     table = series.rois.table
@@ -399,12 +404,13 @@ def _read_trials(nwbfile: Any, rel_s: np.ndarray) -> list[Trial]:
         else np.asarray(table.id.data[:], dtype=np.int64)
     )
     tiers = [_text(v) for v in table["tier"].data[:]] if "tier" in colnames else ["none"] * len(starts_s)
+    cuts = [bool(v) for v in table[CUT_COLUMN].data[:]] if CUT_COLUMN in colnames else [False] * len(starts_s)
     order = np.argsort(starts_s, kind="stable")
     starts = np.searchsorted(rel_s, starts_s[order] - _TIME_TOLERANCE_S, side="left")
     trials = [Trial(-1, 0, int(starts[0]), "none")] if starts[0] > 0 else []
     bounds = [*starts.tolist(), t]
     for k, row in enumerate(order):
-        trials.append(Trial(int(indices[row]), int(bounds[k]), int(bounds[k + 1]), tiers[row]))
+        trials.append(Trial(int(indices[row]), int(bounds[k]), int(bounds[k + 1]), tiers[row], cuts[row]))
     return trials
 
 

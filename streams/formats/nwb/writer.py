@@ -10,7 +10,8 @@ Written layout (and what `read_nwb` looks for first):
 - ``processing/behavior``: BehavioralTimeSeries/"running_speed", PupilTracking/"pupil_dilation",
   EyeTracking/"pupil_center" (T, 2) = [x, y]; their timestamps link to the traces' timestamps.
 - ``stimulus/stimulus``: ImageSeries (T, H, W) uint8, the frame on screen at each acquisition.
-- ``intervals/trials``: start_time, stop_time, trial_index, tier.
+- ``intervals/trials``: start_time, stop_time, trial_index, tier (and ``cut``, when a trial does not follow the
+  previous one in time: a recorded replay of Sensorium trials).
 - The frame rate is the imaging plane's ``imaging_rate``; the session source and the exact start time
   in nanoseconds live in ``general/data_collection`` as JSON ``{"neurocine": {...}}``.
 - Subject, imaging-plane location and behaviour units come from `recording_facts`: what the synthetic
@@ -32,6 +33,7 @@ import numpy as np
 from neurocine.streams.commandline import get_logger
 from neurocine.streams.formats import FormatError
 from neurocine.streams.formats.nwb.metadata import (
+    CUT_COLUMN,
     METADATA_KEY,
     METADATA_VERSION,
     STIMULUS_NAME,
@@ -267,10 +269,16 @@ def _add_trials(nwbfile: Any, session: Session, rel_s: np.ndarray) -> None:
 
     nwbfile.add_trial_column(name="trial_index", description="index of the trial in its source")
     nwbfile.add_trial_column(name="tier", description="data split (Sensorium 2023 tier names)")
-    for trial in session.trials:
+    cuts = any(trial.cut for trial in session.trials[1:])
+    if cuts:  # only then: a continuous recording's table stays as it was
+        nwbfile.add_trial_column(name=CUT_COLUMN, description="True when the trial was not recorded right after "
+                                 "the previous one (its start is a cut in the recording; a decoder starts afresh)")
+    for k, trial in enumerate(session.trials):
+        extra = {CUT_COLUMN: bool(k > 0 and trial.cut)} if cuts else {}
         nwbfile.add_trial(
             start_time=frame_time(trial.start),
             stop_time=frame_time(trial.stop),
             trial_index=int(trial.index),
             tier=str(trial.tier),
+            **extra,
         )

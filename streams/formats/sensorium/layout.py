@@ -5,18 +5,20 @@ turns every bad file into a FormatError) without importing each other; it is the
 
 Layout (one folder per mouse; trial ``i`` is one file in each ``data/`` sub-folder)::
 
-    data/videos/{i}.npy        (H=36, W=64, T)  8-bit frames, stored as float32 so padding can be NaN
+    data/videos/{i}.npy        (H=36, W=64, T)  frames on a 0..255 scale: the release stores float64 and not always
+                                                whole numbers (rounded for the wire); neurocine writes float32
     data/responses/{i}.npy     (N, T)           deconvolved, unnormalised activity
     data/behavior/{i}.npy      (2, T)           [pupil dilation, running speed]
     data/pupil_center/{i}.npy  (2, T)           [x, y]
     meta/trials/tiers.npy      (K,)             tier name of each trial index
     meta/neurons/unit_ids.npy  (N,)             neuron ids (optional when reading: arange(N))
-    meta/neurons/cell_motor_coordinates.npy (N, 3)
+    meta/neurons/cell_motor_coordinates.npy (N, 3); animal_ids, area, layer, scan_idx, sessions (N,) (read if there)
     meta/statistics/{videos,responses,behavior,pupil_center}/all/{min,max,mean,median,std}.npy
 
-Trials are NaN-padded after their end (T up to 300 at 30 Hz). A padding column is one where every
-response is NaN; a trial ends after its last column that is not padding, so a NaN neuron inside a trial
-("not reported") is kept as NaN.
+Trials are NaN-padded after their end (T up to 300 at 30 Hz); a trial ends where the earliest field's padding
+begins (`trials` states the rule). Trial files are numbered 0..K-1 in random order: file order carries no
+time, so a replay marks a cut between every two trials. Tiers whose responses are all zero hold placeholders
+(the public release withholds its test tiers' responses): `folder` skips them.
 
 neurocine addition: the writer also stores ``meta/trials/n_frames.npy`` (K,) int64, the exact length of
 each trial. When present the reader trusts it (after checking that the columns after it are padding);
