@@ -65,20 +65,23 @@ class CalibrateOptions:
     holdout: float = 0.1
     readout: ReadoutFitOptions = dataclasses.field(default_factory=ReadoutFitOptions)
     validate_frames: int = 600  # held-out frames decoded by the streaming optimiser (at most)
+    series: str | None = None  # an NWB recording's trace series
     overwrite: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- 1. read
-def read_recordings(paths: Sequence[str]) -> Session:
-    """The calibration recordings as one session (a Sensorium folder contributes its train tier); they must be
-    of one mouse with the same neurons and carry their stimulus."""
-    from neurocine.streams.formats import load_session
+def read_recordings(paths: Sequence[str], minutes: float | None = None, series: str | None = None) -> Session:
+    """The calibration recordings as one session (a Sensorium folder contributes its train tier, read trial by
+    trial, only as many as `minutes` needs); they must be of one mouse with the same neurons and carry their
+    stimulus. `series`: an NWB file's trace series."""
+    from neurocine.streams.formats import open_session
 
     sessions = []
     for path in paths:
-        session = load_session(path)
-        if any(t.tier == "train" for t in session.trials):
-            session = session.select_trials(tier="train")
+        opened = open_session(path, series=series)
+        if any(t.tier == "train" for t in opened.trials):
+            opened = open_session(path, tier="train", series=series)
+        session = _first_minutes(opened, minutes)
         if session.stimulus is None:
             raise CalibrationError(f"{path}: no stimulus in this recording; calibration fits the mouse's neurons to "
                                    "what it saw (record the rig's stream with its stimulus attached, or give a "
@@ -99,6 +102,28 @@ def read_recordings(paths: Sequence[str]) -> Session:
             raise CalibrationError(f"{path}: neuron ids are not unique")
         sessions.append(session)
     return _concatenate(sessions)
+
+
+def _first_minutes(opened: Any, minutes: float | None) -> Session:
+    """An opened session in memory: a StreamedSession read only until `minutes` are in (whole trials), an
+    in-memory one as it is (segments() cuts it)."""
+    from neurocine.streams.session import StreamedSession
+
+    if not isinstance(opened, StreamedSession):
+        return opened
+    if minutes is None:
+        return opened.load()
+    limit, kept, total = round(minutes * 60 * opened.frame_rate), [], 0
+    for part in opened.iter_trials():
+        kept.append(part)
+        total += part.n_frames
+        if total >= limit:
+            break
+    trials = [p.trial for p in kept]
+    return Session(np.concatenate([p.traces for p in kept]), np.concatenate([p.behaviour for p in kept]),
+                   np.concatenate([p.timestamps_ns for p in kept]), opened.neuron_ids, opened.frame_rate,
+                   opened.mouse_id, np.concatenate([p.stimulus for p in kept]) if opened.stimulus_shape else None,
+                   trials, session_id=opened.session_id, source=opened.source, start_time_ns=opened.start_time_ns)
 
 
 def _concatenate(sessions: list[Session]) -> Session:
@@ -241,7 +266,7 @@ def _calibrate_into(folder: Path, opts: CalibrateOptions) -> dict[str, Any]:
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    session = read_recordings(opts.recordings)
+    session = read_recordings(opts.recordings, opts.minutes, opts.series)
     mouse = opts.mouse or session.mouse_id
     if not mouse or mouse in ("unknown", "none"):
         raise CalibrationError("the recording does not say which mouse it is; pass --mouse ID (the name the rig "

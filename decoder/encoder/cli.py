@@ -59,6 +59,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--position-lr-scale", type=float, default=10.0,
                    help="learning-rate multiplier of the gaussian readout's neuron positions (default 10)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="train on the first M minutes of each mouse's train tier only (whole trials)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--inverse", action="store_true",
                    help="instead of an encoder, fit the inverse decoder (responses -> frames, the optimiser's first "
@@ -85,8 +87,17 @@ def run_train_inverse(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     graph = out / "graph.json"
+    nested = [d for d in out.glob("*/graph.json")] if out.is_dir() and not graph.is_file() else []
+    if len(nested) == 1:  # `export MODEL --out MODEL` wrote MODEL/<mouse>/: the inverse belongs beside its graphs
+        get_logger("train").error(f"--out {out} holds no graphs but {nested[0].parent} does (an export's mouse "
+                                  f"folder): pass --out {nested[0].parent}, so that the model folder is complete")
+        return 2
     try:
         session = read_sensorium(args.data[0], tier="train")
+        if args.minutes is not None:
+            from neurocine.decoder.encoder.data import first_minutes
+
+            session = first_minutes(session, args.minutes)
         ids = json.loads(graph.read_text()).get("neuron_ids") if graph.is_file() else None
         if ids is not None and [int(i) for i in ids] != [int(i) for i in session.neuron_ids]:
             raise InverseError(f"{args.data[0]}: its neurons are not those of the model in {out} ({graph})")
@@ -123,6 +134,7 @@ def train_options(args: argparse.Namespace, seed: int | None = None, out: str | 
         stop_after=args.stop_after,
         stem_smoothness=args.stem_smoothness,
         position_lr_scale=args.position_lr_scale,
+        minutes=args.minutes,
         progress=not args.no_progress,
     )
 
@@ -184,6 +196,7 @@ def register_calibrate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--core", default=str(CORE_DIR), help="model folder of the shared core (default: the shipped one)")
     p.add_argument("--mouse", default=None, help="the mouse's id (default: the recording's; the rig must send it)")
     p.add_argument("--minutes", type=float, default=None, help="use only the first M minutes of the recording")
+    p.add_argument("--series", default=None, help="an NWB recording's trace series (when it holds several)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
     p.add_argument("--steps", type=int, default=defaults.steps, help=f"readout fit steps (default {defaults.steps})")
     p.add_argument("--seed", type=int, default=0)
@@ -213,7 +226,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         return 2
     readout = dataclasses.replace(ReadoutFitOptions(), steps=args.steps, seed=args.seed)
     opts = CalibrateOptions(recordings=list(args.recording), out=args.out, core=args.core, mouse=args.mouse,
-                            minutes=args.minutes, holdout=args.holdout, readout=readout, overwrite=args.overwrite)
+                            minutes=args.minutes, holdout=args.holdout, readout=readout, overwrite=args.overwrite,
+                            series=args.series)
     try:
         summary = calibrate(opts)
     except (CalibrationError, FormatError, ValueError) as err:

@@ -27,7 +27,8 @@ import numpy as np
 from neurocine.decoder.analysis.metrics import corr
 from neurocine.streams.commandline import get_logger
 from neurocine.streams.formats.sensorium.frames import FramesOnDisk
-from neurocine.streams.session import TrialFrames
+from neurocine.streams.formats.sensorium.layout import SENSORIUM_FRAME_RATE
+from neurocine.streams.session import Session, TrialFrames
 
 #: Trials shorter than a window cannot be trained on; a std below this is treated as this.
 MIN_STD = 1e-3
@@ -160,9 +161,10 @@ def _open_mouse(folder: str | Path):  # -> SensoriumFolder
     return mouse
 
 
-def load_training_data(folder: str | Path, window: int, valid_tier: str = "oracle") -> MouseData:
+def load_training_data(folder: str | Path, window: int, valid_tier: str = "oracle",
+                       minutes: float | None = None) -> MouseData:
     """Scan the train tier (and the validation tier, if the folder has one with responses) of one mouse folder;
-    their frames stay on disk."""
+    their frames stay on disk. `minutes`: only the train tier's first trials holding that many minutes."""
     from neurocine.streams.formats import FormatError
 
     mouse = _open_mouse(folder)
@@ -171,7 +173,8 @@ def load_training_data(folder: str | Path, window: int, valid_tier: str = "oracl
     except FormatError as err:
         raise DataError(f"{folder}: cannot read the train tier: {err}") from err
     stats = TierStatistics(mouse.n_neurons)
-    train = FramesOnDisk.scan(mouse, chosen, visit=stats.add)
+    limit = None if minutes is None else round(minutes * 60 * SENSORIUM_FRAME_RATE)
+    train = FramesOnDisk.scan(mouse, chosen, visit=stats.add, max_frames=limit)
     if not any(tr.n_frames >= window for tr in train.trials):
         raise DataError(f"{folder}: no train trial has the {window} frames a window needs")
     mean, std, rstd, vmean, vstd = stats.result(str(folder))
@@ -185,15 +188,27 @@ def load_training_data(folder: str | Path, window: int, valid_tier: str = "oracl
     return MouseData(mouse_id_from_folder(folder), str(folder), train, valid, mean, std, rstd, vmean, vstd)
 
 
-def load_mice(folders: Sequence[str | Path], window: int, valid_tier: str = "oracle") -> list[MouseData]:
+def load_mice(folders: Sequence[str | Path], window: int, valid_tier: str = "oracle",
+              minutes: float | None = None) -> list[MouseData]:
     if not folders:
         raise DataError("no data folders given")
-    mice = [load_training_data(f, window, valid_tier) for f in folders]
+    mice = [load_training_data(f, window, valid_tier, minutes) for f in folders]
     ids = [m.mouse for m in mice]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise DataError(f"two data folders give the same mouse id {dupes}; rename one folder")
     return mice
+
+
+def first_minutes(session: Session, minutes: float) -> Session:
+    """The first whole trials of an in-memory session holding `minutes` (what `train --minutes` trains on)."""
+    limit, total, keep = round(minutes * 60 * session.frame_rate), 0, []
+    for tr in session.trials:
+        if total >= limit:
+            break
+        keep.append(tr.index)
+        total += tr.n_frames
+    return session.select_trials(keep)
 
 
 @dataclasses.dataclass

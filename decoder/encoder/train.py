@@ -55,6 +55,7 @@ class TrainOptions:
     stop_after: int | None = None  # epochs to run in this call (the schedule still spans `epochs`)
     position_lr_scale: float = 10.0  # learning-rate multiplier of the gaussian readout's positions and widths
     stem_smoothness: float = 0.01  # weight of the Laplacian penalty on the stem's video kernels
+    minutes: float | None = None  # train on the first minutes of each mouse's train tier only
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -73,6 +74,8 @@ class TrainOptions:
             raise ValueError(f"--stop-after must be >= 1, got {self.stop_after}")
         if self.position_lr_scale <= 0 or self.stem_smoothness < 0:
             raise ValueError("--position-lr-scale must be > 0 and --stem-smoothness >= 0")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"--minutes must be > 0, got {self.minutes}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
 
@@ -203,7 +206,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         raise ValueError(f"--resume: {state_path} not found (nothing to resume)")
     device = torch.device(opts.device)
     cfg = get_preset(opts.preset)
-    mice = load_mice(opts.data, cfg.window, opts.valid_tier)
+    mice = load_mice(opts.data, cfg.window, opts.valid_tier, opts.minutes)
     torch.manual_seed(opts.seed)
     encoder = _build(opts, mice).to(device)
     sampler = WindowSampler(mice, cfg.window, opts.batch_size, seed=opts.seed)

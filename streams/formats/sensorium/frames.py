@@ -80,11 +80,14 @@ class FramesOnDisk:
 
     @classmethod
     def scan(cls, folder: SensoriumFolder, indices: Sequence[int],
-             visit: Callable[[TrialFrames], None] | None = None) -> FramesOnDisk:
+             visit: Callable[[TrialFrames], None] | None = None, max_frames: int | None = None) -> FramesOnDisk:
         """Read each trial once (checks, lengths; `visit` sees its frames), keep where each one lies; trials
-        without activity are left out, with a warning."""
+        without activity are left out, with a warning. `max_frames`: stop once that many frames are kept (whole
+        trials: the first minutes of a recording)."""
         trials, pos = [], 0
         for k, index in enumerate(indices):
+            if max_frames is not None and pos >= max_frames:
+                break
             got = folder.read_frames(Trial(index, 0, 0, folder.tiers[index], cut=k > 0))
             if got is None:
                 continue
