@@ -66,6 +66,7 @@ class CalibrateOptions:
     readout: ReadoutFitOptions = dataclasses.field(default_factory=ReadoutFitOptions)
     validate_frames: int = 600  # held-out frames decoded by the streaming optimiser (at most)
     series: str | None = None  # an NWB recording's trace series
+    neurons: int | None = None  # a seeded random subset of this many neurons (how much do more neurons buy?)
     overwrite: bool = False
 
 
@@ -287,6 +288,10 @@ def _calibrate_into(folder: Path, opts: CalibrateOptions) -> dict[str, Any]:
     reported = np.isfinite(session.traces[rows_fit]).mean(axis=0)
     keep = reported >= MIN_REPORTED
     dropped = session.neuron_ids[~keep]
+    if opts.neurons is not None and opts.neurons < session.n_neurons:
+        chosen = np.zeros(session.n_neurons, bool)
+        chosen[np.random.default_rng(opts.readout.seed).choice(session.n_neurons, opts.neurons, replace=False)] = True
+        keep &= chosen
     if dropped.size:
         log.warning(f"{dropped.size} neuron(s) reported in under {MIN_REPORTED:.0%} of the fit frames are left out "
                     f"of the model: ids {dropped[:10].tolist()}{' ...' if dropped.size > 10 else ''}")

@@ -197,6 +197,8 @@ def register_calibrate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mouse", default=None, help="the mouse's id (default: the recording's; the rig must send it)")
     p.add_argument("--minutes", type=float, default=None, help="use only the first M minutes of the recording")
     p.add_argument("--series", default=None, help="an NWB recording's trace series (when it holds several)")
+    p.add_argument("--neurons", type=int, default=None,
+                   help="fit only a seeded random subset of this many neurons (what more neurons buy)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction held out for validation (default 0.1)")
     p.add_argument("--steps", type=int, default=defaults.steps, help=f"readout fit steps (default {defaults.steps})")
     p.add_argument("--seed", type=int, default=0)
@@ -227,7 +229,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     readout = dataclasses.replace(ReadoutFitOptions(), steps=args.steps, seed=args.seed)
     opts = CalibrateOptions(recordings=list(args.recording), out=args.out, core=args.core, mouse=args.mouse,
                             minutes=args.minutes, holdout=args.holdout, readout=readout, overwrite=args.overwrite,
-                            series=args.series)
+                            series=args.series, neurons=args.neurons)
     try:
         summary = calibrate(opts)
     except (CalibrationError, FormatError, ValueError) as err:

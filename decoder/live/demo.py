@@ -35,11 +35,16 @@ def register(sub: Any) -> None:
     p = add_verb(sub, "demo", "the live pipeline on built-in defaults: source -> decoder -> viewer / video",
                  "neurocine demo                 # viewer if there is a display, else a video + summary\n"
                  "neurocine demo --headless --seconds 20\n"
-                 "neurocine demo --source rig    # the live synthetic rig instead of the example replay")
+                 "neurocine demo --source rig    # the live synthetic rig instead of the example replay\n"
+                 "neurocine demo --model models/synthetic-8000 --source rig --seed 8000 --neurons 8000  # another "
+                 "mouse, with its calibrated model")
     p.add_argument("--seconds", type=float, default=30.0, help="stop by itself after this long (default 30)")
     p.add_argument("--headless", action="store_true", help="no viewer window: write a video and a summary")
     p.add_argument("--source", choices=["replay", "rig"], default="replay",
                    help="replay the built-in example session (default) or run the live synthetic rig")
+    p.add_argument("--session", default=None, help="--source replay: the recording to replay (default: the example)")
+    p.add_argument("--seed", type=int, default=0, help="--source rig: which synthetic mouse (default 0, the built-in)")
+    p.add_argument("--neurons", type=int, default=1000, help="--source rig: its neuron count (default 1000)")
     add_model_args(p, threads_default=None, threads_help="the decoder's compute threads (default: decode's own)")
     add_streaming_args(p)
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="source port; the decoder uses the next one")
@@ -80,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     if headless and reason != "--headless":
         log.info(f"no viewer window ({reason}); running headless instead")
     decode_args = [*streaming_argv(args), *model_argv(args)]
-    source = ["replay", "--loop"] if args.source == "replay" else ["rig", "--synthetic"]
+    if args.source == "replay":
+        source = ["replay", *([args.session] if args.session else []), "--loop"]
+    else:
+        source = ["rig", "--synthetic", "--seed", str(args.seed), "--neurons", str(args.neurons)]
     truth: dict[int, np.ndarray] = {}
     decoded: dict[int, np.ndarray] = {}
     latencies: list[float] = []
