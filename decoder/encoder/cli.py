@@ -40,6 +40,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="Sensorium mouse folders")
     p.add_argument("--preset", default="small", help="architecture: tiny, small, dwiseneuro, dwiseneuro7")
+    p.add_argument("--readout", default=None, choices=("point", "gaussian", "pooled"),
+                   help="readout kind instead of the preset's (a core meant for calibration trains well with "
+                   "'gaussian': calibrated mice then get point readouts on it)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
     p.add_argument("--epochs", type=int, default=20, help="epochs of the whole schedule (default 20)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -118,6 +121,7 @@ def train_options(args: argparse.Namespace, seed: int | None = None, out: str | 
     return TrainOptions(
         data=list(args.data),
         preset=args.preset,
+        readout=args.readout,
         out=args.out if out is None else out,
         epochs=args.epochs,
         device=args.device,

@@ -373,10 +373,14 @@ def _to_onnx(
     onnxruntime's own offline optimisation (optimized_model_filepath) is not saved: it folds the readout's
     pooling matrix into the file (gradient.onnx 1.4 -> 10.8 MB for 1,000 neurons), and onnxruntime applies
     the same folding, plus its provider-specific fusions, when it loads the graph anyway."""
+    import logging
     import warnings
 
     from torch.export import Dim
 
+    # the exporter logs a warning per torchvision operator it cannot register (torchvision is not installed,
+    # and no encoder uses it): noise in every export's output
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = Dim("batch", min=1, max=4096)
     dynamic = tuple({0: batch} for _ in inputs)
     with warnings.catch_warnings():

@@ -56,6 +56,7 @@ class TrainOptions:
     position_lr_scale: float = 10.0  # learning-rate multiplier of the gaussian readout's positions and widths
     stem_smoothness: float = 0.01  # weight of the Laplacian penalty on the stem's video kernels
     minutes: float | None = None  # train on the first minutes of each mouse's train tier only
+    readout: str | None = None  # readout kind instead of the preset's
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -177,8 +178,13 @@ def stem_roughness(encoder: Encoder) -> torch.Tensor:
     return (lap**2).sum() / (w**2).sum().clamp_min(1e-12)
 
 
-def _build(opts: TrainOptions, mice: list[MouseData]) -> Encoder:
+def _config(opts: TrainOptions):  # -> EncoderConfig
     cfg = get_preset(opts.preset)
+    return cfg.replace(readout=opts.readout) if opts.readout else cfg
+
+
+def _build(opts: TrainOptions, mice: list[MouseData]) -> Encoder:
+    cfg = _config(opts)
     encoder = build_encoder(cfg, {m.mouse: m.n_neurons for m in mice}, seed=opts.seed)
     frames = np.array([m.train.n_frames for m in mice], dtype=np.float64)
     encoder.video_mean.fill_(float(np.average([m.video_mean for m in mice], weights=frames)))
@@ -205,7 +211,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     if opts.resume and not state_path.exists():
         raise ValueError(f"--resume: {state_path} not found (nothing to resume)")
     device = torch.device(opts.device)
-    cfg = get_preset(opts.preset)
+    cfg = _config(opts)
     mice = load_mice(opts.data, cfg.window, opts.valid_tier, opts.minutes)
     torch.manual_seed(opts.seed)
     encoder = _build(opts, mice).to(device)
