@@ -105,6 +105,32 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     return False
 
 
+def probe_until_heard(pub, recv, session: Session, timeout: float = 60.0) -> int:
+    """Replay `session` (a few frames) on `pub` until `recv(timeout_s=...)` returns something; how many replays.
+
+    A decoder publishes as soon as it decodes, and a subscriber that joins later misses those frames: a test
+    that counts every decoded frame of a session starts it only once the whole chain (rig -> decoder -> us)
+    is known to be connected. Each replay is a new session: filter the counted frames by session id."""
+    from neurocine.streams.replay import replay
+
+    deadline = time.monotonic() + timeout
+    n = 0
+    while recv(timeout_s=0.5) is None:
+        assert time.monotonic() < deadline, f"nothing came back after {n} replays of the probe session"
+        replay(session, pub, speed=0)
+        n += 1
+    return n
+
+
+def first_frames(session: Session, n: int) -> Session:
+    """The first n frames of `session` as one session without trials."""
+    import dataclasses
+
+    stim = None if session.stimulus is None else session.stimulus[:n]
+    return dataclasses.replace(session, traces=session.traces[:n], behaviour=session.behaviour[:n], stimulus=stim,
+                               timestamps_ns=session.timestamps_ns[:n], trials=[])
+
+
 def assert_sessions_equal(a: Session, b: Session, *, timestamps: bool = True) -> None:
     """Bit-identical data (NaN compared as equal bit patterns)."""
     assert a.traces.shape == b.traces.shape
