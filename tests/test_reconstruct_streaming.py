@@ -171,6 +171,24 @@ def test_a_window_holding_under_a_quarter_window_of_active_frames_is_skipped(lag
     assert list(c - 1 - (starts + 31)) == ends_back
 
 
+def test_offline_and_streaming_share_the_update_settings_and_their_checks():
+    """One definition of the optimiser's update (the paper's constants): both configs read it; only the streaming
+    blur's default differs (the CPU-sized encoders need it)."""
+    import dataclasses
+
+    from neurocine.decoder.reconstruct.optimiser import UpdateSettings
+
+    shared = [f.name for f in dataclasses.fields(UpdateSettings) if f.name != "grad_blur"]
+    assert shared == ["lr", "warmup", "beta", "clip", "norm_eps"]
+    for name in shared:
+        assert getattr(OfflineConfig(), name) == getattr(StreamingConfig(), name) == getattr(UpdateSettings(), name)
+    assert OfflineConfig().grad_blur == 0.0 < StreamingConfig().grad_blur
+    for bad in ({"beta": 1.0}, {"lr": 0.0}, {"warmup": -1}, {"grad_blur": -1.0}):
+        for config in (OfflineConfig, StreamingConfig):
+            with pytest.raises(ReconstructionError):
+                config(**bad)
+
+
 def test_cycle_is_refused_offline_with_the_reason():
     with pytest.raises(ReconstructionError, match="cycle is for streaming"):
         OfflineConfig(ensemble="cycle")

@@ -47,7 +47,7 @@ import numpy as np
 from neurocine.decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
 from neurocine.decoder.reconstruct.inverse import FULL_AGE, INVERSE_MIX, SPAN, InverseDecoder
 from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR, GREY, ReconstructionError
-from neurocine.decoder.reconstruct.optimiser import momentum_update, prepare_gradient
+from neurocine.decoder.reconstruct.optimiser import UpdateSettings, momentum_update, prepare_gradient
 from neurocine.decoder.reconstruct.windows import WINDOW
 
 #: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
@@ -65,7 +65,9 @@ ENSEMBLE_MODES = ("gradients", "videos", "cycle")
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamingConfig:
+class StreamingConfig(UpdateSettings):
+    """The streaming optimiser's settings (the update's, lr to norm_eps, are UpdateSettings' defaults)."""
+
     lag: int = DEFAULT_LAG
     steps: int = DEFAULT_STEPS
     window: int = WINDOW
@@ -74,11 +76,6 @@ class StreamingConfig:
     #: overlapping windows (the offline stride 8) buy nothing here and cost 2.5x the compute
     #: (`neurocine bench quality` compares the strides).
     stride: int = WINDOW
-    lr: float = 1000.0
-    warmup: int = 10
-    beta: float = 0.9
-    clip: float = 1.0
-    norm_eps: float = 1e-6
     #: "inverse" (the inverse decoder's estimate; without one, as "previous"), "previous" or "grey"
     warm_start: str = "inverse"
     #: A new frame starts at grey + warm_decay * (previous estimate - grey). Why below 1: with a plain copy
@@ -111,6 +108,8 @@ class StreamingConfig:
         return "previous" if self.warm_start == "inverse" and inverse is None else self.warm_start
 
     def __post_init__(self) -> None:
+        if (error := self.update_error()) is not None:
+            raise ReconstructionError(error)
         if self.lag < 0 or self.steps < 0 or self.window < 1 or self.stride < 1:
             raise ReconstructionError(
                 f"bad streaming settings: lag={self.lag} steps={self.steps} "
