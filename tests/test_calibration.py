@@ -84,7 +84,7 @@ def test_the_faster_frame_count_wins_when_the_hit_rates_tie_and_the_roc_is_repor
     cal = calibrate(seqs, scores, windows, CFG)
     rates = {c["frames"]: c["expected_hit_rate"] for c in cal.candidates}
     assert min(rates.values()) > 0.97
-    delays = {c["frames"]: c["detection_delay_frames_p50"] for c in cal.candidates}
+    delays = {c["frames"]: c["detection_delay_frames"]["p50"] for c in cal.candidates}
     assert delays[cal.config.frames] == min(delays.values())
     roc = cal.roc[f"frames_{cal.config.frames}"]
     assert roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]

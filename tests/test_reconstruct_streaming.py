@@ -205,7 +205,8 @@ def test_push_times_are_kept_in_a_fixed_ring(monkeypatch):
         times.append(s)
     summary = times.summary()
     assert summary["frames"] == 6 and len(times) == 6 and times.seconds.size == 4
-    assert summary["max_s"] == 4.0 and summary["mean_s"] == 2.5  # the two oldest were overwritten
+    assert summary["seconds"]["max"] == 4.0 and summary["mean_s"] == 2.5  # the two oldest were overwritten
+    assert summary["seconds"]["p50"] == 2.5
 
 
 def test_a_cut_closes_the_movie_and_the_next_trial_starts_as_a_new_one(backend, movie):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from neurocine.streams.commandline import get_logger
+from neurocine.streams.summary import percentiles
 
 log = get_logger("demo")
 
@@ -155,8 +156,7 @@ def summarise(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], late
         "seconds": args.seconds,
         "decoded_frames": len(decoded),
         "pixel_correlation_vs_truth": quality,
-        "end_to_end_latency_ms_p50": round(float(np.nanpercentile(lat, 50)), 2) if lat.size else None,
-        "end_to_end_latency_ms_p99": round(float(np.nanpercentile(lat, 99)), 2) if lat.size else None,
+        "end_to_end_latency_ms": percentiles(lat, 2),
         "lag_frames": args.lag,
         "steps_per_frame_mean": round(float(np.mean(steps)), 3) if steps else None,
         "decoder_stats": stats,

@@ -49,6 +49,7 @@ from neurocine.decoder.reconstruct.inverse import FULL_AGE, INVERSE_MIX, SPAN, I
 from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR, GREY, ReconstructionError
 from neurocine.decoder.reconstruct.optimiser import UpdateSettings, momentum_update, prepare_gradient
 from neurocine.decoder.reconstruct.windows import WINDOW
+from neurocine.streams.summary import percentiles
 
 #: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
 #: indicator), so a shorter lag finalises frames before their evidence has arrived; `neurocine bench quality`
@@ -203,13 +204,7 @@ class PushTimes:
         if self.count == 0:
             return {"frames": 0}
         s = self.seconds[: min(self.count, self.KEPT)]
-        return {
-            "frames": self.count,
-            "mean_s": float(s.mean()),
-            "p50_s": float(np.percentile(s, 50)),
-            "p95_s": float(np.percentile(s, 95)),
-            "max_s": float(s.max()),
-        }
+        return {"frames": self.count, "mean_s": float(s.mean()), "seconds": percentiles(s, ndigits=None)}
 
 
 class StreamingReconstructor:
