@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from neurocine.streams.commandline import get_logger
+from neurocine.streams.commandline import emit_json, get_logger
 from neurocine.streams.summary import percentiles
 
 log = get_logger("demo")
@@ -136,8 +136,7 @@ def run(args: argparse.Namespace) -> int:
     video = write_side_by_side(truth, decoded, out_dir / "neurocine-demo.mp4", stretch=stretch)
     summary["video"] = str(video.resolve()) if video else None
     summary["video_decoded_display"] = stretch.label() if stretch else "raw grey levels"
-    (out_dir / "neurocine-demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    emit_json(summary, out_dir / "neurocine-demo.json")
     log.info(f"wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}")
     return 0 if decoded else 1
 
