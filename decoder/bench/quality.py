@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
-from neurocine.streams.commandline import emit_json, get_logger
+from neurocine.streams.commandline import add_verb, emit_json, get_logger
 
 log = get_logger("bench.quality")
 
@@ -50,14 +50,12 @@ DEFAULT_STEPS = (1, 2, 4)
 
 
 def register(bench_sub: Any) -> None:
-    p = bench_sub.add_parser(
-        "quality",
-        help="reconstruction quality: offline, ensembles, streaming vs lag, neuron ablation, mask",
-        description="Reconstruction quality on held-out movies of a synthetic mouse (JSON; optional figure).",
-        epilog="example:\n  neurocine bench quality --json out/quality.json --figure out/quality.png\n"
-        "  neurocine bench quality --movies 1 --frames 300 --iterations 1000   # the paper's setting",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(bench_sub, "quality",
+                 "reconstruction quality: offline, ensembles, streaming vs lag, neuron ablation, mask",
+                 "neurocine bench quality --json out/quality.json --figure out/quality.png\n"
+                 "neurocine bench quality --movies 1 --frames 300 --iterations 1000   # the paper's setting",
+                 description="Reconstruction quality on held-out movies of a synthetic mouse (JSON; optional "
+                 "figure).")
     p.add_argument(
         "--data", help="synthetic session file/folder with its mouse beside it (default: built-in mouse)"
     )

@@ -33,7 +33,7 @@ import numpy as np
 
 from neurocine.decoder.analysis.metrics import SMOOTH_SIGMA
 from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
-from neurocine.streams.commandline import emit_json, get_logger, write_json
+from neurocine.streams.commandline import add_verb, emit_json, get_logger, write_json
 from neurocine.streams.synthetic.resolution import CLIP_FRAMES, GRATING_SF_CPP
 
 log = get_logger("bench.resolution")
@@ -53,15 +53,11 @@ PAPER = {
 
 
 def register(bench_sub: Any) -> None:
-    p = bench_sub.add_parser(
-        "resolution",
-        help="spatial/temporal resolution: noise and grating heat maps (the paper's analyses)",
-        description=__doc__,
-        epilog="example:\n  neurocine bench resolution --json out/resolution.json --figure out/resolution.png\n"
-        "  neurocine bench resolution --spatial 0,1,2,4,8,16,32 --temporal 0,1,2,4,8,16,32 --draws 5 "
-        "--iterations 200   # the paper's noise grid",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(bench_sub, "resolution",
+                 "spatial/temporal resolution: noise and grating heat maps (the paper's analyses)",
+                 "neurocine bench resolution --json out/resolution.json --figure out/resolution.png\n"
+                 "neurocine bench resolution --spatial 0,1,2,4,8,16,32 --temporal 0,1,2,4,8,16,32 --draws 5 "
+                 "--iterations 200   # the paper's noise grid", description=__doc__)
     p.add_argument("--model", action="append", default=None,
                    help="encoder folder (repeat for an ensemble; default: the built-in model)")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
