@@ -267,7 +267,7 @@ def _run_keys(args: argparse.Namespace) -> int:
 
 
 #: Verbs (and benches) that bind or connect ZeroMQ sockets: they take --keys and --insecure.
-NETWORK_VERBS = ("replay", "record", "rig", "decode", "demo", "view")
+NETWORK_VERBS = ("replay", "record", "bridge", "rig", "decode", "demo", "view")
 NETWORK_BENCHES = ("transport", "latency", "fuzz", "soak")
 
 
@@ -291,7 +291,10 @@ def _security_parsers(sub: Any) -> list[argparse.ArgumentParser]:
 
 # ---------------------------------------------------------------------------------------------- main
 def _builtin_registrations() -> list[Callable[[Any], None]]:
-    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect, _register_keys]
+    from neurocine.streams import bridge
+
+    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect, bridge.register,
+                                         _register_keys]
     try:
         from neurocine.streams.synthetic import cli as synthetic_cli
     except ImportError:  # pragma: no cover - the package always ships it

@@ -146,8 +146,8 @@ def test_the_example_client_calibrates_at_the_start_of_a_session_then_acts(tmp_p
     ctl, stop = ControlServer(ctl_ep), threading.Event()
     with Publisher(dec_ep) as pub:
         rig = threading.Thread(target=fake_rig_and_decoder, args=(ctl, pub, stop), daemon=True)
-        client = subprocess.Popen([sys.executable, "tools/closed_loop_client.py", "--connect", dec_ep, "--rig", ctl_ep,
-                                   "--calibrate", "6", "--window", "0.5", "--iti", "0.3", "0.4",
+        client = subprocess.Popen([sys.executable, "-m", "neurocine.decoder.examples.closed_loop", "--connect", dec_ep,
+                                   "--rig", ctl_ep, "--calibrate", "6", "--window", "0.5", "--iti", "0.3", "0.4",
                                    "--save-calibration", str(saved), "--max-decisions", "1", "--seconds", "120"],
                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -118,7 +118,7 @@ def test_stream_refuses_to_hand_over_nothing() -> None:
 
 def test_client_modules_import_without_torch_or_onnxruntime() -> None:
     for module in ("neurocine.decoder.client", "neurocine.decoder.detect", "neurocine.streams.control",
-                   "neurocine.streams.publish"):
+                   "neurocine.streams.publish", "neurocine.decoder.examples.closed_loop", "neurocine.streams.bridge"):
         r = subprocess.run([*RUNNER, "--try-import", module], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (module, r.stderr)
 
@@ -156,10 +156,9 @@ def test_example_client_detects_the_target_and_commands_the_rig() -> None:
     stop, commands = threading.Event(), []
     rig = threading.Thread(target=fake_rig, args=(ctl, stop, commands), daemon=True)
     rig.start()
-    client = subprocess.Popen([sys.executable, "tools/closed_loop_client.py", "--connect", dec_ep, "--rig", ctl_ep,
-                               "--target", "bar", "--threshold", "0.8", "--max-decisions", "1", "--seconds", "60"],
-                              cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen([sys.executable, "-m", "neurocine.decoder.examples.closed_loop", "--connect", dec_ep,
+                               "--rig", ctl_ep, "--target", "bar", "--threshold", "0.8", "--max-decisions", "1",
+                               "--seconds", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with Publisher(dec_ep) as pub:
             assert pub.wait_subscribers(1, 30)
