@@ -142,14 +142,14 @@ def replay_decoded(
     exactly as the decode service sent it (its sequence numbers, timestamps, frames and stats).
     """
     from neurocine.streams.formats.native import iter_records
-    from neurocine.streams.protocol import Decoded, ProtocolError, decode
+    from neurocine.streams.protocol import Decoded, ProtocolError, parse_message
 
     if speed < 0:
         raise ValueError(f"speed must be >= 0, got {speed}")
     records = []
     for recv_ns, parts in iter_records(path):
         try:
-            msg = decode(parts)
+            msg = parse_message(parts)
         except ProtocolError:
             continue  # counted by `neurocine inspect`; never replayed
         if isinstance(msg, Decoded):

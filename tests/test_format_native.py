@@ -198,11 +198,11 @@ def test_the_shipped_example_holds_its_header_at_least_once_a_second_of_frames()
     repeated as `neurocine record` repeats it)."""
     from neurocine.streams.example import example_session_path
     from neurocine.streams.formats.native import header_every
-    from neurocine.streams.protocol import Frame, SessionHeader, decode
+    from neurocine.streams.protocol import Frame, SessionHeader, parse_message
 
     headers, since, longest = 0, 0, 0
     for _, parts in iter_records(example_session_path()):
-        msg = decode(parts)
+        msg = parse_message(parts)
         if isinstance(msg, SessionHeader):
             headers, since, rate = headers + 1, 0, msg.frame_rate
         elif isinstance(msg, Frame):

@@ -104,9 +104,9 @@ class _Capture:
         self.sent: list = []
 
     def send_raw(self, parts) -> bool:
-        from neurocine.streams.protocol import decode
+        from neurocine.streams.protocol import parse_message
 
-        self.sent.append(decode([bytes(p) for p in parts]))
+        self.sent.append(parse_message([bytes(p) for p in parts]))
         return True
 
     def tick(self) -> None:

@@ -171,7 +171,7 @@ def test_a_restart_within_the_hold_delivers_the_new_header_with_its_own_parts_an
     parts (what a recorder writes) are the header's, then that frame: the frame that switches is not lost."""
     import threading
 
-    from neurocine.streams.protocol import decode
+    from neurocine.streams.protocol import parse_message
 
     traces = np.zeros(N, np.float32)
     got: list = []
@@ -181,7 +181,7 @@ def test_a_restart_within_the_hold_delivers_the_new_header_with_its_own_parts_an
 
         def consume() -> None:  # a consumer that keeps reading, as `record` does
             while (m := sub.recv(timeout_s=5)) is not None:
-                got.append((m, decode(sub.last_parts)))
+                got.append((m, parse_message(sub.last_parts)))
                 if isinstance(m, End):
                     return
 

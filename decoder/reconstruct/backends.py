@@ -302,19 +302,19 @@ class OrtBackend:
         self.requested = None if providers is None else list(providers)
         self.threads = int(threads or 0)
         ort.set_default_logger_severity(4)
-        self.session = ort_session(path, self.requested, self.threads, profile_prefix)
-        self.provider = self.session.get_providers()[0]
-        self.providers = self.session.get_providers()
+        self.ort_session = ort_session(path, self.requested, self.threads, profile_prefix)
+        self.provider = self.ort_session.get_providers()[0]
+        self.providers = self.ort_session.get_providers()
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        inputs = {i.name: i for i in self.ort_session.get_inputs()}
         for name in ("video", "behaviour", "responses", "weights"):
             if name not in inputs:
                 raise BackendError(f"{path}: graph has no input {name!r} (has {sorted(inputs)})")
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = [o.name for o in self.ort_session.get_outputs()]
         if outputs[:2] != ["loss", "grad_video"]:
             raise BackendError(f"{path}: graph outputs {outputs}, expected ['loss', 'grad_video']")
         vshape = inputs["video"].shape
-        if isinstance(vshape[0], int) or len(self.session.get_outputs()[0].shape) != 1:
+        if isinstance(vshape[0], int) or len(self.ort_session.get_outputs()[0].shape) != 1:
             raise BackendError(
                 f"{path}: graph has a fixed batch of {vshape[0]} window(s) per call and one loss per call "
                 "(exported by an older neurocine); re-export it with `neurocine export`"
@@ -335,7 +335,7 @@ class OrtBackend:
         if (b, t) not in self._bound:
             loss = np.zeros(b, np.float32)
             grad = np.zeros((b, t, 36, 64), np.float32)
-            binding = self.session.io_binding()
+            binding = self.ort_session.io_binding()
             binding.bind_ortvalue_output("loss", ort.OrtValue.ortvalue_from_numpy(loss))
             binding.bind_ortvalue_output("grad_video", ort.OrtValue.ortvalue_from_numpy(grad))
             self._bound = {(b, t): (binding, loss, grad)}  # one shape at a time: each caller uses one
@@ -357,7 +357,7 @@ class OrtBackend:
         for name, value in (("video", video), ("behaviour", behaviour), ("responses", responses),
                             ("weights", weights)):  # fmt: skip
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        self.session.run_with_iobinding(binding)
+        self.ort_session.run_with_iobinding(binding)
         return loss, grad
 
     def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:

@@ -40,10 +40,10 @@ from neurocine.streams.protocol import (
     Frame,
     ProtocolError,
     SessionHeader,
-    decode,
     encode_end,
     encode_frame,
     encode_session,
+    parse_message,
 )
 from neurocine.streams.session import Session, Trial, frame_segments, frame_trials, header_of
 
@@ -241,7 +241,7 @@ def read_recording(path: str | Path) -> Recording:
     frames: dict[str, list[Frame]] = {}
     for _, parts in iter_records(path, report):
         try:
-            msg = decode(parts)
+            msg = parse_message(parts)
         except ProtocolError as e:
             report.undecodable.append(str(e))
             continue
