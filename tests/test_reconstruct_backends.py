@@ -257,3 +257,20 @@ def test_decode_refuses_at_start_up_a_graph_it_cannot_use(tmp_path):
     proc = neurocine("decode", "--model", str(model), "--provider", "cuda", *endpoints)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "provider CUDAExecutionProvider" in err and str(model) in err
+
+
+def test_a_window_of_the_wrong_length_is_refused_by_name_on_either_backend(oracle_backend):
+    """Both backends check a batch the same way (check_batch), window length included."""
+    from neurocine.decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR
+
+    onnx = OrtBackend(DEFAULT_MODEL_DIR, providers=["CPUExecutionProvider"], threads=1)
+    assert onnx.window is not None
+    video, beh, resp = _batch(1, t=onnx.window // 2, n=onnx.n_neurons)
+    torch_fixed = TorchBackend(oracle_backend.model, N, window=onnx.window, name="torch-32")
+    for backend in (onnx, torch_fixed):
+        with pytest.raises(BackendError, match=rf"{backend.name} takes windows of {onnx.window} frames, got "
+                                               rf"{onnx.window // 2}"):
+            backend.loss_and_grad(video, beh, resp[:, : backend.n_neurons])
+        with pytest.raises(BackendError, match="takes windows of"):
+            backend.predict(video, beh)
