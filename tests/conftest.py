@@ -105,6 +105,16 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     return False
 
 
+def noise_free_movie(mouse, frames: int, movie: int = 1, behaviour: int = 3, tier: str = "test") -> tuple:
+    """(video, behaviour, the mouse's noise-free responses as float32) for one natural movie of the synthetic mouse:
+    the reconstruction tests' input, where only the optimiser can be wrong."""
+    from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, natural_movie
+
+    video = natural_movie(frames, movie, tier)
+    beh = BehaviourGenerator(behaviour).frames(frames)
+    return video, beh, expected_activity(mouse, video, beh).astype(np.float32)
+
+
 def probe_until_heard(pub, recv, session: Session, timeout: float = 60.0) -> int:
     """Replay `session` (a few frames) on `pub` until `recv(timeout_s=...)` returns something; how many replays.
 

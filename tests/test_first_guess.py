@@ -22,7 +22,7 @@ from neurocine.decoder.reconstruct.offline import AutoStop, OfflineConfig, recon
 from neurocine.decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor, reconstruct_streaming
 from neurocine.streams.session import Session, Trial, regular_timestamps
 from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
-from tests.conftest import REPO, first_frames, free_port, probe_until_heard
+from tests.conftest import REPO, first_frames, free_port, noise_free_movie, probe_until_heard
 
 N = 120
 T = 60
@@ -57,9 +57,7 @@ def inverse(mouse, tmp_path_factory: pytest.TempPathFactory) -> InverseDecoder:
 
 @pytest.fixture(scope="module")
 def movie(mouse):
-    video = natural_movie(T, 1, "test")
-    behaviour = BehaviourGenerator(3).frames(T)
-    return video, behaviour, expected_activity(mouse, video, behaviour).astype(np.float32)
+    return noise_free_movie(mouse, T)
 
 
 def test_without_steps_the_stream_emits_the_inverse_decoders_own_estimates(backend, inverse, movie) -> None:

@@ -12,7 +12,8 @@ from neurocine.decoder.reconstruct.streaming import (
     StreamingReconstructor,
     reconstruct_streaming,
 )
-from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+from neurocine.streams.synthetic import make_mouse
+from tests.conftest import noise_free_movie
 
 T = 64
 
@@ -29,9 +30,7 @@ def backend(mouse):
 
 @pytest.fixture(scope="module")
 def movie(mouse):
-    video = natural_movie(T, 1, "test")
-    behaviour = BehaviourGenerator(3).frames(T)
-    return video, behaviour, expected_activity(mouse, video, behaviour)
+    return noise_free_movie(mouse, T)
 
 
 def test_one_final_frame_per_input_frame_after_the_lag(backend, movie):
