@@ -115,21 +115,22 @@ def noise_free_movie(mouse, frames: int, movie: int = 1, behaviour: int = 3, tie
     return video, beh, expected_activity(mouse, video, beh).astype(np.float32)
 
 
-def probe_until_heard(pub, recv, session: Session, timeout: float = 60.0) -> int:
-    """Replay `session` (a few frames) on `pub` until `recv(timeout_s=...)` returns something; how many replays.
+def probe_until_heard(pub, recv, session: Session, timeout: float = 60.0) -> set[str]:
+    """Replay `session` (a few frames) on `pub` until `recv(timeout_s=...)` returns something; the ids of the
+    probe sessions replayed.
 
     A decoder publishes as soon as it decodes, and a subscriber that joins later misses those frames: a test
     that counts every decoded frame of a session starts it only once the whole chain (rig -> decoder -> us)
-    is known to be connected. Each replay is a new session: filter the counted frames by session id."""
+    is known to be connected. Each replay is a new session, and more of their frames may still come: leave
+    those sessions out of what is counted."""
     from neurocine.streams.replay import replay
 
     deadline = time.monotonic() + timeout
-    n = 0
+    probes: set[str] = set()
     while recv(timeout_s=0.5) is None:
-        assert time.monotonic() < deadline, f"nothing came back after {n} replays of the probe session"
-        replay(session, pub, speed=0)
-        n += 1
-    return n
+        assert time.monotonic() < deadline, f"nothing came back after {len(probes)} replays of the probe session"
+        probes.add(replay(session, pub, speed=0).session_id)
+    return probes
 
 
 def first_frames(session: Session, n: int) -> Session:
