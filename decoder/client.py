@@ -17,8 +17,8 @@ are handed over; `newest_only` drops all but the newest waiting frame, for a cli
 
 Before acting, calibrate: `calibrate_detector(stream, rig, "bar")` runs a calibration block on the rig (the target
 and catch changes at random times, nothing acted on) and returns, per kind of frame, the detector's threshold and
-frame count for a stated false-alarm rate (neurocine.decoder.detect.calibrate); tools/closed_loop_client.py shows
-it at the start of a session.
+frame count for a stated false-alarm rate (neurocine.decoder.detect.calibrate); the installed example
+`python -m neurocine.decoder.examples.closed_loop` shows it at the start of a session.
 """
 
 from __future__ import annotations

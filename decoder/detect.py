@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from neurocine.streams.summary import percentiles
+
 
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig:
@@ -248,7 +250,7 @@ def calibrate(seqs: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
             "expected_hit_rate": round(expected_hits, 3), "false_alarms": fa,
             "predicted_false_alarm_rate": round(1 - math.exp(-lam * W), 4),
             "predicted_background_per_minute": round(lam * config.frame_rate * 60, 3),
-            "detection_delay_frames_p50": float(np.median(delays)) if delays else None,
+            "detection_delay_frames": percentiles(delays, 2),
             "auc": round(_auc(t_ok, n_max[np.isfinite(n_max)]), 3),
             "d_prime": round(_d_prime(hits, len(targets), fa, len(noise_windows)), 3),
             "d_prime_scores": round(_separation(t_ok, n_max[np.isfinite(n_max)]), 3),

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from neurocine.streams.summary import percentiles
+
 
 def register(bench_sub: Any) -> None:
     from neurocine.streams.commandline import add_verb
@@ -100,9 +102,7 @@ def measure(n_neurons: int, n_frames: int, rate: float, stimulus: bool = False, 
         "missing": stats.missing,
         "messages_per_s": round((got - 1) / span, 1) if span > 0 else None,
         "megabytes_per_s": round((got - 1) * frame_bytes / span / 1e6, 1) if span > 0 else None,
-        "latency_ms_p50": round(float(np.percentile(lat_ms, 50)), 3) if got else None,
-        "latency_ms_p99": round(float(np.percentile(lat_ms, 99)), 3) if got else None,
-        "latency_ms_max": round(float(lat_ms.max()), 3) if got else None,
+        "latency_ms": percentiles(lat_ms),
     }
 
 
@@ -139,8 +139,8 @@ def _curve_cost(args: argparse.Namespace, n_live: int) -> dict:
     out["curve_over_plaintext"] = {
         "flat_out_messages_per_s": round(c["messages_per_s"] / p["messages_per_s"], 3)
         if c["messages_per_s"] and p["messages_per_s"] else None,
-        "realtime_latency_p50": round(cr["latency_ms_p50"] / pr["latency_ms_p50"], 3)
-        if cr["latency_ms_p50"] and pr["latency_ms_p50"] else None,
+        "realtime_latency_p50": round(cr["latency_ms"]["p50"] / pr["latency_ms"]["p50"], 3)
+        if cr["latency_ms"]["p50"] and pr["latency_ms"]["p50"] else None,
     }
     return out
 

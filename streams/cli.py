@@ -8,7 +8,6 @@ a light rig install still gets a working CLI.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -24,7 +23,7 @@ from neurocine.streams.commandline import (
     get_logger,
     stop_on_sigterm,
 )
-from neurocine.streams.stall import DEFAULT_STALL
+from neurocine.streams.stall import add_stall_option, stall_config
 
 
 def add_series_option(p: argparse.ArgumentParser) -> None:
@@ -158,9 +157,7 @@ def _register_record(sub: Any) -> None:
     p.add_argument("--decoded", action="store_true",
                    help="record a decoder's output (`decoded` messages); by default only the rig's raw topics "
                    "(session, frame, end) are kept, so nothing injected as `decoded` lands in a raw recording")
-    p.add_argument("--stall-after", type=float, default=DEFAULT_STALL.stall_after_s, metavar="S",
-                   help="warn when a live session sends no valid frame for S seconds (default "
-                   f"{DEFAULT_STALL.stall_after_s:g}; the summary counts the stalls)")
+    add_stall_option(p, "when a live session sends no valid frame", "the summary counts the stalls")
     p.add_argument("--json", help="also write the summary here")
     p.set_defaults(func=_run_record)
 
@@ -177,7 +174,7 @@ def _run_record(args: argparse.Namespace) -> int:
     endpoints = [e.strip() for e in args.connect.split(",") if e.strip()]
     get_logger("record").info(f"{endpoints} -> {args.out} (Ctrl-C stops)")
     topics = TOPICS if args.decoded else RAW_TOPICS
-    stall = dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
+    stall = stall_config(args)
     with Subscriber(endpoints, topics=topics, rcvhwm=RECORD_RCVHWM, rcvbuf=RECORD_RCVBUF, stall=stall,
                     log_name="record") as sub:
         summary = record(sub, args.out, max_frames=args.frames, max_seconds=args.seconds,
@@ -267,7 +264,7 @@ def _run_keys(args: argparse.Namespace) -> int:
 
 
 #: Verbs (and benches) that bind or connect ZeroMQ sockets: they take --keys and --insecure.
-NETWORK_VERBS = ("replay", "record", "rig", "decode", "demo", "view")
+NETWORK_VERBS = ("replay", "record", "bridge", "rig", "decode", "demo", "view")
 NETWORK_BENCHES = ("transport", "latency", "fuzz", "soak")
 
 
@@ -291,7 +288,10 @@ def _security_parsers(sub: Any) -> list[argparse.ArgumentParser]:
 
 # ---------------------------------------------------------------------------------------------- main
 def _builtin_registrations() -> list[Callable[[Any], None]]:
-    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect, _register_keys]
+    from neurocine.streams import bridge
+
+    regs: list[Callable[[Any], None]] = [_register_replay, _register_record, _register_inspect, bridge.register,
+                                         _register_keys]
     try:
         from neurocine.streams.synthetic import cli as synthetic_cli
     except ImportError:  # pragma: no cover - the package always ships it

@@ -36,13 +36,22 @@ def add_verb(sub: Any, name: str, help: str, example: str, description: str | No
     )
 
 
-def emit_json(obj: dict, path: str | None = None) -> None:
-    """Print one JSON object; also write it to `path` when given."""
-    text = json.dumps(obj, indent=2, default=float)
-    print(text)
+def emit_json(obj: dict, path: str | Path | None = None) -> None:
+    """Print one JSON object (a verb's result, on stdout); also write it to `path` when given."""
+    print(json_text(obj))
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text + "\n")
+        write_json(obj, path)
+
+
+def write_json(obj: dict, path: str | Path) -> None:
+    """Write one JSON object as emit_json prints it (its folder made if needed): a result file, or the part of one
+    that a long run has so far."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json_text(obj) + "\n")
+
+
+def json_text(obj: dict) -> str:
+    return json.dumps(obj, indent=2, default=float)
 
 
 def stop_on_sigterm() -> None:

@@ -3,8 +3,8 @@
 Every message is multipart: ``[topic, msgpack header, raw payload frame, ...]``. The header is a map
 that always holds ``"v"`` (the protocol version) and ``"arrays"``: one ``[name, dtype, shape]`` entry
 per payload frame, in order. Arrays travel as raw little-endian buffers (``np.frombuffer`` on
-receive, no copy). This module is pure (no sockets): encode messages to parts, decode parts to
-messages, and raise a :class:`ProtocolError` subclass naming what was wrong for anything else.
+receive, no copy). This module is pure (no sockets): encode messages to parts, parse parts into
+messages (`parse_message`), and raise a :class:`ProtocolError` subclass naming what was wrong for anything else.
 """
 
 from __future__ import annotations
@@ -450,8 +450,9 @@ def _decode_frame(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Fram
     )
 
 
-def decode(parts: Sequence[Any]) -> Message:
-    """Decode one multipart message; raises a ProtocolError subclass (and nothing else) if invalid."""
+def parse_message(parts: Sequence[Any]) -> Message:
+    """The message one multipart message holds; raises a ProtocolError subclass (and nothing else) if invalid.
+    (Named for what it does to bytes, so that "decode" keeps its one meaning here: activity to movie.)"""
     if len(parts) < 2:
         raise ProtocolError(f"message has {len(parts)} parts, needs at least [topic, header]")
     topic = bytes(_buffer(parts[0]))

@@ -27,11 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from neurocine.streams.formats import FormatError
-from neurocine.streams.formats.native import NativeWriter, read_recording, session_from_messages
+from neurocine.streams.formats.native import HEADER_REPEAT_S, NativeWriter, read_recording, session_from_messages
 from neurocine.streams.protocol import Decoded, End, Frame, Heartbeat, SessionHeader
 from neurocine.streams.transport import Subscriber
 
-HEADER_REPEAT_S = 1.0  # the current session header is written again at least this often while frames arrive
 RECORD_RCVHWM = 100  # messages queued for the recorder in ZeroMQ (3.3 s of a live 30 Hz stream)
 RECORD_RCVBUF = 64 * 1024  # bytes, the kernel's receive buffer (Linux doubles it)
 #: Bytes a ZeroMQ TCP connection holds outside its queues: the kernel buffers (Linux allocates twice SO_SNDBUF

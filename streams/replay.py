@@ -12,6 +12,7 @@ import numpy as np
 
 from neurocine.streams.commandline import Progress
 from neurocine.streams.session import Session, StreamedSession, header_of, new_session_id
+from neurocine.streams.summary import percentiles
 from neurocine.streams.transport import Publisher
 
 SPIN_NS = 1_000_000  # busy-wait the last millisecond before a deadline: sleep() overshoots
@@ -35,9 +36,8 @@ class ReplayReport:
     seconds: float
     achieved_rate_hz: float
     target_rate_hz: float | None
-    jitter_ms_p50: float
-    jitter_ms_p99: float
-    jitter_ms_max: float
+    #: |actual - scheduled| publish time of each frame (percentiles; zeros when unpaced)
+    jitter_ms: dict[str, float | None]
     interrupted: bool = False
     #: cuts marked on the wire (a new `segment` number): between trials not recorded back to back, and where a
     #: --loop starts again
@@ -123,9 +123,7 @@ def replay(
         seconds=round(elapsed, 4),
         achieved_rate_hz=round(seq / elapsed, 3) if elapsed > 0 else float("inf"),
         target_rate_hz=session.frame_rate * speed if speed > 0 else None,
-        jitter_ms_p50=round(float(np.percentile(jitter, 50)), 4),
-        jitter_ms_p99=round(float(np.percentile(jitter, 99)), 4),
-        jitter_ms_max=round(float(jitter.max()), 4),
+        jitter_ms=percentiles(jitter, 4),
         interrupted=interrupted,
         cuts=segment,
     )
@@ -144,14 +142,14 @@ def replay_decoded(
     exactly as the decode service sent it (its sequence numbers, timestamps, frames and stats).
     """
     from neurocine.streams.formats.native import iter_records
-    from neurocine.streams.protocol import Decoded, ProtocolError, decode
+    from neurocine.streams.protocol import Decoded, ProtocolError, parse_message
 
     if speed < 0:
         raise ValueError(f"speed must be >= 0, got {speed}")
     records = []
     for recv_ns, parts in iter_records(path):
         try:
-            msg = decode(parts)
+            msg = parse_message(parts)
         except ProtocolError:
             continue  # counted by `neurocine inspect`; never replayed
         if isinstance(msg, Decoded):
@@ -180,9 +178,7 @@ def replay_decoded(
         seconds=round(elapsed, 4),
         achieved_rate_hz=round(sent / elapsed, 3) if elapsed > 0 else float("inf"),
         target_rate_hz=round(len(records) / span_s * speed, 3) if speed > 0 and span_s > 0 else None,
-        jitter_ms_p50=round(float(np.percentile(jitter, 50)), 4),
-        jitter_ms_p99=round(float(np.percentile(jitter, 99)), 4),
-        jitter_ms_max=round(float(jitter.max()), 4),
+        jitter_ms=percentiles(jitter, 4),
         interrupted=interrupted,
     )
 

@@ -10,6 +10,7 @@ one warning when it starts, one line every `repeat_s` while it lasts, one when f
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 
@@ -35,6 +36,19 @@ class StallConfig:
 
 #: The defaults, as one object (a default argument that is not built per call).
 DEFAULT_STALL = StallConfig()
+
+
+def add_stall_option(p: argparse.ArgumentParser, warns: str, note: str = "") -> None:
+    """--stall-after, for every verb that watches a live stream: `warns` says what is warned of ("when ... for S
+    seconds"), `note` where else the verb reports it."""
+    default = f"default {DEFAULT_STALL.stall_after_s:g}" + (f"; {note}" if note else "")
+    p.add_argument("--stall-after", type=float, default=DEFAULT_STALL.stall_after_s, metavar="S",
+                   help=f"warn {warns} for S seconds ({default})")
+
+
+def stall_config(args: argparse.Namespace) -> StallConfig:
+    """The StallConfig of add_stall_option's --stall-after."""
+    return dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
 
 
 class StallWatch:

@@ -26,7 +26,7 @@ from neurocine.streams.protocol import (
     ProtocolError,
     SessionHeader,
     SessionMismatch,
-    decode,
+    parse_message,
 )
 
 #: Errors that mean "not synchronised yet", not "broken message": a late joiner sees them for <= 1 s.
@@ -121,7 +121,7 @@ class StreamTracker:
     def accept_parts(self, parts: Sequence[Any], recv_ns: int | None = None) -> Message | None:
         """Decode and check raw parts; returns the message to deliver, None to skip, or raises."""
         try:
-            msg = decode(parts)
+            msg = parse_message(parts)
         except ProtocolError as e:
             self._count_error(e)
             raise

@@ -45,6 +45,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """Each test body starts in the default floating-point environment (after its fixtures, which may have built
+    the process's first ONNX Runtime session)."""
+    _default_float_environment()
+
+
+def _default_float_environment() -> None:
+    """Subnormal floats as IEEE 754 has them, for every test. Why: the first ONNX Runtime session a process builds
+    with denormal-as-zero (backends.ort_session asks for it: subnormals cost ~100x on a CPU) sets flush-to-zero on
+    that thread for good, and hypothesis then refuses to draw floats: a test would pass or fail by which test its
+    worker ran first. glibc's fesetenv(FE_DFL_ENV) restores the default (FE_DFL_ENV is (fenv_t *) -1 there)."""
+    if not sys.platform.startswith("linux") or np.float64(2.2250738585072014e-308) / 2 != 0:
+        return  # subnormals work (the usual case)
+    import ctypes
+    import ctypes.util
+
+    ctypes.CDLL(ctypes.util.find_library("m")).fesetenv(ctypes.c_void_p(-1))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def verb_logging() -> None:
     """The verbs' log lines on stderr, as `neurocine` sets them up (tests call some verbs in-process)."""
@@ -103,6 +123,43 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def noise_free_movie(mouse, frames: int, movie: int = 1, behaviour: int = 3, tier: str = "test") -> tuple:
+    """(video, behaviour, the mouse's noise-free responses as float32) for one natural movie of the synthetic mouse:
+    the reconstruction tests' input, where only the optimiser can be wrong."""
+    from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, natural_movie
+
+    video = natural_movie(frames, movie, tier)
+    beh = BehaviourGenerator(behaviour).frames(frames)
+    return video, beh, expected_activity(mouse, video, beh).astype(np.float32)
+
+
+def probe_until_heard(pub, recv, session: Session, timeout: float = 60.0) -> set[str]:
+    """Replay `session` (a few frames) on `pub` until `recv(timeout_s=...)` returns something; the ids of the
+    probe sessions replayed.
+
+    A decoder publishes as soon as it decodes, and a subscriber that joins later misses those frames: a test
+    that counts every decoded frame of a session starts it only once the whole chain (rig -> decoder -> us)
+    is known to be connected. Each replay is a new session, and more of their frames may still come: leave
+    those sessions out of what is counted."""
+    from neurocine.streams.replay import replay
+
+    deadline = time.monotonic() + timeout
+    probes: set[str] = set()
+    while recv(timeout_s=0.5) is None:
+        assert time.monotonic() < deadline, f"nothing came back after {len(probes)} replays of the probe session"
+        probes.add(replay(session, pub, speed=0).session_id)
+    return probes
+
+
+def first_frames(session: Session, n: int) -> Session:
+    """The first n frames of `session` as one session without trials."""
+    import dataclasses
+
+    stim = None if session.stimulus is None else session.stimulus[:n]
+    return dataclasses.replace(session, traces=session.traces[:n], behaviour=session.behaviour[:n], stimulus=stim,
+                               timestamps_ns=session.timestamps_ns[:n], trials=[])
 
 
 def assert_sessions_equal(a: Session, b: Session, *, timestamps: bool = True) -> None:

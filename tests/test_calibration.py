@@ -84,7 +84,7 @@ def test_the_faster_frame_count_wins_when_the_hit_rates_tie_and_the_roc_is_repor
     cal = calibrate(seqs, scores, windows, CFG)
     rates = {c["frames"]: c["expected_hit_rate"] for c in cal.candidates}
     assert min(rates.values()) > 0.97
-    delays = {c["frames"]: c["detection_delay_frames_p50"] for c in cal.candidates}
+    delays = {c["frames"]: c["detection_delay_frames"]["p50"] for c in cal.candidates}
     assert delays[cal.config.frames] == min(delays.values())
     roc = cal.roc[f"frames_{cal.config.frames}"]
     assert roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]
@@ -146,8 +146,8 @@ def test_the_example_client_calibrates_at_the_start_of_a_session_then_acts(tmp_p
     ctl, stop = ControlServer(ctl_ep), threading.Event()
     with Publisher(dec_ep) as pub:
         rig = threading.Thread(target=fake_rig_and_decoder, args=(ctl, pub, stop), daemon=True)
-        client = subprocess.Popen([sys.executable, "tools/closed_loop_client.py", "--connect", dec_ep, "--rig", ctl_ep,
-                                   "--calibrate", "6", "--window", "0.5", "--iti", "0.3", "0.4",
+        client = subprocess.Popen([sys.executable, "-m", "neurocine.decoder.examples.closed_loop", "--connect", dec_ep,
+                                   "--rig", ctl_ep, "--calibrate", "6", "--window", "0.5", "--iti", "0.3", "0.4",
                                    "--save-calibration", str(saved), "--max-decisions", "1", "--seconds", "120"],
                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

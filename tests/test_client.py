@@ -59,14 +59,15 @@ def test_stream_hands_over_the_kinds_asked_for(final: bool, provisional: bool, e
             pub.send_raw(decoded("a", seq, seq < 2, frames[seq]))
         pub.send_raw(encode_decoded("a", {"seq": 9}, []))  # not a decoded frame: counted, skipped
         pub.send_raw(decoded("b", 0, True, frames[0]))  # the rig restarted: a new source session
-        got = receive_all(stream, len(expect))
-        time.sleep(0.2)
-        assert stream.recv(timeout_s=0.2) is None
+        # a last frame of a kind asked for: one socket keeps order, so whatever was not filtered out arrives before it
+        pub.send_raw(decoded("z", 0, final, frames[0]))
+        got = receive_all(stream, len(expect) + 1)
+    expect = [*expect, ("z", 0, final)]
     assert [(f.session_id, f.seq, f.final) for f in got] == expect
     assert all(np.array_equal(f.frame, frames[f.seq]) for f in got)
     assert [f.new_session for f in got] == [i == 0 or got[i - 1].session_id != f.session_id for i, f in enumerate(got)]
     assert stream.stats.malformed == 1 and "'frame'" in stream.stats.last_error
-    assert stream.stats.filtered == 5 - len(expect)
+    assert stream.stats.filtered == 6 - len(expect)
     f = got[0]
     assert f.frame.shape == (36, 64) and f.frame.dtype == np.uint8
     assert f.t_acq_ns < f.t_pub_ns < f.t_done_ns <= f.t_recv_ns
@@ -74,12 +75,13 @@ def test_stream_hands_over_the_kinds_asked_for(final: bool, provisional: bool, e
 
 
 def test_newest_only_skips_stale_frames() -> None:
-    ep = f"tcp://127.0.0.1:{free_port()}"
-    with DecodedStream(ep, newest_only=True) as stream, Publisher(ep) as pub:
+    # inproc: a message is in the subscriber's queue when send returns, so the ten frames wait, as they would for a
+    # slow client, without a sleep
+    ep = f"inproc://newest-{free_port()}"
+    with Publisher(ep) as pub, DecodedStream(ep, newest_only=True) as stream:
         assert pub.wait_subscribers(1, 10)
         for seq in range(10):
             pub.send_raw(decoded("a", seq, True, noise_frame()))
-        time.sleep(0.5)  # a slow client: ten frames wait
         f = stream.recv(timeout_s=2)
     assert f is not None and f.seq == 9 and f.new_session
     assert stream.stats.skipped_stale == 9
@@ -116,7 +118,7 @@ def test_stream_refuses_to_hand_over_nothing() -> None:
 
 def test_client_modules_import_without_torch_or_onnxruntime() -> None:
     for module in ("neurocine.decoder.client", "neurocine.decoder.detect", "neurocine.streams.control",
-                   "neurocine.streams.publish"):
+                   "neurocine.streams.publish", "neurocine.decoder.examples.closed_loop", "neurocine.streams.bridge"):
         r = subprocess.run([*RUNNER, "--try-import", module], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, (module, r.stderr)
 
@@ -154,10 +156,9 @@ def test_example_client_detects_the_target_and_commands_the_rig() -> None:
     stop, commands = threading.Event(), []
     rig = threading.Thread(target=fake_rig, args=(ctl, stop, commands), daemon=True)
     rig.start()
-    client = subprocess.Popen([sys.executable, "tools/closed_loop_client.py", "--connect", dec_ep, "--rig", ctl_ep,
-                               "--target", "bar", "--threshold", "0.8", "--max-decisions", "1", "--seconds", "60"],
-                              cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen([sys.executable, "-m", "neurocine.decoder.examples.closed_loop", "--connect", dec_ep,
+                               "--rig", ctl_ep, "--target", "bar", "--threshold", "0.8", "--max-decisions", "1",
+                               "--seconds", "60"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with Publisher(dec_ep) as pub:
             assert pub.wait_subscribers(1, 30)

@@ -92,10 +92,48 @@ def test_seed_fixes_the_weights() -> None:
 
 
 def test_training_mode_uses_drop_path_and_dropout_but_eval_is_deterministic() -> None:
-    enc = build_encoder(get_preset("small"), {"m": 4}, seed=0)
-    video = torch.from_numpy(random_smooth_movies(1, 32, seed=1))
-    beh = torch.from_numpy(behaviour(1, 32, seed=1))
+    import dataclasses
+
+    from neurocine.decoder.encoder.model import DropPath
+
+    # the small core with DwiseNeuro's readout (the point readout has no dropout): both kinds of drop present
+    config = dataclasses.replace(get_preset("small"), readout="pooled", cortex_features=(64,))
+    enc = build_encoder(config, {"m": 4}, seed=0)
+    video = torch.from_numpy(random_smooth_movies(2, 32, seed=1))
+    beh = torch.from_numpy(behaviour(2, 32, seed=1))
     calibrate_batchnorm(enc, [(video, beh)], "m")
+    drop_paths = [m for m in enc.modules() if isinstance(m, DropPath) and m.rate > 0]
+    dropouts = [m for m in enc.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+    assert drop_paths and dropouts
+    for m in drop_paths:  # the preset's rates (up to 0.05) would often keep every branch of a 2-sample batch
+        m.rate = 0.5
+
+    def random_in_training(seed: int = 0) -> bool:
+        """Two training-mode passes with different seeds differ (and the same seed repeats)."""
+        enc.train()
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            a = enc(video, beh, "m")
+            torch.manual_seed(seed)
+            again = enc(video, beh, "m")
+            torch.manual_seed(seed + 1)
+            b = enc(video, beh, "m")
+        assert torch.equal(a, again)
+        return not torch.equal(a, b)
+
+    assert random_in_training()
+    rates = [m.rate for m in drop_paths]
+    for m in drop_paths:  # drop path alone off: the dropout still draws
+        m.rate = 0.0
+    assert random_in_training()
+    for m, r in zip(drop_paths, rates, strict=True):  # dropout alone off: the drop path still draws
+        m.rate = r
+    for m in dropouts:
+        m.p = 0.0
+    assert random_in_training()
+    for m in drop_paths:  # both off: training mode is deterministic, so the randomness was theirs
+        m.rate = 0.0
+    assert not random_in_training()
     enc.eval()
     with torch.no_grad():
         assert torch.equal(enc(video, beh, "m"), enc(video, beh, "m"))

@@ -83,7 +83,7 @@ def test_training_lowers_the_loss_and_saves_a_reloadable_checkpoint(mice, tmp_pa
     assert config["window"] == 32 and config["frame_size"] == [36, 64]
     assert len(config["statistics"]["mice"]["mouse_b"]["response_std"]) == N_NEURONS
     score = config["validation"]["score"]
-    assert score is not None and -1.0 <= score <= 1.0
+    assert score is not None and np.isfinite(score)  # (corr clips to [-1, 1]; what it is, the reload checks)
     # The reloaded model reproduces the validation score recorded at save time, so weights and
     # normalisation statistics round-trip exactly.
     encoder, _ = load_encoder(tmp_path / "model")

@@ -22,7 +22,7 @@ from neurocine.decoder.reconstruct.offline import AutoStop, OfflineConfig, recon
 from neurocine.decoder.reconstruct.streaming import StreamingConfig, StreamingReconstructor, reconstruct_streaming
 from neurocine.streams.session import Session, Trial, regular_timestamps
 from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, first_frames, free_port, noise_free_movie, probe_until_heard
 
 N = 120
 T = 60
@@ -57,9 +57,7 @@ def inverse(mouse, tmp_path_factory: pytest.TempPathFactory) -> InverseDecoder:
 
 @pytest.fixture(scope="module")
 def movie(mouse):
-    video = natural_movie(T, 1, "test")
-    behaviour = BehaviourGenerator(3).frames(T)
-    return video, behaviour, expected_activity(mouse, video, behaviour).astype(np.float32)
+    return noise_free_movie(mouse, T)
 
 
 def test_without_steps_the_stream_emits_the_inverse_decoders_own_estimates(backend, inverse, movie) -> None:
@@ -145,22 +143,25 @@ def test_decode_publishes_provisional_frames_at_once_and_final_ones_after_the_la
 
     s = load_session(example_session_path(), trials=[0])
     n = 40
-    session = dataclasses.replace(s, traces=s.traces[:n], behaviour=s.behaviour[:n], stimulus=s.stimulus[:n],
-                                  timestamps_ns=s.timestamps_ns[:n], trials=[])
+    session = first_frames(s, n)
     rig, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     dec = subprocess.Popen([sys.executable, "-m", "neurocine", "decode", "--connect", rig, "--bind", out,
                             "--lag", "8", "--steps", "0", "--provisional", "--threads", "1"], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    got = []
+    got, reports = [], []
     try:
         with DecodedStream(out, provisional=True) as stream, Publisher(rig, nodrop=True) as pub:
             assert pub.wait_subscribers(1, timeout_s=60)
-            time.sleep(1.0)  # our subscription reaches the decoder's publisher (provisional frames leave at once)
-            th = threading.Thread(target=replay, args=(session, pub), kwargs={"speed": 0.5}, daemon=True)
+            probe_until_heard(pub, stream.recv, first_frames(s, 2))  # provisional frames leave at once
+            th = threading.Thread(target=lambda: reports.append(replay(session, pub, speed=0.5)), daemon=True)
             th.start()
             deadline = time.monotonic() + 60
+
+            def mine() -> list:
+                return [f for f in got if reports and f.session_id == reports[0].session_id]
+
             def waiting() -> bool:
-                return sum(f.final for f in got) < n - 8 or sum(not f.final for f in got) < n
+                return sum(f.final for f in mine()) < n - 8 or sum(not f.final for f in mine()) < n
 
             while time.monotonic() < deadline and waiting():
                 f = stream.recv(timeout_s=0.5)
@@ -170,6 +171,7 @@ def test_decode_publishes_provisional_frames_at_once_and_final_ones_after_the_la
     finally:
         dec.terminate()
         _, err = dec.communicate(timeout=30)
+    got = mine()
     provisional = [f for f in got if not f.final]
     final = [f for f in got if f.final]
     assert [f.seq for f in provisional] == list(range(n)), err[-2000:]

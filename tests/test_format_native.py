@@ -191,3 +191,31 @@ def test_reader_fuzzed_never_raises_anything_but_format_error(tmp_path: Path, ju
     except FormatError:
         return
     assert sum(len(v) for v in rec.frames.values()) <= 6
+
+
+def test_the_shipped_example_holds_its_header_at_least_once_a_second_of_frames() -> None:
+    """One damaged byte in the shipped example loses at most a second of it, never the session (its header is
+    repeated as `neurocine record` repeats it)."""
+    from neurocine.streams.example import example_session_path
+    from neurocine.streams.formats.native import header_every
+    from neurocine.streams.protocol import Frame, SessionHeader, parse_message
+
+    headers, since, longest = 0, 0, 0
+    for _, parts in iter_records(example_session_path()):
+        msg = parse_message(parts)
+        if isinstance(msg, SessionHeader):
+            headers, since, rate = headers + 1, 0, msg.frame_rate
+        elif isinstance(msg, Frame):
+            since += 1
+            longest = max(longest, since)
+    assert headers >= 2 and longest <= rate == 30.0 and header_every(rate) == 30
+    session = load_session(example_session_path())
+    assert session.mouse_id == "synthetic-0" and session.n_frames == 1200 and len(session.trials) == 4
+
+
+def test_a_written_recording_repeats_its_header_every_second_of_frames(tmp_path: Path) -> None:
+    session = make_session(n_frames=100)  # 30 Hz: copies before frames 0, 30, 60, 90, and at the end
+    save_session(session, tmp_path / "s.ncr")
+    kinds = [bytes(parts[0]) for _, parts in iter_records(tmp_path / "s.ncr")]
+    at = [kinds[:k].count(b"frame") for k, kind in enumerate(kinds) if kind == b"session"]
+    assert at == [0, 30, 60, 90, 100]

@@ -66,6 +66,16 @@ def test_fit_recovers_a_planted_linear_map_and_onnx_matches_numpy(tmp_path: Path
     resp_nan = resp.copy()
     resp_nan[:, :10] = np.nan
     assert np.isfinite(dec.movie(resp_nan, beh)).all()
+    # its ONNX Runtime session is built like every other (backends.ort_session): the CPU unless told, threads as
+    # given (0: ONNX Runtime's own choice), a requested provider that does not run is an error naming the file
+    assert dec.ort_session.get_providers() == ["CPUExecutionProvider"]
+    assert dec.ort_session.get_session_options().intra_op_num_threads == 1
+    assert InverseDecoder(path, threads=0).ort_session.get_session_options().intra_op_num_threads == 0
+    assert InverseDecoder(path, threads=3).ort_session.get_session_options().intra_op_num_threads == 3
+    cpu = ["CPUExecutionProvider"]
+    assert InverseDecoder(path, providers=cpu).ort_session.get_providers() == cpu
+    with pytest.raises(InverseError, match=rf"{path}: ONNX Runtime provider NoSuchExecutionProvider is not"):
+        InverseDecoder(path, providers=["NoSuchExecutionProvider"])
 
 
 def test_span_windows_pad_outside_the_recording_with_nan() -> None:

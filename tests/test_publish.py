@@ -1,4 +1,4 @@
-"""The rig-side API (neurocine.streams.publish) and the folder bridge (tools/bridge_npy_folder.py), real sockets."""
+"""The rig-side API (neurocine.streams.publish) and the folder bridge (`neurocine bridge`), real sockets."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_bridge_publishes_trials_as_the_pipeline_writes_them(tmp_path: Path) -> 
     trials = [rng.gamma(0.5, 1.0, (6, n)).astype(np.float32) for n in (7, 5, 9)]  # (N, T) per trial
     ep = f"tcp://127.0.0.1:{free_port()}"
     sub = Subscriber(ep)
-    bridge = subprocess.Popen([sys.executable, "tools/bridge_npy_folder.py", str(folder), "--neuron-ids",
+    bridge = subprocess.Popen([sys.executable, "-m", "neurocine", "bridge", str(folder), "--neuron-ids",
                                str(tmp_path / "ids.npy"), "--mouse", "M7", "--rate", "200", "--bind", ep,
                                "--wait-subscribers", "1"], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -120,7 +120,7 @@ def test_bridge_publishes_trials_as_the_pipeline_writes_them(tmp_path: Path) -> 
         bridge.kill()
         sub.close()
     assert bridge.returncode == 0, err
-    summary = json.loads(out.strip().splitlines()[-1])["bridge"]
+    summary = json.loads(out)["bridge"]
     assert summary["files"] == 3 and summary["frames"] == 21
     assert "2.npy: 5 neurons per frame, the session has 6" in summary["skipped"]["2.npy"]
     frames = [m for m in got if isinstance(m, Frame)]

@@ -111,11 +111,11 @@ def test_onnx_backend_binds_buffers_once_and_runs_all_windows_in_one_call(shippe
     ob = OrtBackend(folder, providers=["CPUExecutionProvider"], threads=1)
     assert ob.provider == "CPUExecutionProvider" and ob.batch is None and ob.window == 32
     calls = []
-    run = ob.session.run_with_iobinding
-    ob.session.run_with_iobinding = lambda binding: (calls.append(1), run(binding))[1]
+    run = ob.ort_session.run_with_iobinding
+    ob.ort_session.run_with_iobinding = lambda binding: (calls.append(1), run(binding))[1]
     video, beh, resp = _batch(3, n=n, seed=4)
     loss, grad = ob.loss_and_grad(video, beh, resp)
-    plain_loss, plain_grad = ob.session.run(None, {"video": video, "behaviour": beh, "responses": resp,
+    plain_loss, plain_grad = ob.ort_session.run(None, {"video": video, "behaviour": beh, "responses": resp,
                                                     "weights": np.ones((3, n), np.float32)})  # fmt: skip
     np.testing.assert_array_equal(loss, plain_loss)
     np.testing.assert_array_equal(grad, plain_grad)
@@ -146,8 +146,8 @@ def test_fused_ensemble_equals_member_by_member(shipped):
     fused = Ensemble(members)
     assert fuse_ensemble(fused)
     calls = []
-    run = fused.fused.session.run_with_iobinding
-    fused.fused.session.run_with_iobinding = lambda binding: (calls.append(1), run(binding))[1]
+    run = fused.fused.ort_session.run_with_iobinding
+    fused.fused.ort_session.run_with_iobinding = lambda binding: (calls.append(1), run(binding))[1]
     loss, grad = normalised_window_grad(fused, video, beh, resp, weights, 1e-6)
     assert len(calls) == 1
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -212,7 +212,7 @@ def test_onnx_and_torch_give_the_same_gradient_and_reconstruction(exported):
     encoder, folder = exported
     tb = TorchBackend.from_encoder(encoder, "m0", threads=1)
     ob = OrtBackend(folder, threads=1)
-    assert ob.provider == ob.session.get_providers()[0]
+    assert ob.provider == ob.ort_session.get_providers()[0]
     assert ob.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert (ob.batch, ob.window, ob.n_neurons) == (None, 32, 30)
     video, beh, resp = _batch(6, n=30, seed=1)  # 6 windows in one call
@@ -257,3 +257,20 @@ def test_decode_refuses_at_start_up_a_graph_it_cannot_use(tmp_path):
     proc = neurocine("decode", "--model", str(model), "--provider", "cuda", *endpoints)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "provider CUDAExecutionProvider" in err and str(model) in err
+
+
+def test_a_window_of_the_wrong_length_is_refused_by_name_on_either_backend(oracle_backend):
+    """Both backends check a batch the same way (check_batch), window length included."""
+    from neurocine.decoder.reconstruct.backends import OrtBackend
+    from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR
+
+    onnx = OrtBackend(DEFAULT_MODEL_DIR, providers=["CPUExecutionProvider"], threads=1)
+    assert onnx.window is not None
+    video, beh, resp = _batch(1, t=onnx.window // 2, n=onnx.n_neurons)
+    torch_fixed = TorchBackend(oracle_backend.model, N, window=onnx.window, name="torch-32")
+    for backend in (onnx, torch_fixed):
+        with pytest.raises(BackendError, match=rf"{backend.name} takes windows of {onnx.window} frames, got "
+                                               rf"{onnx.window // 2}"):
+            backend.loss_and_grad(video, beh, resp[:, : backend.n_neurons])
+        with pytest.raises(BackendError, match="takes windows of"):
+            backend.predict(video, beh)

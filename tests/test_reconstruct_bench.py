@@ -3,6 +3,7 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from neurocine.decoder.bench import quality as bench_quality
@@ -27,7 +28,7 @@ def test_bench_quality_toy_run(tmp_path, capsys):
     for key in (*groups, "offline_from_predicted_responses", "mask"):
         assert key in result, key
     for key in groups[:4]:
-        assert -1 <= result[key]["pixel_correlation"] <= 1, key
+        assert np.isfinite(result[key]["pixel_correlation"]), key  # (corr clips to [-1, 1]: a range proves nothing)
         spread = result[key]["pixel_correlation_spread"]
         assert spread["n"] == 1 and spread["per_movie"] == [result[key]["pixel_correlation"]], key
         assert {"ssim", "psnr", "rmse", "pixel_correlation_unsmoothed"} <= set(result[key]), key

@@ -18,7 +18,8 @@ from neurocine.decoder.reconstruct.offline import (
     train_alpha_mask,
 )
 from neurocine.decoder.reconstruct.windows import WindowError, coverage
-from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+from neurocine.streams.synthetic import expected_activity, make_mouse, natural_movie
+from tests.conftest import noise_free_movie
 
 N_NEURONS = 400
 T = 72
@@ -37,9 +38,7 @@ def backend(mouse):
 
 @pytest.fixture(scope="module")
 def movie(mouse):
-    video = natural_movie(T, 1, "test")
-    behaviour = BehaviourGenerator(3).frames(T)
-    return video, behaviour, expected_activity(mouse, video, behaviour)
+    return noise_free_movie(mouse, T)
 
 
 def test_window_layout_stride_8_last_aligned_to_end():

@@ -12,7 +12,8 @@ from neurocine.decoder.reconstruct.streaming import (
     StreamingReconstructor,
     reconstruct_streaming,
 )
-from neurocine.streams.synthetic import BehaviourGenerator, expected_activity, make_mouse, natural_movie
+from neurocine.streams.synthetic import make_mouse
+from tests.conftest import noise_free_movie
 
 T = 64
 
@@ -29,9 +30,7 @@ def backend(mouse):
 
 @pytest.fixture(scope="module")
 def movie(mouse):
-    video = natural_movie(T, 1, "test")
-    behaviour = BehaviourGenerator(3).frames(T)
-    return video, behaviour, expected_activity(mouse, video, behaviour)
+    return noise_free_movie(mouse, T)
 
 
 def test_one_final_frame_per_input_frame_after_the_lag(backend, movie):
@@ -171,6 +170,24 @@ def test_a_window_holding_under_a_quarter_window_of_active_frames_is_skipped(lag
     assert list(c - 1 - (starts + 31)) == ends_back
 
 
+def test_offline_and_streaming_share_the_update_settings_and_their_checks():
+    """One definition of the optimiser's update (the paper's constants): both configs read it; only the streaming
+    blur's default differs (the CPU-sized encoders need it)."""
+    import dataclasses
+
+    from neurocine.decoder.reconstruct.optimiser import UpdateSettings
+
+    shared = [f.name for f in dataclasses.fields(UpdateSettings) if f.name != "grad_blur"]
+    assert shared == ["lr", "warmup", "beta", "clip", "norm_eps"]
+    for name in shared:
+        assert getattr(OfflineConfig(), name) == getattr(StreamingConfig(), name) == getattr(UpdateSettings(), name)
+    assert OfflineConfig().grad_blur == 0.0 < StreamingConfig().grad_blur
+    for bad in ({"beta": 1.0}, {"lr": 0.0}, {"warmup": -1}, {"grad_blur": -1.0}):
+        for config in (OfflineConfig, StreamingConfig):
+            with pytest.raises(ReconstructionError):
+                config(**bad)
+
+
 def test_cycle_is_refused_offline_with_the_reason():
     with pytest.raises(ReconstructionError, match="cycle is for streaming"):
         OfflineConfig(ensemble="cycle")
@@ -187,7 +204,8 @@ def test_push_times_are_kept_in_a_fixed_ring(monkeypatch):
         times.append(s)
     summary = times.summary()
     assert summary["frames"] == 6 and len(times) == 6 and times.seconds.size == 4
-    assert summary["max_s"] == 4.0 and summary["mean_s"] == 2.5  # the two oldest were overwritten
+    assert summary["seconds"]["max"] == 4.0 and summary["mean_s"] == 2.5  # the two oldest were overwritten
+    assert summary["seconds"]["p50"] == 2.5
 
 
 def test_a_cut_closes_the_movie_and_the_next_trial_starts_as_a_new_one(backend, movie):

@@ -85,4 +85,4 @@ def test_kill_9_under_a_flat_out_replay_loses_at_most_the_stated_bound(tmp_path:
     bound = kill_loss_bound(frame_bytes)
     print(f"kill -9 under a flat-out replay: {sent} published, {len(seqs)} recorded, {lost} lost "
           f"(bound {bound})")
-    assert 0 <= lost <= bound
+    assert lost <= bound  # (never negative: the recorded seqs are a prefix of those published, checked above)

@@ -188,7 +188,7 @@ def test_a_consumer_away_with_messages_waiting_does_not_take_a_strangers_header_
 def test_the_frame_that_switches_to_a_held_session_is_delivered_after_its_header_with_the_headers_parts() -> None:
     """A rig restarted within the hold: its header is held, its first frame switches; the consumer gets the
     header (and the header's own raw parts, which a recorder writes) and then that frame: nothing lost."""
-    from neurocine.streams.protocol import decode, encode_frame, encode_session
+    from neurocine.streams.protocol import encode_frame, encode_session, parse_message
 
     t = StreamTracker(switch_hold_s=0.5)
     t.accept_parts(encode_session(hdr()), recv_ns=0)
@@ -197,7 +197,7 @@ def test_the_frame_that_switches_to_a_held_session_is_delivered_after_its_header
     first_b = encode_frame("b", 0, 0, 0, np.ones(N, np.float32), np.zeros(4, np.float32))
     got = t.accept_parts(first_b, recv_ns=900_000_000)  # "a" went silent: "b"'s frame switches
     assert isinstance(got, SessionHeader) and got.session_id == "b"
-    assert isinstance(decode(t.delivered_parts), SessionHeader)  # the header's parts, not the frame's
+    assert isinstance(parse_message(t.delivered_parts), SessionHeader)  # the header's parts, not the frame's
     msg, parts, recv_ns = t.take_next()
     assert isinstance(msg, Frame) and (msg.session_id, msg.seq) == ("b", 0) and parts is first_b
     assert recv_ns == 900_000_000 and t.take_next() is None and t.stats.received == 2

@@ -11,7 +11,7 @@ import zmq
 from neurocine.streams.bench_transport import measure
 from neurocine.streams.protocol import End, Frame, SessionHeader, encode_frame
 from neurocine.streams.session import new_session_id
-from neurocine.streams.transport import Publisher, Subscriber, TransportError
+from neurocine.streams.transport import HELLO_PREFIX, Publisher, Subscriber, TransportError
 from tests.conftest import free_port, wait_for
 
 N = 64
@@ -111,11 +111,13 @@ def _bind_retrying(endpoint: str, timeout_s: float = 5.0) -> Publisher:
 
 def test_garbage_on_the_wire_is_counted_and_the_stream_goes_on() -> None:
     ctx = zmq.Context.instance()
-    raw = ctx.socket(zmq.PUB)
+    raw = ctx.socket(zmq.XPUB)  # a plain publisher that sees subscriptions: it sends once the subscriber is in
+    raw.setsockopt(zmq.RCVTIMEO, 10_000)
     port = raw.bind_to_random_port("tcp://127.0.0.1")
     errors = []
     with Subscriber(f"tcp://127.0.0.1:{port}", on_error=errors.append) as sub:
-        time.sleep(0.3)  # PUB has no subscriber handshake: give the connection time
+        while not raw.recv()[1:].startswith(HELLO_PREFIX):  # its last subscription: every topic is in before it
+            pass
         h = header(4)
         from neurocine.streams.protocol import encode_session
 
@@ -169,7 +171,7 @@ def test_a_restart_within_the_hold_delivers_the_new_header_with_its_own_parts_an
     parts (what a recorder writes) are the header's, then that frame: the frame that switches is not lost."""
     import threading
 
-    from neurocine.streams.protocol import decode
+    from neurocine.streams.protocol import parse_message
 
     traces = np.zeros(N, np.float32)
     got: list = []
@@ -179,7 +181,7 @@ def test_a_restart_within_the_hold_delivers_the_new_header_with_its_own_parts_an
 
         def consume() -> None:  # a consumer that keeps reading, as `record` does
             while (m := sub.recv(timeout_s=5)) is not None:
-                got.append((m, decode(sub.last_parts)))
+                got.append((m, parse_message(sub.last_parts)))
                 if isinstance(m, End):
                     return
 
@@ -190,7 +192,8 @@ def test_a_restart_within_the_hold_delivers_the_new_header_with_its_own_parts_an
         for i in range(10):
             pub.send_frame(i, i, traces, np.zeros(4, np.float32))
         pub.begin(b)  # no end: the header arrives while "a" streams, and is held
-        time.sleep(0.25)  # "a" is silent past the hold (the consumer waits on an empty socket)
+        assert wait_for(lambda: sub.tracker.stats.held_sessions == 1, timeout=10)
+        time.sleep(0.15)  # "a" goes silent past the hold (the consumer waits on an empty socket): time is the point
         for i in range(10):
             pub.send_frame(i, i, traces, np.zeros(4, np.float32))
             time.sleep(0.005)

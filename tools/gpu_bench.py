@@ -16,7 +16,7 @@ only, said in the JSON. Stages (each in its own try, so one failure does not los
    step, 35 = an offline iteration): ORT CUDA (IOBinding, inputs and outputs on the device), torch eager,
    torch CUDA graph (captured once, replayed), torch bf16 autocast (time and gradient error vs fp32).
 2. live: 7 x dwiseneuro at 8,000 neurons, lag 32, 2 steps per frame: the streaming optimiser's compute per
-   frame (p50/p99 over --frames frames) with the 7 members fused into one ORT call per step.
+   frame (p50/p95/p99/max over --frames frames) with the 7 members fused into one ORT call per step.
 3. offline: 7 x dwiseneuro, a 10-s movie (300 frames, stride 8 = 35 windows), --iterations iterations
    timed and scaled to the paper's 1,000: seconds per movie.
 JSON to --out/gpu_bench.json (and stdout).
@@ -111,8 +111,10 @@ def build(preset: str, neurons: int, seed: int, folder: Path) -> tuple[Any, Path
     return E.frozen_copy(enc), folder
 
 
-def timed(fn: Any, repeats: int, sync: Any) -> dict[str, float]:
+def timed(fn: Any, repeats: int, sync: Any) -> dict[str, Any]:
     import numpy as np
+
+    from neurocine.streams.summary import percentiles
 
     fn()
     sync()
@@ -122,8 +124,7 @@ def timed(fn: Any, repeats: int, sync: Any) -> dict[str, float]:
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1e3
-    return {"median_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+    return {"ms": percentiles(np.asarray(times) * 1e3)}
 
 
 def stage_encoder(args: argparse.Namespace, work: Path, device: str) -> dict[str, Any]:
@@ -171,8 +172,8 @@ def stage_encoder(args: argparse.Namespace, work: Path, device: str) -> dict[str
             got = session.run(None, {k: ex[k].numpy() for k in E.GRADIENT_INPUTS})[1]
             row["ort_vs_torch_grad_rel_error"] = float(np.linalg.norm(got - ref_grad.cpu().numpy())
                                                        / np.linalg.norm(ref_grad.cpu().numpy()))  # fmt: skip
-            best_torch = min(v["median_ms"] for k, v in row.items() if k.startswith("torch_") and "median_ms" in v)
-            row["ort_over_best_torch"] = round(row["ort"]["median_ms"] / best_torch, 3)
+            best_torch = min(v["ms"]["p50"] for k, v in row.items() if k.startswith("torch_") and "ms" in v)
+            row["ort_over_best_torch"] = round(row["ort"]["ms"]["p50"] / best_torch, 3)
             res[f"batch_{b}"] = row
             enc = enc.cpu()
         out[preset] = res
@@ -247,6 +248,7 @@ def stage_live(args: argparse.Namespace, ens: Any) -> dict[str, Any]:
     import numpy as np
 
     from neurocine.decoder.reconstruct.streaming import StreamingConfig, make_streaming
+    from neurocine.streams.summary import percentiles
 
     rng = np.random.default_rng(0)
     n, frames = ens.n_neurons, 64 + args.frames
@@ -263,10 +265,9 @@ def stage_live(args: argparse.Namespace, ens: Any) -> dict[str, Any]:
             rec.push(resp[t], beh[t])
             seconds.append(time.perf_counter() - t0)
         s = np.asarray(seconds[64:]) * 1e3
+        compute = percentiles(s, 2)
         out[mode] = {"fused_call": mode == "gradients" and ens.fused is not None, "frames": int(s.size),
-                     "compute_p50_ms": round(float(np.percentile(s, 50)), 2),
-                     "compute_p99_ms": round(float(np.percentile(s, 99)), 2),
-                     "fits_30hz_at_p99": bool(np.percentile(s, 99) <= 33.3)}  # fmt: skip
+                     "compute_ms": compute, "fits_30hz_at_p99": compute["p99"] <= 33.3}  # fmt: skip
     return out
 
 

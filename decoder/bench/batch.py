@@ -24,25 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neurocine.streams.commandline import get_logger
+from neurocine.streams.commandline import add_verb, get_logger
 
 log = get_logger("bench.batch")
 
-EXAMPLE = """example:
-  neurocine bench batch --trials 4 --iterations 2 --repeats 2 --json bench_batch.json
-  neurocine bench batch --from-json bench_batch.json --gpu-iteration-ms 858 --gpus-per-node 8
-  neurocine bench batch --backend onnx --provider cuda --job-sessions 10 --job-encoders 7 --gpus-per-node 8
+EXAMPLE = """\
+neurocine bench batch --trials 4 --iterations 2 --repeats 2 --json bench_batch.json
+neurocine bench batch --from-json bench_batch.json --gpu-iteration-ms 858 --gpus-per-node 8
+neurocine bench batch --backend onnx --provider cuda --job-sessions 10 --job-encoders 7 --gpus-per-node 8
 """
 
 
 def register(bench_sub: Any) -> None:
-    p = bench_sub.add_parser(
-        "batch",
-        help="Ray batch: 1 vs 2 workers, per-task overhead, cluster-size extrapolation",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(bench_sub, "batch", "Ray batch: 1 vs 2 workers, per-task overhead, cluster-size extrapolation",
+                 EXAMPLE, description=__doc__)
     p.add_argument("--session", default=None, help="session (default: the built-in example, 300-frame trials)")
     p.add_argument("--model", default=None, help="encoder (default: the built-in model)")
     p.add_argument("--trials", type=int, default=4, help="trials (tasks) per run (default 4)")

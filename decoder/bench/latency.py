@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from neurocine.streams.commandline import Progress, get_logger
+from neurocine.streams.summary import percentiles
 
 log = get_logger("bench.latency")
 
@@ -45,13 +46,6 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--figure", help="write a latency histogram and time course (PNG)")
     p.set_defaults(func=run)
-
-
-def _percentiles(x: np.ndarray) -> dict[str, float | None]:
-    if x.size == 0:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-    return {k: round(float(v), 3) for k, v in zip(("p50", "p95", "p99", "max"),
-                                                  [*np.percentile(x, [50, 95, 99]), x.max()], strict=True)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +114,7 @@ def summarise(rows: np.ndarray, args: argparse.Namespace, truth: dict[int, np.nd
 
     steady = rows[rows[:, 0] >= args.warmup] if rows.size else rows
     names = ["transport_ms", "queue_ms", "compute_ms", "end_to_end_ms", "delivery_ms"]
-    lat = {n: _percentiles(steady[:, 2 + i]) for i, n in enumerate(names)}
+    lat = {n: percentiles(steady[:, 2 + i]) for i, n in enumerate(names)}
     span = steady[-1, 0] - steady[0, 0] if len(steady) > 1 else 0.0
     seqs = sorted(set(truth) & set(decoded))
     quality = None

@@ -34,6 +34,7 @@ import numpy as np
 
 from neurocine.decoder.client import EventRunner
 from neurocine.streams.commandline import get_logger
+from neurocine.streams.summary import percentiles
 
 log = get_logger("bench.loop")
 
@@ -78,23 +79,20 @@ def register(bench_sub: Any) -> None:
 
 def _pct(x: Any) -> dict[str, Any]:
     a = np.asarray(list(x), np.float64)
-    if a.size == 0:
-        return {"n": 0}
-    p = np.percentile(a, [50, 95, 99])
-    return {"n": int(a.size), "p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2),
-            "p99": round(float(p[2]), 2), "max": round(float(a.max()), 2)}
+    return {"n": int(a.size), **percentiles(a, 2)}
 
 
 def distribution(x: Any, bin_ms: float = 100.0) -> dict[str, Any]:
-    """A delay's distribution: p10/p50/p90, every value, and a histogram in `bin_ms` bins."""
+    """A delay's distribution: the usual percentiles, p10, p90 and min beside them, every value, and a histogram
+    in `bin_ms` bins."""
     a = np.sort(np.asarray(list(x), np.float64))
     if a.size == 0:
         return {"n": 0}
-    p10, p50, p90 = np.percentile(a, [10, 50, 90])
+    p10, p90 = np.percentile(a, [10, 90])
     edges = np.arange(0.0, a.max() + bin_ms, bin_ms)
     counts, edges = np.histogram(a, bins=edges if edges.size > 1 else [0.0, bin_ms])
-    return {"n": int(a.size), "p10": round(float(p10), 1), "p50": round(float(p50), 1), "p90": round(float(p90), 1),
-            "min": round(float(a[0]), 1), "max": round(float(a[-1]), 1), "values": [round(float(v), 1) for v in a],
+    return {"n": int(a.size), **percentiles(a, 1), "p10": round(float(p10), 1), "p90": round(float(p90), 1),
+            "min": round(float(a[0]), 1), "values": [round(float(v), 1) for v in a],
             "histogram": {"bin_ms": bin_ms, "edges_ms": [round(float(e), 1) for e in edges],
                           "counts": [int(c) for c in counts]}}
 

@@ -86,7 +86,7 @@ def profile_step(
 
     backend = OrtBackend(model, providers=("CPUExecutionProvider",), threads=threads,
                          profile_prefix=str(Path(workdir) / "ort"))  # fmt: skip
-    timed = _TimedRun(backend.session)
+    timed = _TimedRun(backend.ort_session)
     cfg = StreamingConfig(steps=steps)
     rec = StreamingReconstructor(backend, cfg)
     rng = np.random.default_rng(seed)
@@ -102,7 +102,7 @@ def profile_step(
         rec.push(resp[t], beh[t])
     total = time.perf_counter() - t0
     calls = timed.calls - calls0
-    prof = parse_ort_profile(backend.session.end_profiling(), skip_runs=calls0)
+    prof = parse_ort_profile(backend.ort_session.end_profiling(), skip_runs=calls0)
     inside = timed.seconds
     per_frame = 1.0 / frames  # ms quantities -> ms per frame
     ops = sorted(prof["per_op_ms"].items(), key=lambda kv: -kv[1])

@@ -33,7 +33,6 @@ movie fits the noise). About 15-25 min on 2 shared CPU cores; `--skip` drops gro
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
-from neurocine.streams.commandline import get_logger
+from neurocine.streams.commandline import add_verb, emit_json, get_logger
 
 log = get_logger("bench.quality")
 
@@ -51,14 +50,12 @@ DEFAULT_STEPS = (1, 2, 4)
 
 
 def register(bench_sub: Any) -> None:
-    p = bench_sub.add_parser(
-        "quality",
-        help="reconstruction quality: offline, ensembles, streaming vs lag, neuron ablation, mask",
-        description="Reconstruction quality on held-out movies of a synthetic mouse (JSON; optional figure).",
-        epilog="example:\n  neurocine bench quality --json out/quality.json --figure out/quality.png\n"
-        "  neurocine bench quality --movies 1 --frames 300 --iterations 1000   # the paper's setting",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(bench_sub, "quality",
+                 "reconstruction quality: offline, ensembles, streaming vs lag, neuron ablation, mask",
+                 "neurocine bench quality --json out/quality.json --figure out/quality.png\n"
+                 "neurocine bench quality --movies 1 --frames 300 --iterations 1000   # the paper's setting",
+                 description="Reconstruction quality on held-out movies of a synthetic mouse (JSON; optional "
+                 "figure).")
     p.add_argument(
         "--data", help="synthetic session file/folder with its mouse beside it (default: built-in mouse)"
     )
@@ -326,11 +323,7 @@ def run(args: argparse.Namespace) -> int:
         if key != "offline_1" and per is not None and len(per) == len(base):
             row["paired_vs_offline_1"] = spread(np.subtract(per, base))
     result["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    emit_json(result, args.json)
     if args.figure:
         _figure(Path(args.figure), movies[0][0], stills, result)
     return 0

@@ -25,7 +25,6 @@ The paper's grids: `--spatial 0,1,2,4,8,16,32 --temporal 0,1,2,4,8,16,32 --tf 15
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import numpy as np
 
 from neurocine.decoder.analysis.metrics import SMOOTH_SIGMA
 from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR
-from neurocine.streams.commandline import get_logger
+from neurocine.streams.commandline import add_verb, emit_json, get_logger, write_json
 from neurocine.streams.synthetic.resolution import CLIP_FRAMES, GRATING_SF_CPP
 
 log = get_logger("bench.resolution")
@@ -54,15 +53,11 @@ PAPER = {
 
 
 def register(bench_sub: Any) -> None:
-    p = bench_sub.add_parser(
-        "resolution",
-        help="spatial/temporal resolution: noise and grating heat maps (the paper's analyses)",
-        description=__doc__,
-        epilog="example:\n  neurocine bench resolution --json out/resolution.json --figure out/resolution.png\n"
-        "  neurocine bench resolution --spatial 0,1,2,4,8,16,32 --temporal 0,1,2,4,8,16,32 --draws 5 "
-        "--iterations 200   # the paper's noise grid",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(bench_sub, "resolution",
+                 "spatial/temporal resolution: noise and grating heat maps (the paper's analyses)",
+                 "neurocine bench resolution --json out/resolution.json --figure out/resolution.png\n"
+                 "neurocine bench resolution --spatial 0,1,2,4,8,16,32 --temporal 0,1,2,4,8,16,32 --draws 5 "
+                 "--iterations 200   # the paper's noise grid", description=__doc__)
     p.add_argument("--model", action="append", default=None,
                    help="encoder folder (repeat for an ensemble; default: the built-in model)")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
@@ -187,14 +182,9 @@ def run(args: argparse.Namespace) -> int:
         result["sources"][source] = out
         _log(f"{source}: reconstructed and scored in {out['seconds']:.0f} s")
         if args.json:  # a long run keeps what it has
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+            write_json(result, args.json)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    emit_json(result, args.json)
     if args.figure:
         figure(Path(args.figure), result)
     return 0

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from neurocine.streams.summary import percentiles
+
 
 def register(bench_sub: Any) -> None:
     from neurocine.streams.commandline import add_verb
@@ -30,13 +32,6 @@ def run(args: argparse.Namespace) -> int:
 
     emit_json(soak(args.minutes, args.lag, args.steps, args.threads, args.sample_s), args.json)
     return 0
-
-
-def _stats(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None}
-    a = np.asarray(values)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p99": round(float(np.percentile(a, 99)), 2)}
 
 
 def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: float) -> dict[str, Any]:
@@ -81,7 +76,7 @@ def soak(minutes: float, lag: int, steps: int, threads: int | None, sample_s: fl
                     take(sub.recv(timeout_s=0.005))
                 if time.monotonic() >= next_sample:
                     samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_mb": _rss_mb(dec.pid),
-                                    "decoded": len(got), "latency_ms": _stats(lat),
+                                    "decoded": len(got), "latency_ms": percentiles(lat, 2),
                                     "steps_mean": round(float(np.mean(stp)), 3) if stp else None})
                     lat, stp = [], []
                     next_sample += sample_s

@@ -17,31 +17,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neurocine.streams.commandline import get_logger
+from neurocine.streams.commandline import add_verb, get_logger
 
 log = get_logger("batch")
 
-EXAMPLE = """example:
-  neurocine batch --sessions s1.ncr s2.ncr --model m0 --model m1 --model m2 --iterations 1000 --out runs/b1
-  neurocine batch --session streams/data/example.ncr --trial 0 --trial 1 --iterations 20 --num-cpus 2 --out /tmp/b
-  neurocine batch --address ray://head:10001 --session /shared/s1.ncr --backend onnx --provider cuda --out /shared/b
-writes OUT/<session>/trial<k>.npy (uint8 movie) and trial<k>.json (metrics), OUT/summary.json; prints the summary.
-Rerun the same command to resume: finished trials are skipped.
+EXAMPLE = """\
+neurocine batch --sessions s1.ncr s2.ncr --model m0 --model m1 --model m2 --iterations 1000 --out runs/b1
+neurocine batch --session streams/data/example.ncr --trial 0 --trial 1 --iterations 20 --num-cpus 2 --out /tmp/b
+neurocine batch --address ray://head:10001 --session /shared/s1.ncr --backend onnx --provider cuda --out /shared/b
 """
 
 
 def register(subparsers: Any) -> None:
     from neurocine.decoder.reconstruct.cli import add_reconstruct_options
 
-    p = subparsers.add_parser(
-        "batch",
-        help="reconstruct many sessions/trials with one or more encoders as Ray tasks (resumable)",
-        description="Reconstruct every trial of many sessions as Ray tasks on an embedded local cluster or an "
-        "existing one (--address): one output per trial, a summary table, resumable, failed tasks retried "
-        "then reported by name. Needs the cluster extra: pip install 'neurocine[cluster]'.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(subparsers, "batch",
+                 "reconstruct many sessions/trials with one or more encoders as Ray tasks (resumable)", EXAMPLE,
+                 description="Reconstruct every trial of many sessions as Ray tasks on an embedded local cluster or "
+                 "an existing one (--address): one output per trial, a summary table, resumable, failed tasks "
+                 "retried then reported by name. Needs the cluster extra: pip install 'neurocine[cluster]'.\n"
+                 "Writes OUT/<session>/trial<k>.npy (uint8 movie) and trial<k>.json (metrics), OUT/summary.json; "
+                 "prints the summary. Rerun the same command to resume: finished trials are skipped.")
     add_reconstruct_options(p)
     p.add_argument("--sessions", nargs="+", default=[], metavar="PATH", help="more sessions (with --session)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes what it holds)")

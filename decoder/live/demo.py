@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from neurocine.streams.commandline import get_logger
+from neurocine.streams.commandline import emit_json, get_logger
+from neurocine.streams.summary import percentiles
 
 log = get_logger("demo")
 
@@ -143,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
     video = write_side_by_side(truth, decoded, out_dir / "neurocine-demo.mp4", stretch=stretch)
     summary["video"] = str(video.resolve()) if video else None
     summary["video_decoded_display"] = stretch.label() if stretch else "raw grey levels"
-    (out_dir / "neurocine-demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    emit_json(summary, out_dir / "neurocine-demo.json")
     log.info(f"wrote {summary['video']} and {(out_dir / 'neurocine-demo.json').resolve()}")
     return 0 if decoded else 1
 
@@ -163,8 +163,7 @@ def summarise(truth: dict[int, np.ndarray], decoded: dict[int, np.ndarray], late
         "seconds": args.seconds,
         "decoded_frames": len(decoded),
         "pixel_correlation_vs_truth": quality,
-        "end_to_end_latency_ms_p50": round(float(np.nanpercentile(lat, 50)), 2) if lat.size else None,
-        "end_to_end_latency_ms_p99": round(float(np.nanpercentile(lat, 99)), 2) if lat.size else None,
+        "end_to_end_latency_ms": percentiles(lat, 2),
         "lag_frames": args.lag,
         "steps_per_frame_mean": round(float(np.mean(steps)), 3) if steps else None,
         "decoder_stats": stats,

@@ -39,7 +39,7 @@ from neurocine.decoder.reconstruct.streaming import StreamingConfig
 from neurocine.streams.commandline import get_logger
 from neurocine.streams.protocol import RAW_TOPICS, End, Frame, ProtocolError, SessionHeader
 from neurocine.streams.session import Session
-from neurocine.streams.stall import DEFAULT_STALL
+from neurocine.streams.stall import add_stall_option, stall_config
 from neurocine.streams.tracker import StreamStats
 from neurocine.streams.transport import Publisher, Subscriber
 
@@ -488,9 +488,7 @@ def register(sub: Any) -> None:
                         "where real time does not matter; frames then wait in the inbox, up to its bound)")
     p.add_argument("--min-fraction", type=float, default=0.5,
                    help="refuse a stream holding fewer than this fraction of the model's neurons")
-    p.add_argument("--stall-after", type=float, default=DEFAULT_STALL.stall_after_s, metavar="S",
-                   help="warn when a live session sends no valid frame for S seconds (default "
-                   f"{DEFAULT_STALL.stall_after_s:g}; the status line and the JSON say so too)")
+    add_stall_option(p, "when a live session sends no valid frame", "the status line and the JSON say so too")
     p.add_argument("--max-decoded", type=int, default=None, help="stop after publishing this many frames")
     p.add_argument("--json", help="write the final stats here")
     p.set_defaults(func=run)
@@ -519,7 +517,7 @@ def run(args: Any) -> int:
             log.error(str(err))
             return 2
     stop_on_sigterm()
-    stall = dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
+    stall = stall_config(args)
     with Subscriber(args.connect, topics=RAW_TOPICS, in_order=True, stall=stall, log_name="decode") as sub, \
             Publisher(args.bind) as pub:
         service = DecodeService(models, sub, pub, config=streaming_config_from(args), provisional=args.provisional,

@@ -63,12 +63,16 @@ def check_batch(
     responses: np.ndarray | None,
     weights: np.ndarray | None,
     n_neurons: int,
+    backend: GradientBackend | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Validate and convert to float32; weights broadcast to (B, N). Errors name the bad argument."""
+    """Validate and convert to float32; weights broadcast to (B, N). Errors name the bad argument, and the
+    `backend` whose window length the windows must have (when it requires one)."""
     video = np.asarray(video, dtype=np.float32)
     if video.ndim != 4 or video.shape[2:] != (36, 64):
         raise BackendError(f"video must be (B, T, 36, 64), got shape {video.shape}")
     b, t = video.shape[:2]
+    if backend is not None and backend.window is not None and t != backend.window:
+        raise BackendError(f"{backend.name} takes windows of {backend.window} frames, got {t}")
     behaviour = np.asarray(behaviour, dtype=np.float32)
     if behaviour.shape != (b, t, 4):
         raise BackendError(f"behaviour must be (B={b}, T={t}, 4), got shape {behaviour.shape}")
@@ -156,10 +160,6 @@ class TorchBackend:
             **kw,
         )
 
-    def _check_window(self, t: int) -> None:
-        if self.window is not None and t != self.window:
-            raise BackendError(f"{self.name} takes windows of {self.window} frames, got {t}")
-
     def loss_and_grad(
         self,
         video: np.ndarray,
@@ -168,10 +168,7 @@ class TorchBackend:
         weights: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
-        video, behaviour, responses, weights = check_batch(
-            video, behaviour, responses, weights, self.n_neurons
-        )
-        self._check_window(video.shape[1])
+        video, behaviour, responses, weights = check_batch(video, behaviour, responses, weights, self.n_neurons, self)
         dev = self.device
         v = torch.from_numpy(video).to(dev).requires_grad_(True)
         obs = torch.from_numpy(responses).to(dev) / self.scale[None, :, None]
@@ -189,8 +186,7 @@ class TorchBackend:
 
     def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
         torch = self.torch
-        video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons)
-        self._check_window(video.shape[1])
+        video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons, self)
         with torch.no_grad():
             pred = self.model(torch.from_numpy(video).to(self.device), torch.from_numpy(behaviour).to(self.device))
         return (pred * self.scale[None, :, None]).cpu().numpy()
@@ -302,19 +298,19 @@ class OrtBackend:
         self.requested = None if providers is None else list(providers)
         self.threads = int(threads or 0)
         ort.set_default_logger_severity(4)
-        self.session = ort_session(path, self.requested, self.threads, profile_prefix)
-        self.provider = self.session.get_providers()[0]
-        self.providers = self.session.get_providers()
+        self.ort_session = ort_session(path, self.requested, self.threads, profile_prefix)
+        self.provider = self.ort_session.get_providers()[0]
+        self.providers = self.ort_session.get_providers()
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        inputs = {i.name: i for i in self.ort_session.get_inputs()}
         for name in ("video", "behaviour", "responses", "weights"):
             if name not in inputs:
                 raise BackendError(f"{path}: graph has no input {name!r} (has {sorted(inputs)})")
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = [o.name for o in self.ort_session.get_outputs()]
         if outputs[:2] != ["loss", "grad_video"]:
             raise BackendError(f"{path}: graph outputs {outputs}, expected ['loss', 'grad_video']")
         vshape = inputs["video"].shape
-        if isinstance(vshape[0], int) or len(self.session.get_outputs()[0].shape) != 1:
+        if isinstance(vshape[0], int) or len(self.ort_session.get_outputs()[0].shape) != 1:
             raise BackendError(
                 f"{path}: graph has a fixed batch of {vshape[0]} window(s) per call and one loss per call "
                 "(exported by an older neurocine); re-export it with `neurocine export`"
@@ -335,7 +331,7 @@ class OrtBackend:
         if (b, t) not in self._bound:
             loss = np.zeros(b, np.float32)
             grad = np.zeros((b, t, 36, 64), np.float32)
-            binding = self.session.io_binding()
+            binding = self.ort_session.io_binding()
             binding.bind_ortvalue_output("loss", ort.OrtValue.ortvalue_from_numpy(loss))
             binding.bind_ortvalue_output("grad_video", ort.OrtValue.ortvalue_from_numpy(grad))
             self._bound = {(b, t): (binding, loss, grad)}  # one shape at a time: each caller uses one
@@ -348,16 +344,12 @@ class OrtBackend:
         responses: np.ndarray,
         weights: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        video, behaviour, responses, weights = check_batch(
-            video, behaviour, responses, weights, self.n_neurons
-        )
-        if self.window is not None and video.shape[1] != self.window:
-            raise BackendError(f"{self.name} takes windows of {self.window} frames, got {video.shape[1]}")
+        video, behaviour, responses, weights = check_batch(video, behaviour, responses, weights, self.n_neurons, self)
         binding, loss, grad = self._binding(*video.shape[:2])
         for name, value in (("video", video), ("behaviour", behaviour), ("responses", responses),
                             ("weights", weights)):  # fmt: skip
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        self.session.run_with_iobinding(binding)
+        self.ort_session.run_with_iobinding(binding)
         return loss, grad
 
     def predict(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
@@ -366,7 +358,7 @@ class OrtBackend:
             if not fwd.is_file():
                 raise BackendError(f"{fwd}: no forward graph beside {self.path.name}; predict needs it")
             self._forward = ort_session(fwd, self.requested, self.threads)
-        video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons)
+        video, behaviour = check_batch(video, behaviour, None, None, self.n_neurons, self)
         return self._forward.run(None, {"video": video, "behaviour": behaviour})[0]
 
 

@@ -21,7 +21,7 @@ from neurocine.decoder.analysis.metrics import SMOOTH_SIGMA
 from neurocine.decoder.reconstruct.movie_file import write_movie
 from neurocine.decoder.reconstruct.streaming import add_streaming_args
 from neurocine.streams.cli import add_series_option
-from neurocine.streams.commandline import Progress, get_logger
+from neurocine.streams.commandline import Progress, add_verb, get_logger
 
 log = get_logger("reconstruct")
 
@@ -29,17 +29,12 @@ OUT_SUFFIXES = (".npy", ".gif", ".mp4")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "reconstruct",
-        help="reconstruct the movie a mouse saw from its recorded activity",
-        description="Reconstruct the movie from recorded activity by gradient descent through an encoder: "
-        "the published offline method or the streaming optimiser.",
-        epilog="example:\n  neurocine reconstruct --session streams/data/example.ncr --trial 0 "
-        "--iterations 200 --out trial0.mp4\n"
-        "  neurocine reconstruct --model models/m0 --session s.ncr --mode streaming "
-        "--lag 32 --out s.npy",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(subparsers, "reconstruct", "reconstruct the movie a mouse saw from its recorded activity",
+                 "neurocine reconstruct --session streams/data/example.ncr --trial 0 --iterations 200 "
+                 "--out trial0.mp4\n"
+                 "neurocine reconstruct --model models/m0 --session s.ncr --mode streaming --lag 32 --out s.npy",
+                 description="Reconstruct the movie from recorded activity by gradient descent through an encoder: "
+                 "the published offline method or the streaming optimiser.")
     add_reconstruct_options(p)
     p.add_argument("--out", required=True, help="output movie: .npy (uint8 (T, 36, 64)), .gif or .mp4")
     p.set_defaults(func=run)

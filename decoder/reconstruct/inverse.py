@@ -136,19 +136,21 @@ def export_inverse(fit: InverseFit, out: str | Path) -> Path:
 class InverseDecoder:
     """inverse.onnx under ONNX Runtime: frames from responses, no torch."""
 
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
+    def __init__(self, path: str | Path, threads: int = 1, providers: Sequence[str] | None = None) -> None:
+        """threads as every ONNX Runtime session here (backends.ort_session): n threads, 0 ONNX Runtime's own
+        choice (all cores). providers: the caller's --provider list; None keeps this small graph on the CPU."""
+        from neurocine.decoder.reconstruct.backends import BackendError, ort_session
 
         self.path = Path(path)
         if not self.path.is_file():
             raise InverseError(f"{self.path}: no such inverse decoder")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-            meta = json.loads(self.session.get_modelmeta().custom_metadata_map["neurocine"])
+            self.ort_session = ort_session(self.path, ["CPUExecutionProvider"] if providers is None else providers,
+                                       threads)
+        except BackendError as err:  # an unreadable graph, or a provider that does not run: named with the path
+            raise InverseError(str(err)) from err
+        try:
+            meta = json.loads(self.ort_session.get_modelmeta().custom_metadata_map["neurocine"])
             self.neuron_ids = np.asarray(meta["neuron_ids"], np.int64)
             self.span = tuple(int(o) for o in meta["span"])
             self.fit_report = meta.get("fit", {})
@@ -171,7 +173,7 @@ class InverseDecoder:
         if r.ndim != 3 or r.shape[1:] != (len(SPAN), self.n_neurons) or b.shape != (r.shape[0], len(SPAN), 4):
             raise InverseError(f"inverse decoder needs responses (B, {len(SPAN)}, {self.n_neurons}) and behaviour "
                                f"(B, {len(SPAN)}, 4), got {r.shape} and {b.shape}")
-        full, causal = self.session.run(["frame", "frame_causal"], {"responses": r, "behaviour": b})
+        full, causal = self.ort_session.run(["frame", "frame_causal"], {"responses": r, "behaviour": b})
         return full, causal
 
     def movie(self, responses: np.ndarray, behaviour: np.ndarray, head: str = "frame") -> np.ndarray:

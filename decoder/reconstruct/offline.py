@@ -37,7 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from neurocine.decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
-from neurocine.decoder.reconstruct.optimiser import blur_gradient, momentum_update, prepare_gradient
+from neurocine.decoder.reconstruct.optimiser import (
+    UpdateSettings,
+    blur_gradient,
+    momentum_update,
+    prepare_gradient,
+)
 from neurocine.decoder.reconstruct.windows import (
     STRIDE,
     WINDOW,
@@ -61,26 +66,21 @@ class ReconstructionError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class OfflineConfig:
-    """The published method's constants (defaults) and the knobs a benchmark turns."""
+class OfflineConfig(UpdateSettings):
+    """The published method's constants (defaults; the update's in UpdateSettings) and the knobs a benchmark
+    turns."""
 
     iterations: int = 1000
-    lr: float = 1000.0
-    warmup: int = 10
-    beta: float = 0.9
     window: int = WINDOW
     stride: int = STRIDE
     init: float = GREY
-    clip: float = 1.0
-    norm_eps: float = 1e-6
     ensemble: str = "videos"  # or "gradients"
-    grad_blur: float = 0.0  # spatial Gaussian sigma (px) on each step's gradient; 0 = the paper's (none)
 
     def __post_init__(self) -> None:
-        if self.grad_blur < 0:
-            raise ReconstructionError(f"grad_blur must be >= 0, got {self.grad_blur}")
-        if self.iterations < 0 or self.warmup < 0 or not 0 <= self.beta < 1 or self.lr <= 0:
-            raise ReconstructionError(f"bad optimiser settings in {self}")
+        if (error := self.update_error()) is not None:
+            raise ReconstructionError(error)
+        if self.iterations < 0:
+            raise ReconstructionError(f"iterations must be >= 0, got {self.iterations}")
         if self.ensemble not in ("videos", "gradients"):
             raise ReconstructionError(f"an offline ensemble must be 'videos' or 'gradients', got {self.ensemble!r}"
                                       + (" (cycle is for streaming, where steps are short of time)"

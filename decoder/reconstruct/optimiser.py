@@ -11,20 +11,33 @@ Per step, given the movie's gradient (mean over the windows covering each frame)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Protocol
 
 import numpy as np
 
 
-class UpdateSettings(Protocol):
-    """What the update reads from a config (OfflineConfig and StreamingConfig both have these)."""
+@dataclasses.dataclass(frozen=True)
+class UpdateSettings:
+    """The update's settings and their defaults, the paper's constants, defined once: OfflineConfig and
+    StreamingConfig extend this class (streaming changes only the blur's default)."""
 
-    lr: float
-    warmup: int
-    beta: float
-    clip: float
-    grad_blur: float
+    lr: float = 1000.0
+    warmup: int = 10  # iterations (offline) or steps of a frame's age (streaming) of linear warm-up
+    beta: float = 0.9
+    clip: float = 1.0
+    #: each window's input gradient is divided by its L2 norm + norm_eps before the windows are averaged
+    norm_eps: float = 1e-6
+    grad_blur: float = 0.0  # spatial Gaussian sigma (px) on each step's gradient; 0 = the paper's (none)
+
+    def update_error(self) -> str | None:
+        """What is wrong with these settings, or None (the configs raise it as their own error)."""
+        if self.warmup < 0 or not 0 <= self.beta < 1 or self.lr <= 0 or self.clip <= 0 or self.norm_eps < 0:
+            return (f"bad optimiser settings: lr={self.lr} warmup={self.warmup} beta={self.beta} clip={self.clip} "
+                    f"norm_eps={self.norm_eps}")
+        if self.grad_blur < 0:
+            return f"grad_blur must be >= 0, got {self.grad_blur}"
+        return None
 
 
 def blur_gradient(g: np.ndarray, sigma: float) -> np.ndarray:

@@ -128,8 +128,8 @@ class FusedOrtEnsemble:
                 raise BackendError(f"{m.path}: provider, threads, window or neurons differ from {first.path}")
         model = fuse_gradient_graphs([m.path for m in members])
         label = Path(f"ensemble of {len(members)}: " + ", ".join(str(m.path) for m in members))
-        self.session = ort_session(label, first.requested, first.threads, model=model.SerializeToString())
-        self.provider = self.session.get_providers()[0]
+        self.ort_session = ort_session(label, first.requested, first.threads, model=model.SerializeToString())
+        self.provider = self.ort_session.get_providers()[0]
         self.n_neurons, self.window, self.k = first.n_neurons, first.window, len(members)
         self._bound: dict[tuple[int, int], tuple[Any, np.ndarray, np.ndarray]] = {}
 
@@ -148,7 +148,7 @@ class FusedOrtEnsemble:
         if key not in self._bound:
             loss = np.zeros(key[0], np.float32)
             grad = np.zeros((*key, 36, 64), np.float32)
-            binding = self.session.io_binding()
+            binding = self.ort_session.io_binding()
             binding.bind_ortvalue_output("loss", ort.OrtValue.ortvalue_from_numpy(loss))
             binding.bind_ortvalue_output("grad_video", ort.OrtValue.ortvalue_from_numpy(grad))
             self._bound = {key: (binding, loss, grad)}
@@ -156,7 +156,7 @@ class FusedOrtEnsemble:
         for name, value in zip(INPUTS, (video, behaviour, responses, weights), strict=True):
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         binding.bind_cpu_input("eps", np.array(eps, np.float32))
-        self.session.run_with_iobinding(binding)
+        self.ort_session.run_with_iobinding(binding)
         return loss, grad
 
 

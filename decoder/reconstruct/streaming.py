@@ -47,8 +47,9 @@ import numpy as np
 from neurocine.decoder.reconstruct.backends import Ensemble, GradientBackend, as_ensemble, normalised_window_grad
 from neurocine.decoder.reconstruct.inverse import FULL_AGE, INVERSE_MIX, SPAN, InverseDecoder
 from neurocine.decoder.reconstruct.offline import DEFAULT_GRAD_BLUR, GREY, ReconstructionError
-from neurocine.decoder.reconstruct.optimiser import momentum_update, prepare_gradient
+from neurocine.decoder.reconstruct.optimiser import UpdateSettings, momentum_update, prepare_gradient
 from neurocine.decoder.reconstruct.windows import WINDOW
+from neurocine.streams.summary import percentiles
 
 #: Why 32 frames and 2 steps: a frame's responses are spread over the next ~30 frames (temporal filter and
 #: indicator), so a shorter lag finalises frames before their evidence has arrived; `neurocine bench quality`
@@ -65,7 +66,9 @@ ENSEMBLE_MODES = ("gradients", "videos", "cycle")
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamingConfig:
+class StreamingConfig(UpdateSettings):
+    """The streaming optimiser's settings (the update's, lr to norm_eps, are UpdateSettings' defaults)."""
+
     lag: int = DEFAULT_LAG
     steps: int = DEFAULT_STEPS
     window: int = WINDOW
@@ -74,11 +77,6 @@ class StreamingConfig:
     #: overlapping windows (the offline stride 8) buy nothing here and cost 2.5x the compute
     #: (`neurocine bench quality` compares the strides).
     stride: int = WINDOW
-    lr: float = 1000.0
-    warmup: int = 10
-    beta: float = 0.9
-    clip: float = 1.0
-    norm_eps: float = 1e-6
     #: "inverse" (the inverse decoder's estimate; without one, as "previous"), "previous" or "grey"
     warm_start: str = "inverse"
     #: A new frame starts at grey + warm_decay * (previous estimate - grey). Why below 1: with a plain copy
@@ -111,6 +109,8 @@ class StreamingConfig:
         return "previous" if self.warm_start == "inverse" and inverse is None else self.warm_start
 
     def __post_init__(self) -> None:
+        if (error := self.update_error()) is not None:
+            raise ReconstructionError(error)
         if self.lag < 0 or self.steps < 0 or self.window < 1 or self.stride < 1:
             raise ReconstructionError(
                 f"bad streaming settings: lag={self.lag} steps={self.steps} "
@@ -204,13 +204,7 @@ class PushTimes:
         if self.count == 0:
             return {"frames": 0}
         s = self.seconds[: min(self.count, self.KEPT)]
-        return {
-            "frames": self.count,
-            "mean_s": float(s.mean()),
-            "p50_s": float(np.percentile(s, 50)),
-            "p95_s": float(np.percentile(s, 95)),
-            "max_s": float(s.max()),
-        }
+        return {"frames": self.count, "mean_s": float(s.mean()), "seconds": percentiles(s, ndigits=None)}
 
 
 class StreamingReconstructor:

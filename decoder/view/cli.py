@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import time
 from typing import Any
 
 from neurocine.streams.commandline import get_logger
-from neurocine.streams.stall import DEFAULT_STALL
+from neurocine.streams.stall import add_stall_option, stall_config
 
 log = get_logger("view")
 
@@ -40,9 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("--provisional", action="store_true",
                    help="show each frame's provisional estimate as it arrives (decode --provisional), not the final "
                    "frames a lag later: the newest picture a closed loop would act on")
-    p.add_argument("--stall-after", type=float, default=DEFAULT_STALL.stall_after_s, metavar="S",
-                   help="warn (log, readout, summary) when a live session's decoded frames stop for S seconds "
-                   f"(default {DEFAULT_STALL.stall_after_s:g})")
+    add_stall_option(p, "(log, readout, summary) when a live session's decoded frames stop")
     p.add_argument("--seconds", type=float, default=None,
                    help="close the window by itself after this many seconds and print the summary (default: "
                    "run until closed or Ctrl-C)")
@@ -78,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from neurocine.decoder.view.window import ViewerWindow
 
-    stall = dataclasses.replace(DEFAULT_STALL, stall_after_s=args.stall_after)
+    stall = stall_config(args)
     from neurocine.decoder.view.contrast import StretchConfig
 
     window = ViewerWindow(args.connect, args.truth, rate_hz=args.rate, scale=args.scale, provisional=args.provisional,

@@ -13,6 +13,7 @@ from neurocine.decoder.analysis.metrics import corr
 from neurocine.decoder.live.decoded import follow
 from neurocine.streams.commandline import get_logger
 from neurocine.streams.stall import DEFAULT_STALL, StallConfig, StallWatch
+from neurocine.streams.summary import percentiles
 
 TRUTH_MEMORY = 900  # stimulus frames kept to match decoded frames (30 s at 30 Hz)
 HISTORY = 300  # points in the running correlation plot
@@ -133,7 +134,7 @@ class ViewerState:
             "decoded_frames": self.decoded_received,
             "frames_shown": self.frames_shown,
             "last_seq": None if self.decoded is None else self.decoded.seq,
-            "latency_ms_p50": round(float(np.nanmedian(lat)), 2),
+            "latency_ms": percentiles(lat, 2),  # publish -> shown
             "frame_rate_hz": round(self.frame_rate(), 2),
             "shown_hz_mean": round(shown_mean, 2),
             "shown_hz_min_10s": None if shown_min is None else round(shown_min, 2),

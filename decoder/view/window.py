@@ -131,9 +131,11 @@ class ViewerWindow(QtWidgets.QWidget):
             self.curve.setData(np.array(xs), np.nan_to_num(np.array(ys)))
         s = self.summary()
         corr = "-" if s["pixel_correlation_mean"] is None else f"{s['pixel_correlation_mean']:.3f}"
+        p50 = s["latency_ms"]["p50"]
+        latency = "-" if p50 is None else f"{p50:.1f}"
         stalled = f"   STALLED {s['stalled_for_s']:.1f} s: no decoded frame" if s["stalled"] else ""
         self.readout.setText(
-            f"frame {s['last_seq']}   latency {s['latency_ms_p50']:.1f} ms (p50, publish->shown)   "
+            f"frame {s['last_seq']}   latency {latency} ms (p50, publish->shown)   "
             f"{s['frame_rate_hz']:.1f} Hz   drops {s['drops']}   mean r {corr}{stalled}"
         )
 

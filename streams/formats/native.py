@@ -14,9 +14,9 @@ fsync'ed at least once a second (a power cut loses at most the last second). Wha
 
 Damage costs at most the record it hits: readers skip a damaged record by searching for the next SYNC
 marker with a valid CRC, stop cleanly at a torn tail (a recording still being written, or a crash),
-accept a damaged magic when intact records follow, and the session header is repeated (the recorder
-writes it again every second, write_native every HEADER_EVERY frames) so losing one copy loses no
-session; frames are matched to their header by session id wherever in the file it is. The report lists
+accept a damaged magic when intact records follow, and the session header is repeated at least once a
+second of frames (HEADER_REPEAT_S: the recorder by its clock, write_native by frame count) so losing one copy
+loses no session; frames are matched to their header by session id wherever in the file it is. The report lists
 damage, a torn tail and holes (missing sequence numbers, e.g. where a restarted recorder appended).
 """
 
@@ -40,10 +40,10 @@ from neurocine.streams.protocol import (
     Frame,
     ProtocolError,
     SessionHeader,
-    decode,
     encode_end,
     encode_frame,
     encode_session,
+    parse_message,
 )
 from neurocine.streams.session import Session, Trial, frame_segments, frame_trials, header_of
 
@@ -52,7 +52,9 @@ SYNC = b"NCR\x1e"
 _REC = struct.Struct("<4sII")  # sync, body length, crc32
 _BODY = struct.Struct("<QH")  # recv_ns, n_parts
 MAX_BODY = 1 << 30
-HEADER_EVERY = 300  # write_native repeats the session header every this many frames (~10 s at 30 Hz)
+#: A recording holds its session header again at least this often (seconds of frames): a damaged byte then costs
+#: the frames up to the next copy at most, never the session.
+HEADER_REPEAT_S = 1.0
 MAX_HOLES = 100  # holes listed per session (all are counted)
 
 
@@ -239,7 +241,7 @@ def read_recording(path: str | Path) -> Recording:
     frames: dict[str, list[Frame]] = {}
     for _, parts in iter_records(path, report):
         try:
-            msg = decode(parts)
+            msg = parse_message(parts)
         except ProtocolError as e:
             report.undecodable.append(str(e))
             continue
@@ -327,6 +329,11 @@ def read_native(path: str | Path, session_id: str | None = None) -> Session:
     return session_from_messages(rec.headers[session_id], rec.frames[session_id])
 
 
+def header_every(frame_rate: float) -> int:
+    """Frames between two copies of the session header in a written recording (one second's worth)."""
+    return max(1, int(frame_rate * HEADER_REPEAT_S))
+
+
 def write_native(session: Session, path: str | Path) -> None:
     """Write a whole session as a recording (as if it had been received), atomically."""
     p = Path(path)
@@ -335,9 +342,10 @@ def write_native(session: Session, path: str | Path) -> None:
     trial_of, segment_of = frame_trials(session), frame_segments(session)
     with NativeWriter(tmp, fsync_interval_s=3600) as w:
         head = encode_session(header_of(session))
+        every = header_every(session.frame_rate)
         w.write(head, 0)
         for seq, t_acq, traces, behaviour, stim in session.iter_frames():
-            if seq and seq % HEADER_EVERY == 0:
+            if seq and seq % every == 0:
                 w.write(head, 0)  # repeated: one damaged copy loses no session
             w.write(encode_frame(session.session_id, seq, t_acq, 0, traces, behaviour, stim, int(trial_of[seq]),
                                  int(segment_of[seq])), 0)

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
-"""Bridge an offline pipeline to a live stream: publish per-trial .npy traces as they appear in a folder.
+"""`neurocine bridge`: an offline pipeline as a live stream, each per-trial .npy of traces published as it appears.
 
 Many labs already have a pipeline (suite2p, CaImAn, their own) that writes one traces file per trial.
-This script watches that folder and publishes each new trial, frame by frame at the frame rate, with
+The bridge watches that folder and publishes each new trial, frame by frame at the frame rate, with
 `neurocine.streams.publish.RigPublisher` (headers, heartbeats and sequence numbers are handled there).
 
 Files: FOLDER/<name>.npy, float traces of shape (N, T) (the Sensorium `responses/{i}.npy` layout; use
@@ -14,24 +13,19 @@ pupil x, pupil y). A bad file (wrong N, pickled objects, +-Inf) is skipped with 
 the stream goes on. It stops when FOLDER/DONE exists and every
 file is published, after --idle-timeout seconds without a new file, or on Ctrl-C; then it prints a JSON
 summary.
-
-example:
-  python tools/bridge_npy_folder.py /data/M12/responses --neuron-ids /data/M12/meta/neurons/unit_ids.npy \\
-      --mouse M12 --rate 30 --bind tcp://*:5555
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from neurocine.streams.commandline import get_logger
+from neurocine.streams.commandline import DEFAULT_PUB, add_verb, emit_json, get_logger, stop_on_sigterm
 from neurocine.streams.publish import RigPublisher
 
 log = get_logger("bridge")
@@ -110,22 +104,30 @@ def load_trial(path: Path, n_neurons: int, time_first: bool,
     return np.ascontiguousarray(traces, dtype=np.float32), behaviour
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="example:\n  " + __doc__.split("example:\n  ")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+EXAMPLE = """\
+neurocine bridge /data/M12/responses --neuron-ids /data/M12/meta/neurons/unit_ids.npy --mouse M12 --rate 30
+neurocine bridge /data/M12/responses --neuron-ids ids.npy --mouse M12 --bind tcp://*:5555 --keys keys/
+"""
+
+
+def register(sub: Any) -> None:
+    p = add_verb(sub, "bridge", "publish the per-trial .npy traces an offline pipeline writes into a folder, as "
+                 "they appear", EXAMPLE, description=__doc__)
     p.add_argument("folder", type=Path, help="folder the pipeline writes per-trial .npy traces into")
     p.add_argument("--neuron-ids", type=Path, required=True, help=".npy of N unique integer neuron ids")
     p.add_argument("--mouse", required=True, help="mouse id (decoders pick their model by it)")
     p.add_argument("--rate", type=float, default=30.0, help="frame rate in Hz (default 30)")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to publish on")
+    p.add_argument("--bind", default=DEFAULT_PUB, help=f"ZeroMQ endpoint to publish on (default {DEFAULT_PUB})")
     p.add_argument("--speed", type=float, default=1.0, help="1 = frame rate, 0 = as fast as possible")
     p.add_argument("--time-first", action="store_true", help="files are (T, N) instead of (N, T)")
     p.add_argument("--behaviour-dir", type=Path, help="folder of (4, T) behaviour .npy files, same names")
     p.add_argument("--idle-timeout", type=float, default=None, help="stop after S seconds without a new file")
-    p.add_argument("--wait-subscribers", type=int, default=0, help="wait for N subscribers first")
-    args = p.parse_args(argv)
+    p.add_argument("--wait-subscribers", type=int, default=0, metavar="N", help="wait for N subscribers first")
+    p.set_defaults(func=run)
 
+
+def run(args: argparse.Namespace) -> int:
+    stop_on_sigterm()
     if not args.folder.is_dir():
         log.error(f"{args.folder} is not a folder")
         return 2
@@ -172,9 +174,5 @@ def main(argv: list[str] | None = None) -> int:
             summary["dropped"] = rig.dropped
     except KeyboardInterrupt:
         summary["interrupted"] = True
-    print(json.dumps({"bridge": summary}))
+    emit_json({"bridge": summary})
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

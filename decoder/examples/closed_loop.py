@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """An example closed-loop client: calibrate the detector at the start of a session, then watch the decoded movie
 for a target image and act when it appears.
 
@@ -11,13 +10,15 @@ predicted firings a minute) is printed as one JSON line and can be saved (--save
 over the calibrated frame count) and when the detector fires one command goes to the rig's control socket
 (neurocine.streams.control), by default "back to a movie" so the target is taken off screen: the loop closes.
 Each decision is printed as one JSON line (seq, kind of frame, latencies, the rig's acknowledgement); a summary
-at the end. Replace `act()` with what your experiment does (an optogenetic trigger, a reward, a log entry).
+at the end. Replace `act()` with what your experiment does (an optogenetic trigger, a reward, a log entry): copy
+this file (`python -c "import neurocine.decoder.examples.closed_loop as m; print(m.__file__)"` says where it is)
+and run your copy.
 
 example:
   neurocine rig --synthetic --control tcp://127.0.0.1:5557 &
   neurocine decode --connect tcp://127.0.0.1:5555 --bind tcp://127.0.0.1:5556 --lag 16 --provisional &
-  python tools/closed_loop_client.py --connect tcp://127.0.0.1:5556 --rig tcp://127.0.0.1:5557 --target bar \\
-      --frames-kind provisional --calibrate 20 --save-calibration cal.json
+  python -m neurocine.decoder.examples.closed_loop --connect tcp://127.0.0.1:5556 --rig tcp://127.0.0.1:5557 \\
+      --target bar --frames-kind provisional --calibrate 20 --save-calibration cal.json
   # a later session of the same mouse and decoder: --calibration cal.json (or --threshold T --average N)
 """
 
@@ -44,7 +45,8 @@ def act(rig: RigControl | None, movie: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = DetectorConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m neurocine.decoder.examples.closed_loop",
+                                description=__doc__.split("\n\n")[0],
                                 epilog="example:\n" + __doc__.split("example:\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--connect", default="tcp://127.0.0.1:5556", help="the decode service's endpoint")
