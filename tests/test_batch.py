@@ -3,6 +3,7 @@ crashed tasks retried, failures reported by name, resumed batches doing only the
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import os
@@ -16,7 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from neurocine.decoder.cluster import cli as batch_cli  # noqa: E402
-from neurocine.decoder.cluster.jobs import Unit, plan_units, run_unit  # noqa: E402
+from neurocine.decoder.cluster.jobs import Unit, plan_units, run_unit, settings_of  # noqa: E402
 from neurocine.decoder.cluster.runner import run_plan  # noqa: E402
 from neurocine.decoder.reconstruct import cli as reconstruct_cli  # noqa: E402
 from neurocine.decoder.reconstruct.models import DEFAULT_MODEL_DIR  # noqa: E402
@@ -80,7 +81,8 @@ def _serial(tmp_path: Path, session: Path, trial: int, models: list[str], capsys
 STREAMING = ["--mode", "streaming", "--lag", "4", "--steps", "1"]
 
 
-@pytest.mark.parametrize(("n_models", "mode"), [(1, []), pytest.param(2, [], marks=pytest.mark.slow),
+# two encoders: the built-in folder (with graphs) and a perturbed checkpoint (none), so torch for both
+@pytest.mark.parametrize(("n_models", "mode"), [(1, []), pytest.param(2, ["--backend", "torch"], marks=pytest.mark.slow),
                                                pytest.param(1, STREAMING, marks=pytest.mark.slow)])
 def test_batch_equals_serial_reconstruct_bit_for_bit(data, tmp_path, capsys, n_models, mode):
     session, models = data
@@ -113,9 +115,9 @@ def crash_once(unit: Unit, settings: dict) -> dict:
 
 
 def _settings(**kw) -> dict:
-    base = dict(mode="offline", iterations=1, lag=None, steps=None, backend="torch", provider="cpu",
-                no_mask=False, grad_blur=2.0, threads=1)
-    return {**base, **kw}
+    """The batch verb's own defaults (every key a unit reads), with these changed."""
+    defaults = settings_of(_parse(batch_cli.register, "batch", "--session", "s.ncr", "--out", "o"))
+    return {**defaults, **dict(mode="offline", iterations=1, backend="torch", provider="cpu", threads=1), **kw}
 
 
 def test_a_killed_task_is_retried_and_one_out_of_retries_is_reported_by_name(data, tmp_path):
@@ -171,7 +173,9 @@ def test_bad_sessions_and_encoders_fail_their_tasks_and_the_rest_completes(data,
     garbage = tmp_path / "garbage.ncr"
     garbage.write_bytes(b"not a session")
     strangers = tmp_path / "strangers.ncr"
-    save_session(make_session(n_frames=40, n_neurons=30, n_trials=1), strangers)  # ids the model lacks
+    # the model's mouse, but ids the model lacks (another mouse is refused before: test_reconstruct_cli)
+    save_session(dataclasses.replace(make_session(n_frames=40, n_neurons=30, n_trials=1), mouse_id="synthetic-0"),
+                 strangers)
     out = tmp_path / "bad"
     argv = ["--sessions", str(session), str(garbage), str(strangers), "--trial", "10", "--trial", "0", *SETTINGS]
     code, summary = _batch(*argv, "--out", str(out), "--model", models[0], capsys=capsys)

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from neurocine.decoder.encoder.readout_fit import ReadoutFitOptions
 from neurocine.streams.commandline import get_logger
 from neurocine.streams.session import Session, Trial
 
@@ -49,6 +48,22 @@ MIN_REPORTED = 0.5
 INCOMPLETE = "INCOMPLETE"
 #: Frame rate the shipped core's temporal filters were trained at (frames, not seconds, are what they count).
 CORE_FRAME_RATE = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadoutFitOptions:
+    """The readout fit's settings (`neurocine calibrate` reads its defaults here)."""
+
+    steps: int = 300  # Adam steps at most; the best held-out loss decides which parameters are kept
+    patience: int = 4  # stop after this many checks without a better held-out loss
+    batch_frames: int = 512  # frames per step
+    lr: float = 0.01  # features and bias
+    position_lr: float = 0.005  # positions (in -1..1 map units)
+    weight_decay: float = 1e-3  # on the feature weights (they multiply unnormalised core features)
+    check_every: int = 25
+    seed: int = 0
+    block: int = 64  # neurons per block of the grouped computation (as readouts.FrozenPointReadout)
+    init_frames: int = 6000  # frames used for the correlation start (every k-th frame)
 
 
 class CalibrationError(ValueError):
@@ -281,7 +296,8 @@ def _calibrate_into(folder: Path, opts: CalibrateOptions) -> dict[str, Any]:
     if fit_frames < MIN_FIT_MINUTES * 60 * session.frame_rate or len(fit_parts) < 3 or not held_parts:
         have = sum(hi - lo for lo, hi in parts) / 60 / session.frame_rate
         raise CalibrationError(
-            f"{have:.1f} minutes of usable recording ({len(parts)} pieces of >= {window} frames); calibration needs at "
+            f"{have:.1f} minutes of usable recording ({len(parts)} pieces of >= {window} frames; a recording with "
+            f"tiers gives its train tier only); calibration needs at "
             f"least {MIN_FIT_MINUTES:g} minute(s) to fit besides a held-out tenth, and fits better with more (10 "
             "minutes is the working point; `neurocine bench calibrate` measures quality against minutes)")
     rows_fit = np.concatenate([np.arange(lo, hi) for lo, hi in fit_parts])

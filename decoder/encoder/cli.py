@@ -178,7 +178,7 @@ CALIBRATE_EXAMPLE = """example:
 
 
 def register_calibrate(subparsers: argparse._SubParsersAction) -> None:
-    from neurocine.decoder.encoder.readout_fit import ReadoutFitOptions
+    from neurocine.decoder.encoder.calibrate import ReadoutFitOptions
 
     p = subparsers.add_parser(
         "calibrate",
@@ -216,8 +216,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from neurocine.decoder.encoder.calibrate import CalibrateOptions, CalibrationError, calibrate
-    from neurocine.decoder.encoder.readout_fit import ReadoutFitOptions
+    from neurocine.decoder.encoder.calibrate import CalibrateOptions, CalibrationError, ReadoutFitOptions, calibrate
     from neurocine.streams.commandline import emit_json
     from neurocine.streams.formats import FormatError
 

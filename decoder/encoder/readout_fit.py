@@ -16,30 +16,14 @@ where training an encoder takes hours.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from neurocine.decoder.encoder.calibrate import ReadoutFitOptions
 from neurocine.decoder.encoder.model import POISSON_EPS
 from neurocine.decoder.encoder.readouts import PointReadout, bilinear_taps, plan_blocks, stable_softplus
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadoutFitOptions:
-    """The readout fit's settings (`neurocine calibrate` reads its defaults here)."""
-
-    steps: int = 300  # Adam steps at most; the best held-out loss decides which parameters are kept
-    patience: int = 4  # stop after this many checks without a better held-out loss
-    batch_frames: int = 512  # frames per step
-    lr: float = 0.01  # features and bias
-    position_lr: float = 0.005  # positions (in -1..1 map units)
-    weight_decay: float = 1e-3  # on the feature weights (they multiply unnormalised core features)
-    check_every: int = 25
-    seed: int = 0
-    block: int = 64  # neurons per block of the grouped computation (as readouts.FrozenPointReadout)
-    init_frames: int = 6000  # frames used for the correlation start (every k-th frame)
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +98,7 @@ def _poisson(rates: torch.Tensor, obs: torch.Tensor, present: torch.Tensor) -> t
 
 
 def fit_readout(readout: PointReadout, features: np.ndarray, responses: np.ndarray, fit_rows: np.ndarray,
-                check_rows: np.ndarray, opts: ReadoutFitOptions = ReadoutFitOptions(),
+                check_rows: np.ndarray, opts: ReadoutFitOptions = ReadoutFitOptions(),  # noqa: B008 (frozen)
                 progress: Callable[[int, int, float], None] | None = None) -> dict[str, float]:
     """Fit `readout` (its current values are the start) in place; returns what happened (losses, best step).
 
