@@ -1,23 +1,16 @@
-"""Rebuild the shipped models from nothing, with fixed seeds: the shared core and the built-in mouse's model.
+"""Rebuild the built-in default model (decoder/models/default/) from nothing, with fixed seeds.
 
-    python tools/build_default_model.py                       # everything, on the CPU (~2 h on 2 cores)
-    python tools/build_default_model.py --device cuda         # the training on a GPU
-    python tools/build_default_model.py --stage ship --run out/default-model/core-s0   # from a finished run
+    python tools/build_default_model.py --device cuda     # ~6 min on one H200 (simulation 1-4 min, training
+                                                          # ~100 s per member, members in turn)
+    python tools/build_default_model.py --device cpu      # the same on a CPU: hours; --minutes/--epochs shrink it
 
-Stages:
-1. data   simulate the synthetic mice `--mice` (1,000 neurons, `--minutes` each; Sensorium layout, named
-          synthetic-<seed>, movie seed 0). Seed 0 is the built-in mouse.
-2. core   train one `tiny` encoder on all of them at once (the Sensorium recipe: one shared core, one readout
-          per mouse; `--epochs` x `--steps-per-epoch` steps of `--batch-size` windows).
-3. ship   decoder/models/core/: the run's checkpoint (core + every mouse's readout) and provenance.json, the
-          core `neurocine calibrate` fits new mice on; decoder/models/default/: the built-in mouse's model (its
-          checkpoint with that mouse only, forward/gradient graphs, graph.json naming the mouse, the inverse
-          decoder fitted on its train tier) and provenance.json. The alpha mask (alpha_mask.npy) is the built-in
-          mouse's previous one, kept: it is the mouse's, and retraining it costs ~25 min for no measured gain
-          (`neurocine bench quality`, its mask group).
-`--members K` also trains cores with seeds 1..K-1 on the same mice into decoder/models/seed<k>/ (the built-in
-mouse's model from each): the ensemble `neurocine bench quality` uses.
-Runs the verbs' own code, so it works from a source checkout.
+Steps: simulate the default synthetic mouse (seed 0, 1,000 neurons) watching `--minutes` of movies
+(Sensorium layout), train the `--preset` encoder on it, export its ONNX graphs, train the alpha mask,
+and copy what the decoder needs into decoder/models/default/ with a provenance file. `--members K` also
+trains seeds 1..K-1 of the same encoder into decoder/models/seed<k>/ (checkpoint + forward/gradient
+graphs): the ensemble `neurocine bench quality` uses. On a GPU the
+numbers can differ in the last bits between runs (cuDNN picks kernels); on the CPU they repeat.
+Runs the verbs' own code directly, so it works from a source checkout without installing entry points.
 """
 
 from __future__ import annotations
@@ -34,134 +27,154 @@ from neurocine.streams.commandline import get_logger
 log = get_logger("build")
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "decoder" / "models"
-BUILT_IN = "synthetic-0"
+DEFAULT_DIR = REPO / "decoder" / "models" / "default"
 
 
 def verb(argv: list[str]) -> int:
-    """Run one `neurocine` verb in-process."""
-    from neurocine.streams.cli import main
+    """Run one `neurocine` verb in-process (train/export/simulate registered directly)."""
+    from neurocine.decoder.encoder.cli import register_export, register_train
+    from neurocine.streams.synthetic.cli import register_simulate
 
-    code = main(argv)
+    parser = argparse.ArgumentParser(prog="neurocine")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for register in (register_simulate, register_train, register_export):
+        register(sub)
+    args = parser.parse_args(argv)
+    code = int(args.func(args) or 0)
     if code:
         raise SystemExit(f"neurocine {' '.join(argv)} failed with exit code {code}")
     return code
 
 
-def simulate(work: Path, mice: list[int], minutes: float) -> list[Path]:
-    folders = []
-    for seed in mice:
-        folder = work / f"synthetic-{seed}"
-        if not (folder / "meta" / "trials" / "tiers.npy").is_file():
-            verb(["simulate", "--out", str(folder), "--neurons", "1000", "--minutes", str(minutes), "--seed",
-                  str(seed), "--quiet"])
-        folders.append(folder)
-    return folders
-
-
-def train_core(folders: list[Path], run: Path, seed: int, args: argparse.Namespace) -> None:
-    if run.exists():
-        shutil.rmtree(run)
-    verb(["train", "--data", *map(str, folders), "--preset", "tiny", "--out", str(run), "--epochs", str(args.epochs),
-          "--steps-per-epoch", str(args.steps_per_epoch), "--batch-size", str(args.batch_size), "--device",
-          args.device, "--seed", str(seed), "--no-progress", "--threads", "1"])
-
-
-def ship_core(run: Path, dest: Path, command: str) -> dict:
-    """decoder/models/core: the whole run's checkpoint (core + readouts of every training mouse)."""
-    config = json.loads((run / "config.json").read_text())
-    if dest.exists():
-        shutil.rmtree(dest)
-    (dest / "checkpoint").mkdir(parents=True)
-    for f in ("config.json", "model.safetensors"):
-        shutil.copy2(run / f, dest / "checkpoint" / f)
-    provenance = {"command": command, "what": "the shared core: a tiny encoder trained on several synthetic mice at "
-                  "once (one readout each); `neurocine calibrate` fits new mice on its frozen core",
-                  "mice": config["mice"], "validation": config.get("validation"), "training": config.get("training")}
-    (dest / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    return provenance
-
-
-def ship_mouse(run: Path, data: Path, dest: Path, mouse: str, command: str, inverse: bool = True) -> dict:
-    """A model folder for one mouse of the run: its checkpoint alone, its graphs, its inverse decoder."""
-    import numpy as np
-
-    from neurocine.decoder.encoder.checkpoint import load_encoder, save_checkpoint
-    from neurocine.decoder.encoder.export import export_mouse
-    from neurocine.decoder.encoder.model import Encoder
-    from neurocine.decoder.reconstruct.inverse import export_inverse
-    from neurocine.decoder.reconstruct.inverse_fit import fit_inverse
-    from neurocine.streams.formats.sensorium import read_sensorium
-
-    trained, config = load_encoder(run)
-    one = Encoder(trained.config, {mouse: trained.neurons[mouse]})
-    state = {k: v for k, v in trained.state_dict().items() if k in one.state_dict()}
-    one.load_state_dict(state, strict=True)
-    one.eval()
-    ids = np.asarray(config["neuron_ids"][mouse])
-    keep = {"alpha_mask.npy"}
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in dest.iterdir():
-        if f.name not in keep:
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
-    extra = {k: config[k] for k in ("validation", "training") if k in config}
-    save_checkpoint(dest / "checkpoint", one, {mouse: ids}, extra)
-    export_mouse(one, mouse, dest, metadata={"neuron_ids": ids.tolist(), "validation": config.get("validation"),
-                                             "statistics": config["statistics"]["mice"][mouse]})
-    seconds = {}
-    if inverse:
-        t = time.time()
-        fit = fit_inverse(read_sensorium(data, tier="train"))
-        export_inverse(fit, dest)
-        seconds["inverse"] = round(time.time() - t, 1)
-    per_mouse = (config.get("validation") or {}).get("per_mouse", {})
-    provenance = {"command": command, "mouse": mouse, "core": "decoder/models/core (this model's core and "
-                  "readout are that run's)", "preset": config.get("preset"),
-                  "validation_correlation": per_mouse.get(mouse), "inverse": fit.report if inverse else None,
-                  "seconds": seconds, "alpha_mask": "kept from the previous model of this mouse" if
-                  (dest / "alpha_mask.npy").is_file() else None}
-    (dest / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    return provenance
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(REPO / "out" / "default-model"), help="scratch folder (data, runs)")
-    p.add_argument("--mice", default="0,1,2,3", help="synthetic mouse seeds the core is trained on (0 = built-in)")
-    p.add_argument("--minutes", type=float, default=40.0, help="minutes of simulated data per mouse")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=200)
+    p.add_argument("--minutes", type=float, default=40.0, help="minutes of simulated training data")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--readout", default="gaussian", help="the shipped model was trained with the gaussian readout")
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--members", type=int, default=1, help="cores trained: seed 0 plus K-1 siblings")
-    p.add_argument("--stage", choices=["all", "data", "core", "ship"], default="all")
-    p.add_argument("--run", default=None, help="--stage ship: the finished training run to ship")
-    p.add_argument("--data", default=None, help="--stage ship: the built-in mouse's data folder (its inverse)")
+    p.add_argument("--mask-iterations", type=int, default=1000)
+    p.add_argument("--members", type=int, default=3, help="seeds trained: the default model plus K-1 siblings")
+    p.add_argument("--dest", default=str(DEFAULT_DIR), help="where the built-in model goes")
+    p.add_argument("--stage", choices=["all", "data", "model", "mask"], default="all",
+                   help="data: only simulate; model: simulate, train, export; mask: the alpha mask for a model "
+                   "already in --dest")
     args = p.parse_args()
-    command = "python tools/build_default_model.py " + " ".join(sys.argv[1:])
+    if args.stage == "mask":
+        return mask_only(Path(args.work), Path(args.dest), args.mask_iterations)
+
     work = Path(args.work)
-    mice = [int(s) for s in args.mice.split(",")]
-    if args.stage == "ship":
-        run = Path(args.run or work / "core-s0")
-        data = Path(args.data or work / BUILT_IN)
-        print(json.dumps({"core": ship_core(run, MODELS / "core", command),
-                          "default": ship_mouse(run, data, MODELS / "default", BUILT_IN, command)}, indent=2))
-        return 0
-    folders = simulate(work, mice, args.minutes)
+    data, run, export = work / "synthetic-0", work / "run", work / "export"
+    t0 = time.time()
+    if not (data / "meta" / "trials" / "tiers.npy").is_file():
+        verb(["simulate", "--out", str(data), "--neurons", "1000", "--minutes", str(args.minutes), "--seed", "0"])
+    t_sim = time.time() - t0
     if args.stage == "data":
+        print(json.dumps({"data": str(data), "simulate_s": round(t_sim, 1)}))
         return 0
-    for k in range(args.members):
-        train_core(folders, work / f"core-s{k}", k, args)
-    if args.stage == "core":
-        return 0
-    report = {"core": ship_core(work / "core-s0", MODELS / "core", command),
-              "default": ship_mouse(work / "core-s0", folders[0], MODELS / "default", BUILT_IN, command)}
-    for k in range(1, args.members):  # the same mouse and data: the default's inverse decoder serves them all
-        report[f"seed{k}"] = ship_mouse(work / f"core-s{k}", folders[0], MODELS / f"seed{k}", BUILT_IN, command,
-                                        inverse=False)
-        shutil.copy2(MODELS / "default" / "inverse.onnx", MODELS / f"seed{k}" / "inverse.onnx")
-    print(json.dumps(report, indent=2))
+    if run.exists():
+        shutil.rmtree(run)
+    verb(["train", "--data", str(data), "--preset", args.preset, "--readout", args.readout,
+          "--out", str(run), "--epochs", str(args.epochs),
+          "--device", args.device, "--seed", "0", "--batch-size", str(args.batch_size), "--no-progress"])
+    t_train = time.time() - t0 - t_sim
+    if export.exists():
+        shutil.rmtree(export)
+    verb(["export", str(run), "--out", str(export)])
+    mouse_dirs = [d for d in export.iterdir() if d.is_dir()]
+    if len(mouse_dirs) != 1:
+        raise SystemExit(f"expected one exported mouse in {export}, found {[d.name for d in mouse_dirs]}")
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in mouse_dirs[0].iterdir():
+        shutil.copy2(f, dest / f.name)
+    checkpoint = dest / "checkpoint"
+    checkpoint.mkdir(exist_ok=True)
+    for f in run.iterdir():
+        if f.is_file() and f.suffix in (".json", ".safetensors"):
+            shutil.copy2(f, checkpoint / f.name)
+    mask = train_mask(dest, run, data, args.mask_iterations, mouse_dirs[0].name) if args.stage == "all" else None
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    provenance = {
+        "command": "python tools/build_default_model.py " + " ".join(sys.argv[1:]),
+        "mouse": mouse_dirs[0].name,
+        "preset": args.preset,
+        "data_minutes": args.minutes,
+        "epochs": args.epochs,
+        "device": args.device,
+        "validation": config.get("validation"),
+        "alpha_mask_pixels_opt": int((mask >= 0.5).sum()) if mask is not None else None,
+        "seconds": {"simulate": round(t_sim, 1), "train": round(t_train, 1), "total": round(time.time() - t0, 1)},
+    }
+    (dest / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    print(json.dumps(provenance, indent=2))
+    for k in range(1, args.members):
+        sibling(work, data, dest.parent / f"seed{k}", k, args)
     return 0
+
+
+def sibling(work: Path, data: Path, dest: Path, seed: int, args: argparse.Namespace) -> None:
+    """Train seed `seed` of the same encoder and put its checkpoint and forward/gradient graphs in `dest`."""
+    run, export = work / f"run-seed{seed}", work / f"export-seed{seed}"
+    for folder in (run, export, dest):
+        if folder.exists():
+            shutil.rmtree(folder)
+    verb(["train", "--data", str(data), "--preset", args.preset, "--readout", args.readout,
+          "--out", str(run), "--epochs", str(args.epochs),
+          "--device", args.device, "--seed", str(seed), "--batch-size", str(args.batch_size), "--no-progress"])
+    verb(["export", str(run), "--out", str(export), "--graphs", "forward,gradient"])
+    (mouse_dir,) = [d for d in export.iterdir() if d.is_dir()]
+    shutil.copytree(mouse_dir, dest)
+    (dest / "checkpoint").mkdir()
+    for f in run.iterdir():
+        if f.is_file() and f.suffix in (".json", ".safetensors"):
+            shutil.copy2(f, dest / "checkpoint" / f.name)
+
+
+def mask_only(work: Path, dest: Path, iterations: int) -> int:
+    """Train the alpha mask for the model in `dest` (its checkpoint/ subfolder) on 8 simulated training trials
+    of the default mouse (simulated here when the big dataset is not around)."""
+    data = work / "synthetic-0"
+    if not (data / "meta" / "trials" / "tiers.npy").is_file():
+        data = work / "mask-data"
+        if not (data / "meta" / "trials" / "tiers.npy").is_file():
+            verb(["simulate", "--out", str(data), "--neurons", "1000", "--trials", "30", "--seed", "0"])
+    provenance = json.loads((dest / "provenance.json").read_text())
+    alpha = train_mask(dest, dest / "checkpoint", data, iterations, provenance["mouse"])
+    provenance["alpha_mask_pixels_opt"] = int((alpha >= 0.5).sum())
+    provenance["alpha_mask_iterations"] = iterations
+    (dest / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    print(json.dumps(provenance, indent=2))
+    return 0
+
+
+def train_mask(dest: Path, run: Path, data: Path, iterations: int, mouse: str):  # -> np.ndarray
+    """The alpha (transparency) mask of the default mouse (MSE through the trained encoder, as published),
+    from the first 8 training trials; saved beside the model as alpha_mask.npy."""
+    import torch
+
+    from neurocine.decoder.encoder.checkpoint import load_encoder
+    from neurocine.decoder.reconstruct.backends import TorchBackend
+    from neurocine.decoder.reconstruct.offline import MaskConfig, save_alpha_mask, train_alpha_mask
+    from neurocine.streams.formats.sensorium import read_sensorium
+
+    torch.set_num_threads(1)  # small convolutions: one thread beats two contended ones by far on small machines
+    encoder, _ = load_encoder(run)
+    backend = TorchBackend.from_encoder(encoder, mouse, loss="mse")
+    session = read_sensorium(data, tier="train")
+    trials = [(session.stimulus[t.start : t.stop], session.behaviour[t.start : t.stop],
+               session.traces[t.start : t.stop]) for t in session.trials[:8]]
+    t0 = time.time()
+
+    def progress(i: int, n: int, loss: float) -> None:
+        if i == 1 or i % 10 == 0 or i == n:
+            log.info(f"iteration {i}/{n}, loss {loss:.4f}, {time.time() - t0:.0f} s")
+
+    alpha = train_alpha_mask(backend, trials, MaskConfig(iterations=iterations), progress=progress)
+    save_alpha_mask(alpha, dest)
+    return alpha
 
 
 if __name__ == "__main__":
