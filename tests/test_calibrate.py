@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +109,8 @@ def test_rig_record_calibrate_decode_a_new_mouse(tmp_path: Path) -> None:
     assert summary["heldout_response_correlation"] > 0.1
     # 150 neurons and 1.5 minutes fit an encoder that generalises (above) but are too little for a picture of held-out
     # movie (measured: pixel correlation ~0 here, 0.38 at 1,000 neurons and 30 minutes): quality against size and
-    # minutes is `neurocine bench calibrate`'s; here the score must be there and be a correlation
-    assert -1.0 <= summary["heldout_pixel_correlation"] <= 1.0 and summary["inverse_heldout_r"] is not None
+    # minutes is `neurocine bench calibrate`'s; here the validation must have run and scored
+    assert math.isfinite(summary["heldout_pixel_correlation"]) and math.isfinite(summary["inverse_heldout_r"])
     graph = json.loads((tmp_path / "m31337" / "graph.json").read_text())
     assert graph["mouse"] == "synthetic-31337" and graph["neuron_ids"] == recorded.neuron_ids.tolist()
     assert not (tmp_path / "m31337" / INCOMPLETE).exists()
