@@ -8,7 +8,7 @@ last `frames` frames (inside an optional region of interest) and fires when that
 
 Which threshold and frame count: that depends on the decoder, the model, the mouse, the target and the kind of
 frame acted on, so it is measured, not guessed (a guess of 0.25 / 2 frames fired in 6 of 10 catch windows and
-21.9 times a minute on plain movie: issue 26). `calibrate` reads a calibration block (target windows, catch
+21.9 times a minute on plain movie). `calibrate` reads a calibration block (target windows, catch
 windows and the movie between them, scored frame by frame with ScoreLog) and, for each frame count, puts the
 threshold where the detector's false alarms per catch window meet the stated rate, then keeps the frame count
 that finds the most targets (ROC, AUC and d' reported). neurocine.decoder.client.calibrate_detector runs such a

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: What a replay may hold resident, whatever the folder (issue 24's target for a 700-trial 8,000-neuron mouse).
+#: What a replay may hold resident, whatever the folder (the target for a 700-trial 8,000-neuron mouse).
 TARGET_MB = 500
 
 

@@ -405,7 +405,7 @@ class Subscriber:
         """Every socket an outside poller must wait on: the data socket first, then the connection monitor.
 
         Why the monitor too: a cut-off (a part over MAXMSGSIZE, a broken ZMTP stream) is only seen there, and a
-        caller that polled the data socket alone never woke to reconnect (issue 26: `decode` deaf for good)."""
+        caller that polled the data socket alone never woke to reconnect (`decode` stayed deaf for good)."""
         return (self._sock,) if self._monitor is None else (self._sock, self._monitor)
 
     def maintain(self) -> None:

@@ -3,8 +3,8 @@ crashed tasks retried, failures reported by name, resumed batches doing only the
 
 from __future__ import annotations
 
-import dataclasses
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -82,7 +82,8 @@ STREAMING = ["--mode", "streaming", "--lag", "4", "--steps", "1"]
 
 
 # two encoders: the built-in folder (with graphs) and a perturbed checkpoint (none), so torch for both
-@pytest.mark.parametrize(("n_models", "mode"), [(1, []), pytest.param(2, ["--backend", "torch"], marks=pytest.mark.slow),
+@pytest.mark.parametrize(("n_models", "mode"), [(1, []),
+                                               pytest.param(2, ["--backend", "torch"], marks=pytest.mark.slow),
                                                pytest.param(1, STREAMING, marks=pytest.mark.slow)])
 def test_batch_equals_serial_reconstruct_bit_for_bit(data, tmp_path, capsys, n_models, mode):
     session, models = data

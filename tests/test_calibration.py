@@ -1,4 +1,4 @@
-"""Detection calibrated, not guessed (issue 26): the threshold and frame count come from catch trials for a stated
+"""Detection calibrated, not guessed: the threshold and frame count come from catch trials for a stated
 false-alarm rate, and an experimenter's client calibrates on a live rig before it acts."""
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def test_kill_9_during_recording_loses_at_most_the_last_second(tmp_path: Path) -
     assert got.traces.tobytes() == session.traces[: got.n_frames].tobytes()
 
 
-# ------------------------------------------------------------------------------------- damage (issue 13)
+# ------------------------------------------------------------------------------------- damage
 def _small_recording(path: Path, n: int = 6) -> int:
     """header, n frames, header again, end (what write_native writes); returns the record count."""
     save_session(make_session(n_frames=n, n_neurons=4, n_trials=1, stimulus=False), path)

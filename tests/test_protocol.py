@@ -291,7 +291,7 @@ def test_fuzz_structured_headers_only_protocol_errors(h: dict) -> None:
     assert sum(tracker.stats.errors_by_kind.values()) == refused
 
 
-# ------------------------------------------------------------------------ round-trip property (issue 13)
+# ------------------------------------------------------------------------ round-trip property
 _i64 = st.integers(-(1 << 63), (1 << 63) - 1)
 _text = st.text(max_size=20)
 _f32 = st.floats(width=32, allow_infinity=False)  # NaN allowed: "not reported"

@@ -1,4 +1,4 @@
-"""One well-aimed message cannot crash, stall or blind a real `neurocine decode` process (issue 13)."""
+"""One well-aimed message cannot crash, stall or blind a real `neurocine decode` process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""No silent stall (issue 26): a live session that goes silent is logged and counted, and a subscriber cut off by a
+"""No silent stall: a live session that goes silent is logged and counted, and a subscriber cut off by a
 broken stream or left by a restarted publisher hears frames again within a second, on real loopback sockets."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The viewer as a user runs it: a real window on a real X server (Xvfb) and offscreen, for hundreds of frames.
 
-Why this exists (issue #18): PySide6 6.12.0 on Python 3.11 lost a reference to None on every Qt call and the
+Why this exists: PySide6 6.12.0 on Python 3.11 lost a reference to None on every Qt call and the
 viewer aborted 7-9 s into a live session; the earlier tests drew a few dozen frames offscreen and never saw it.
 """
 

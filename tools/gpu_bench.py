@@ -1,4 +1,4 @@
-"""The GPU measurements of issue #12 in one run: ONNX Runtime CUDA vs torch (eager, CUDA graph) per step,
+"""The GPU measurements in one run: ONNX Runtime CUDA vs torch (eager, CUDA graph) per step,
 7 x dwiseneuro live compute per frame, and the paper-scale offline reconstruction time per movie.
 
     python tools/gpu_bench.py --out $OUT                 # on the GPU machine (a few minutes of GPU time)

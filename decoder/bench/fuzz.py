@@ -12,7 +12,7 @@ Messages over the socket's ceiling make ZeroMQ cut the peer off (frames sent unt
 only keys prevent that), so they are apart: `--cutoffs K` sends K of them (`--cutoff-mb`, 256 MiB by default)
 on topic `frame` halfway through, at once, and reports how soon each process had valid frames again (the first
 valid frame sent after them that it decoded or recorded, in frames and ms at 30 Hz), what it lost, and whether it
-said so in its log (issue 26: four 256 MiB messages once left `decode` deaf for good).
+said so in its log (four 256 MiB messages can leave a subscriber without its reconnect deaf for good).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: Resident memory training on ten release mice may take (issue 24), model and torch included.
+#: Resident memory training on ten release mice may take, model and torch included.
 TARGET_GB = 8.0
 
 _CHILD = """

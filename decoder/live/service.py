@@ -436,7 +436,7 @@ class DecodeService:
                 if self.sub.sockets[0] in ready:
                     self._receive()
                 # every turn, whatever woke it: reconnect after a cut-off, warn when the rig's stream goes silent
-                # (polling the data socket alone, the service never woke to reconnect: issue 26's 25-s stall)
+                # (polling the data socket alone, the service never woke to reconnect: a 25-s stall was measured)
                 self.sub.maintain()
                 self.pub.tick()
                 if time.monotonic() - last_status >= status_every_s:

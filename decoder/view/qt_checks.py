@@ -2,7 +2,7 @@
 missing system library gives a clear message naming the fix, instead of Qt's abort at start-up or a crash
 seconds into a session.
 
-Two faults seen in the field (issue #18):
+Two faults seen in the field:
 - PySide6/shiboken6 6.12.0 on Python < 3.12 drops one reference to ``None`` on every call of a C++
   method that returns void (measured: 1,000 ``QRectF.setX`` calls take ``sys.getrefcount(None)`` down
   by 1,000; 6.11.3 and 6.10.3: unchanged). On 3.11 ``None`` is not immortal, so after some thousands of
