@@ -2,9 +2,9 @@
 
 Why: a decoder cut off from its rig (a ZeroMQ protocol error, a dead link, a publisher gone) can stay up,
 repeat its status line and decode nothing while the rig keeps showing stimuli to a mouse nobody decodes
-(without a reconnect, four 256 MiB messages gave 25 s of silence and no warning). A stream is *expected* from a session header
-until that session's `end`; while it is, a silence longer than `stall_after_s` (no valid frame) is a stall:
-one warning when it starts, one line every `repeat_s` while it lasts, one when frames come back. Pure Python
+(without a reconnect, four 256 MiB messages gave 25 s of silence and no warning). A stream is *expected* from a
+session header until that session's `end`; while it is, a silence longer than `stall_after_s` (no valid frame) is a
+stall: one warning when it starts, one line every `repeat_s` while it lasts, one when frames come back. Pure Python
 (a clock is passed in), so it is tested without sockets; streams.transport.Subscriber owns one.
 """
 
