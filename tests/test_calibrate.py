@@ -157,3 +157,19 @@ def test_another_mouses_session_is_refused_unless_allowed(tmp_path: Path) -> Non
     ok = neurocine(*args, "--allow-other-mouse")
     assert ok.returncode == 0, ok.stderr
     assert np.load(tmp_path / "x.npy").shape == (64, 36, 64)
+
+
+def test_bench_calibrate_scores_held_out_clips_under_the_folders_mouse_id(tmp_path: Path) -> None:
+    """The held-out clips are simulated from the mouse's saved parameters but must carry the id its folder gives
+    it (a folder not named after its seed included), or every calibrated model would refuse them."""
+    from neurocine.decoder.bench.calibrate import held_out_clips
+    from neurocine.streams.formats import open_session
+
+    folder = tmp_path / "mouse_a"
+    r = neurocine("simulate", "--out", str(folder), "--neurons", "20", "--trials", "21", "--seed", "5", "--quiet")
+    assert r.returncode == 0, r.stderr
+    clips = held_out_clips(folder, movies=2, movie_seed=99)
+    recorded = open_session(folder)
+    assert clips.mouse_id == recorded.mouse_id == "mouse_a"
+    assert clips.n_neurons == 20 and np.array_equal(clips.neuron_ids, recorded.neuron_ids)
+    assert len(clips.trials) == 2 and clips.stimulus is not None

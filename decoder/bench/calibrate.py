@@ -14,6 +14,7 @@ baseline calibration must beat. Seconds of every stage are reported; JSON, and a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -55,14 +56,17 @@ def _counts(text: str) -> list[float]:
 
 
 def held_out_clips(mouse_dir: Path, movies: int, movie_seed: int):  # -> Session
-    """`movies` fresh 300-frame clips of the mouse's held-out (test) split, simulated from its parameters."""
+    """`movies` fresh 300-frame clips of the mouse's held-out (test) split, simulated from its parameters, under
+    the mouse id its folder gives it (the name calibration and every model of it use: the same animal)."""
     from neurocine.decoder.encoder.oracle import find_mouse_folder
+    from neurocine.streams.formats import open_session
     from neurocine.streams.synthetic import TrialPlan, simulate_session
     from neurocine.streams.synthetic.mouse import load_mouse
 
     mouse = load_mouse(find_mouse_folder(mouse_dir))
     plans = [TrialPlan(k, "final_test_main", "test", k) for k in range(movies)]
-    return simulate_session(mouse, plans, movie_seed=movie_seed)
+    clips = simulate_session(mouse, plans, movie_seed=movie_seed)
+    return dataclasses.replace(clips, mouse_id=open_session(mouse_dir).mouse_id)
 
 
 def decode_quality(model_dir: Path, clips: Any) -> dict[str, Any]:
