@@ -172,6 +172,9 @@ def figure(report: dict[str, Any], path: Path) -> None:
             ax.plot([float(k) for k in e["scratch"]], [v["pixel_correlation"] for v in e["scratch"].values()], "s--",
                     label=f"{mouse} from scratch")
     ax.set_xscale("log")
+    ticks = sorted({float(k) for e in report["mice"].values() for kind in ("calibrated", "scratch") for k in e[kind]})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("minutes of calibration recording")
     ax.set_ylabel("pixel correlation, held-out clips (streaming)")
     ax.legend(fontsize=7)
