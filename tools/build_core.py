@@ -22,13 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from neurocine.streams.commandline import get_logger
-
-log = get_logger("build")
-
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "decoder" / "models"
-BUILT_IN = "synthetic-0"
 
 
 def verb(argv: list[str]) -> int:
